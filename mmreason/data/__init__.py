@@ -1,0 +1,1 @@
+"""Sample schema, shard reading and writing, the synthetic benchmark and converters."""

@@ -1,0 +1,108 @@
+"""The LightningDataModule every family trains on: canonical shards in, batches out.
+
+With ``synth`` set, the synthetic benchmark is generated into ``synth.out``
+when absent, so a tiny recipe runs on a fresh machine with no data step.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import lightning as L
+
+from mmreason.data.preprocess import Preprocess
+from mmreason.data.shards import EpochLoader, eval_stream, resolve_shards, train_stream
+
+log = logging.getLogger(__name__)
+
+
+class ShardDataModule(L.LightningDataModule):
+    """Train/val/test shard specs (brace pattern, glob, list or a folder of ``{split}-*.tar``).
+
+    Args:
+        train, val, test: shard specs; a folder picks its ``train-*``, ``val-*``, ``test-*`` shards.
+        synth: options of the synthetic benchmark to generate when ``train`` is missing, e.g.
+            ``{out: data/synth, train: 30000, val: 500, test: 1000, heldout: 1000, rationale_style: short}``.
+        epoch_samples: samples per training epoch (default: the training shards' size).
+    """
+
+    def __init__(
+        self,
+        train: str | list[str] | None = None,
+        val: str | list[str] | None = None,
+        test: str | list[str] | None = None,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        image_size: int = 64,
+        num_workers: int = 1,
+        shuffle_buffer: int = 500,
+        epoch_samples: int | None = None,
+        max_pixels: int = 64_000_000,
+        allow_pipe: bool = False,
+        seed: int = 0,
+        synth: dict | None = None,
+    ):
+        super().__init__()
+        self.train, self.val, self.test = train, val, test
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers, self.shuffle_buffer, self.seed = num_workers, shuffle_buffer, seed
+        self.epoch_samples, self.allow_pipe, self.synth = epoch_samples, allow_pipe, synth
+        self.preprocess = Preprocess(image_size=image_size, max_pixels=max_pixels)
+
+    def prepare_data(self) -> None:
+        if self.synth is None:
+            return
+        from mmreason.data.synth import ensure_synth
+
+        ensure_synth(**self.synth)
+
+    def _rank(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0, 1
+        return trainer.global_rank, trainer.world_size
+
+    def _urls(self, spec, split):
+        if spec is None and self.synth is not None:
+            spec = self.synth.get("out", "data/synth")
+        if spec is None:
+            raise ValueError(f"no {split} shards configured: set data.{split} (a shard pattern or folder)")
+        return resolve_shards(spec, split if isinstance(spec, str) and os.path.isdir(spec) else None,
+                              self.allow_pipe)
+
+    def train_dataloader(self):
+        rank, world = self._rank()
+        stream, _ = train_stream(
+            self._urls(self.train, "train"), self.preprocess, self.batch_size, rank, world,
+            self.num_workers, self.epoch_samples, self.seed, self.shuffle_buffer,
+        )
+        first_epoch = self.trainer.current_epoch if getattr(self, "trainer", None) else 0
+        return EpochLoader(stream, first_epoch, num_workers=self.num_workers,
+                           persistent_workers=False, multiprocessing_context=_fork_context(self.num_workers))
+
+    def _eval_loader(self, spec, split):
+        rank, world = self._rank()
+        stream, _ = eval_stream(self._urls(spec, split), self.preprocess, self.eval_batch_size, rank, world)
+        # one worker per rank keeps the batch count equal across ranks when evaluation is distributed
+        workers = self.num_workers if world == 1 else min(self.num_workers, 1)
+        import torch
+
+        return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers,
+                                           multiprocessing_context=_fork_context(workers))
+
+    def val_dataloader(self):
+        return self._eval_loader(self.val, "val")
+
+    def test_dataloader(self):
+        return self._eval_loader(self.test, "test")
+
+
+def _fork_context(num_workers: int):
+    """Fork keeps the parent's process-group state visible to loader workers (spawn hides it)."""
+    import multiprocessing
+
+    if num_workers == 0 or "fork" not in multiprocessing.get_all_start_methods():
+        return None
+    return "fork"

@@ -1,0 +1,294 @@
+"""Reading canonical WebDataset shards safely on many ranks.
+
+Training streams use resampled shards and a fixed number of batches per
+worker, so every rank yields the same number of batches per epoch by
+construction (an uneven count hangs DDP). Evaluation streams read each shard
+exactly once; on several ranks each rank gets the same number of shards
+(checked up front) and is capped at the smallest rank's sample count.
+
+Bad samples never stop an epoch: they are skipped, counted and logged with
+their key and the reason, and each batch carries the count skipped since the
+previous batch so the training module can log it as a metric.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import math
+import os
+import random
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+
+import braceexpand
+import torch
+import webdataset as wds
+
+from mmreason.data.preprocess import Preprocess
+from mmreason.data.schema import RecordError, validate_record
+from mmreason.data.writer import SIZES_FILE
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
+
+
+class BadSample(ValueError):
+    """A sample that cannot be used; skipped in streams."""
+
+
+def resolve_shards(spec: str | list[str], split: str | None = None, allow_pipe: bool = False) -> list[str]:
+    """Expand a shard spec (brace pattern, glob, folder, or list) into a list of URLs.
+
+    A folder means its ``{split}-*.tar`` shards (all ``*.tar`` when split is None).
+    ``pipe:`` URLs run a shell command, so they are refused unless allowed.
+    """
+    specs = [spec] if isinstance(spec, (str, Path)) else list(spec)
+    urls: list[str] = []
+    for item in specs:
+        item = str(item)
+        if os.path.isdir(item):
+            urls += sorted(glob.glob(os.path.join(item, f"{split}-*.tar" if split else "*.tar")))
+            continue
+        for expanded in braceexpand.braceexpand(item):
+            if any(ch in expanded for ch in "*?[") and not expanded.startswith("pipe:"):
+                urls += sorted(glob.glob(expanded))
+            else:
+                urls.append(expanded)
+    piped = [u for u in urls if u.startswith("pipe:")]
+    if piped and not allow_pipe:
+        raise ValueError(
+            f"refusing shard URL {piped[0]!r}: 'pipe:' runs a shell command; "
+            "pass allow_pipe=True (--data.allow_pipe true) if you wrote this URL yourself"
+        )
+    if not urls:
+        raise FileNotFoundError(f"no shards found for {spec!r}" + (f" (split {split!r})" if split else ""))
+    return urls
+
+
+def shard_sizes(urls: list[str]) -> dict[str, int] | None:
+    """Samples per shard from the ``sizes.json`` files beside the shards, or None if any is unknown."""
+    sizes: dict[str, int] = {}
+    cache: dict[str, dict] = {}
+    for url in urls:
+        folder, name = os.path.split(url)
+        if folder not in cache:
+            path = os.path.join(folder, SIZES_FILE)
+            cache[folder] = json.loads(Path(path).read_text()) if os.path.exists(path) else {}
+        if name not in cache[folder]:
+            return None
+        sizes[url] = int(cache[folder][name])
+    return sizes
+
+
+@dataclass
+class SkipCounter:
+    """Per-process tally of skipped samples; batches carry the delta since the last batch."""
+
+    reasons: Counter = field(default_factory=Counter)
+    pending: int = 0
+
+    def skip(self, key: str, reason: str) -> None:
+        self.reasons[reason.split(":")[0]] += 1
+        self.pending += 1
+        log.warning("skipped sample %s: %s", key, reason)
+
+    def take(self) -> int:
+        taken, self.pending = self.pending, 0
+        return taken
+
+
+SKIPPED = SkipCounter()
+
+
+def _tar_error_handler(exn: Exception) -> bool:
+    where = " ".join(str(a) for a in exn.args[1:] if isinstance(a, str))
+    SKIPPED.skip(where or "?", f"unreadable tar data: {exn.args[0] if exn.args else exn!r}")
+    return True
+
+
+def decode_sample(raw: dict, preprocess: Preprocess) -> dict:
+    """Turn raw tar members into {key, image, record, mask}; raise BadSample with the reason."""
+    key = raw.get("__key__", "?")
+    ext = next((e for e in IMAGE_EXTENSIONS if e in raw), None)
+    if ext is None:
+        raise BadSample(f"missing image: expected one of {IMAGE_EXTENSIONS}, found {sorted(raw)}")
+    if "json" not in raw:
+        raise BadSample("missing record: expected a .json member")
+    try:
+        obj = json.loads(raw["json"].decode("utf-8"))
+    except UnicodeDecodeError as exn:
+        raise BadSample(f"record is not UTF-8 text: {exn}") from exn
+    except json.JSONDecodeError as exn:
+        raise BadSample(f"record is not valid JSON: {exn}") from exn
+    try:
+        image = preprocess.open_rgb(raw[ext])
+        record = validate_record(obj, key, image_size=image.size)
+        sample = {"key": key, "image": preprocess.to_tensor(image), "record": record,
+                  "orig_size": image.size, "mask": None}
+        if "mask.png" in raw:
+            sample["mask"] = preprocess.mask_to_tensor(preprocess.open_rgb(raw["mask.png"]).convert("L"))
+    except RecordError as exn:
+        raise BadSample(f"invalid record: {exn}") from exn
+    except Exception as exn:  # PIL raises many types for corrupt data
+        raise BadSample(f"undecodable image: {type(exn).__name__}: {exn}") from exn
+    return sample
+
+
+def decode_stream(source: Iterator[dict], preprocess: Preprocess) -> Iterator[dict]:
+    for raw in source:
+        try:
+            yield decode_sample(raw, preprocess)
+        except BadSample as exn:
+            SKIPPED.skip(raw.get("__key__", "?"), str(exn))
+
+
+def collate(samples: list[dict]) -> dict:
+    """Stack images (and masks when every sample has one); records stay a list."""
+    masks = [s["mask"] for s in samples]
+    return {
+        "keys": [s["key"] for s in samples],
+        "images": torch.stack([s["image"] for s in samples]),
+        "records": [s["record"] for s in samples],
+        "masks": torch.stack(masks) if all(m is not None for m in masks) else masks,
+        "skipped": SKIPPED.take(),
+    }
+
+
+def _batched(source: Iterator[dict], batch_size: int, partial: bool) -> Iterator[dict]:
+    batch: list[dict] = []
+    for sample in source:
+        batch.append(sample)
+        if len(batch) == batch_size:
+            yield collate(batch)
+            batch = []
+    if batch and partial:
+        yield collate(batch)
+
+
+def _shuffle(source: Iterator[dict], bufsize: int, rng: random.Random) -> Iterator[dict]:
+    buffer: list[dict] = []
+    for sample in source:
+        buffer.append(sample)
+        if len(buffer) >= bufsize:
+            yield buffer.pop(rng.randrange(len(buffer)))
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+class TrainStream(torch.utils.data.IterableDataset):
+    """Endless resampled shards cut into epochs of exactly ``batches_per_worker`` batches."""
+
+    def __init__(self, urls, preprocess, batch_size, batches_per_worker, rank, seed=0, shuffle_buffer=500):
+        super().__init__()
+        self.urls, self.preprocess, self.batch_size = urls, preprocess, batch_size
+        self.batches_per_worker, self.rank, self.seed = batches_per_worker, rank, seed
+        self.shuffle_buffer = shuffle_buffer
+        self.epoch = 0
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker = info.id if info else 0
+        rng = random.Random(f"{self.seed}-{self.rank}-{worker}-{self.epoch}")
+
+        def shard_urls():
+            while True:
+                yield {"url": rng.choice(self.urls)}
+
+        raw = wds.tarfile_samples(shard_urls(), handler=_tar_error_handler)
+        samples = _shuffle(decode_stream(raw, self.preprocess), self.shuffle_buffer, rng)
+        yield from islice(_batched(samples, self.batch_size, partial=False), self.batches_per_worker)
+
+
+class EpochLoader(torch.utils.data.DataLoader):
+    """A DataLoader that hands its stream a new epoch number at each pass.
+
+    Workers receive a fresh copy of the stream on every pass, so the epoch set
+    here reaches them and each epoch resamples differently but reproducibly.
+    """
+
+    def __init__(self, stream: TrainStream, first_epoch: int = 0, **kwargs):
+        super().__init__(stream, batch_size=None, **kwargs)
+        self.next_epoch = first_epoch
+
+    def __len__(self) -> int:
+        return self.dataset.batches_per_worker * max(1, self.num_workers)
+
+    def __iter__(self):
+        self.dataset.epoch = self.next_epoch
+        self.next_epoch += 1
+        return super().__iter__()
+
+
+class EvalStream(torch.utils.data.IterableDataset):
+    """Each of this rank's shards once, in order, capped at ``max_samples``."""
+
+    def __init__(self, urls, preprocess, batch_size, max_samples=None):
+        super().__init__()
+        self.urls, self.preprocess = urls, preprocess
+        self.batch_size, self.max_samples = batch_size, max_samples
+        self.length: int | None = None
+
+    def __len__(self) -> int:
+        if self.length is None:
+            raise TypeError("length unknown: no sizes.json beside the shards")
+        return self.length
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        urls = self.urls[info.id :: info.num_workers] if info else self.urls
+        raw = wds.tarfile_samples(({"url": u} for u in urls), handler=_tar_error_handler)
+        samples = decode_stream(raw, self.preprocess)
+        if self.max_samples is not None:
+            samples = islice(samples, self.max_samples)
+        yield from _batched(samples, self.batch_size, partial=True)
+
+
+def train_stream(urls, preprocess, batch_size, rank=0, world_size=1, num_workers=0,
+                 epoch_samples=None, seed=0, shuffle_buffer=500) -> tuple[TrainStream, int]:
+    """A training stream and its number of batches per epoch on each rank."""
+    if epoch_samples is None:
+        sizes = shard_sizes(urls)
+        if sizes is None:
+            raise ValueError(
+                f"cannot tell the epoch length: {SIZES_FILE} is missing beside {urls[0]!r} or does not list "
+                "every shard; write one (converters and `mmreason data synth` do) or set epoch_samples"
+            )
+        epoch_samples = sum(sizes.values())
+    workers = max(1, num_workers)
+    per_worker = max(1, epoch_samples // (batch_size * world_size * workers))
+    stream = TrainStream(urls, preprocess, batch_size, per_worker, rank, seed, shuffle_buffer)
+    return stream, per_worker * workers
+
+
+def eval_stream(urls, preprocess, batch_size, rank=0, world_size=1) -> tuple[EvalStream, int | None]:
+    """An evaluation stream over this rank's shards and its number of samples (None if unknown)."""
+    if world_size == 1:
+        sizes = shard_sizes(urls)
+        stream = EvalStream(urls, preprocess, batch_size)
+        stream.length = expected_batches(sum(sizes.values()), batch_size) if sizes else None
+        return stream, (sum(sizes.values()) if sizes else None)
+    if len(urls) % world_size:
+        raise ValueError(
+            f"{len(urls)} evaluation shards cannot be split evenly over {world_size} ranks; "
+            f"write a multiple of {world_size} shards (e.g. --samples_per_shard smaller) or evaluate on fewer ranks"
+        )
+    sizes = shard_sizes(urls)
+    if sizes is None:
+        raise ValueError(f"evaluation on {world_size} ranks needs {SIZES_FILE} beside the shards to equalise ranks")
+    per_rank = [sum(sizes[u] for u in urls[r::world_size]) for r in range(world_size)]
+    cap = min(per_rank)
+    if max(per_rank) > cap:
+        log.warning("evaluation: %d samples dropped so every rank sees %d", sum(per_rank) - cap * world_size, cap)
+    stream = EvalStream(urls[rank::world_size], preprocess, batch_size, max_samples=cap)
+    stream.length = expected_batches(cap, batch_size)
+    return stream, cap
+
+
+def expected_batches(n_samples: int | None, batch_size: int) -> int | None:
+    return None if n_samples is None else math.ceil(n_samples / batch_size)

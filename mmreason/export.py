@@ -1,0 +1,130 @@
+"""Export folders: everything needed to rebuild a trained model offline.
+
+Layout: ``config.json`` (family, architecture config, preprocessing, special
+tokens, the resolved recipe, package versions, metrics), ``model.safetensors``,
+the tokenizer files, and a ``README.md`` model card. A folder is written under
+a temporary name and swapped in, so a crash never leaves half an export.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_model, save_model
+from transformers import AutoTokenizer
+
+from mmreason.text.tokenizer import SPECIAL_TOKENS
+from mmreason.zoo import family_class
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE, WEIGHTS_FILE, CARD_FILE = "config.json", "model.safetensors", "README.md"
+FORMAT_VERSION = 1
+
+
+class ExportError(ValueError):
+    """An export folder is missing a file or holds an invalid one."""
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for package in ("mmreason", "torch", "transformers", "timm", "lightning"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = "not installed"
+    return out
+
+
+def portable_config(model) -> dict:
+    """The model's config rewritten to rebuild from the folder alone (no hub, no weight files)."""
+    config = json.loads(json.dumps(model.config))
+    config["language"] = {"config": {"model_type": model.lm.config.model_type, **model.lm.config.to_diff_dict()}}
+    config["vision"] = {**config["vision"], "pretrained": False, "weights_file": None}
+    config["tokenizer"] = "."
+    config["preprocess"] = model.preprocess.to_dict()
+    return config
+
+
+def model_card(family: str, metrics: dict | None, recipe: dict | None) -> str:
+    lines = [f"# {family} model", "", "Exported by mmreason. Load it with:", "", "```python",
+             "import mmreason", "model = mmreason.load(\"PATH/TO/THIS/FOLDER\")",
+             "print(model.predict(\"image.png\", \"how many red shapes are there?\"))", "```", ""]
+    if metrics:
+        lines += ["## Evaluation", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
+        lines.append("")
+    if recipe:
+        lines += ["## Recipe", "", "```json", json.dumps(recipe, indent=1, default=str)[:4000], "```", ""]
+    return "\n".join(lines)
+
+
+def save_export(model, folder: str | Path, recipe: dict | None = None, metrics: dict | None = None) -> Path:
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    config = {
+        "format_version": FORMAT_VERSION,
+        "family": model.family,
+        "config": portable_config(model),
+        "special_tokens": {t: model.tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS},
+        "recipe": recipe,
+        "metrics": metrics or {},
+        "versions": _versions(),
+    }
+    (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1, default=str))
+    save_model(model, str(tmp / WEIGHTS_FILE))
+    model.tokenizer.save_pretrained(str(tmp))
+    (tmp / CARD_FILE).write_text(model_card(model.family, metrics, recipe))
+    old = folder.with_name(folder.name + ".old")
+    if folder.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+    log.info("exported %s model to %s", model.family, folder)
+    return folder
+
+
+def read_export_config(folder: str | Path) -> dict:
+    """Check the folder's files and return its config, or raise ExportError naming the problem."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ExportError(f"export folder {str(folder)!r} does not exist (write one with `mmreason export`)")
+    for name in (CONFIG_FILE, WEIGHTS_FILE, "tokenizer_config.json"):
+        if not (folder / name).is_file():
+            raise ExportError(f"export folder {str(folder)!r} is incomplete: {name} is missing")
+    try:
+        config = json.loads((folder / CONFIG_FILE).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exn:
+        raise ExportError(f"{folder / CONFIG_FILE} is not valid JSON: {exn}") from exn
+    for key in ("family", "config"):
+        if key not in config:
+            raise ExportError(f"{folder / CONFIG_FILE} has no {key!r} entry; is this an mmreason export?")
+    return config
+
+
+def load_export(folder: str | Path, device: str | torch.device = "cpu"):
+    """Rebuild the model of an export folder, offline, in eval mode."""
+    folder = Path(folder)
+    config = read_export_config(folder)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    model = family_class(config["family"])(config["config"], tokenizer=tokenizer)
+    try:
+        missing, unexpected = load_model(model, str(folder / WEIGHTS_FILE), strict=False)
+    except (SafetensorError, OSError) as exn:
+        raise ExportError(f"{folder / WEIGHTS_FILE} is not a readable safetensors file: {exn}") from exn
+    if missing or unexpected:
+        raise ExportError(
+            f"{folder / WEIGHTS_FILE} does not match the architecture in {CONFIG_FILE}: "
+            f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+        )
+    return model.to(device).eval()

@@ -1,0 +1,1 @@
+"""Shared building blocks: vision encoder, projectors, language backbone."""

@@ -1,0 +1,52 @@
+"""The language backbone: any transformers decoder-only LM, plus the image-token splice.
+
+Tiny models come from a config dict (``{"model_type": "llama", ...}``); real
+ones from a local folder, a hub id, or a GGUF file in a folder. The splice
+replaces the embeddings at ``<image>`` positions with projected patch tokens,
+which is all a LLaVA-style model needs from its language model.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+
+
+def build_language_model(config: dict | None = None, path: str | None = None, gguf_file: str | None = None,
+                         vocab_size: int | None = None) -> PreTrainedModel:
+    """Build from ``config`` (random init) or load from ``path``; resize to ``vocab_size`` if given."""
+    if (config is None) == (path is None):
+        raise ValueError("language model: give exactly one of 'config' (a dict with 'model_type') or 'path'")
+    if config is not None:
+        config = dict(config)
+        model_type = config.pop("model_type", None)
+        if model_type is None:
+            raise ValueError("language config needs 'model_type' (e.g. 'llama', 'qwen2', 'gpt2')")
+        if vocab_size is not None:
+            config["vocab_size"] = vocab_size
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **config))
+    else:
+        kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        if vocab_size is not None and vocab_size != model.get_input_embeddings().num_embeddings:
+            model.resize_token_embeddings(vocab_size)
+    return model
+
+
+def splice_image_features(embeds: torch.Tensor, input_ids: torch.Tensor, image_token_id: int,
+                          features: torch.Tensor) -> torch.Tensor:
+    """Replace the embeddings at ``<image>`` positions by ``features`` (B, N, D), in order.
+
+    Every sequence must hold exactly N image tokens; a mismatch is a prompt bug,
+    so it raises with the counts rather than silently misaligning.
+    """
+    mask = input_ids == image_token_id
+    counts = mask.sum(dim=1)
+    n = features.shape[1]
+    if not bool((counts == n).all()):
+        raise ValueError(
+            f"each sequence needs exactly {n} <image> tokens for {n} image features, found {counts.tolist()}"
+        )
+    embeds = embeds.clone()
+    embeds[mask] = features.reshape(-1, features.shape[-1]).to(embeds.dtype)
+    return embeds

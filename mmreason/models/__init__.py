@@ -1,0 +1,1 @@
+"""Model families: plain nn.Modules that load and run without a Trainer."""

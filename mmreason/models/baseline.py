@@ -1,0 +1,185 @@
+"""The baseline LLaVA-style vision-language model: vision encoder → projector → decoder LM.
+
+It owns its tokenizer and preprocessing, turns canonical records into
+training tensors (loss on target tokens only), generates answers in batches
+with a KV cache, and answers single images through :meth:`predict`. Meteor's
+backbone, the RL policy and the segmentation model extend it.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from mmreason.data.preprocess import Preprocess
+from mmreason.data.schema import Record
+from mmreason.eval.answers import extract_answer_span
+from mmreason.layers.language import build_language_model, splice_image_features
+from mmreason.layers.projector import build_projector
+from mmreason.layers.vision import VisionEncoder
+from mmreason.text.prompts import OUTPUT_FORMATS, target_text, user_prompt
+from mmreason.text.tokenizer import build_tokenizer
+
+IGNORE_INDEX = -100
+
+TINY_CONFIG = {
+    "vision": {
+        "name": "vit_base_patch16_224",
+        "overrides": {"img_size": 64, "patch_size": 8, "embed_dim": 128, "depth": 4, "num_heads": 4,
+                      "mlp_ratio": 2.0, "class_token": False},
+    },
+    "projector": "mlp2x_gelu",
+    "language": {"config": {"model_type": "llama", "hidden_size": 192, "intermediate_size": 512,
+                            "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 4,
+                            "max_position_embeddings": 1024, "tie_word_embeddings": True}},
+    "tokenizer": "synth-word",
+    "output_format": "cot",
+    "preprocess": {"image_size": 64, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
+    "max_length": 512,
+}
+
+
+class PromptTooLong(ValueError):
+    """The prompt (image tokens included) does not fit ``max_length``."""
+
+
+class VisionLanguageModel(nn.Module):
+    family = "baseline"
+
+    def __init__(self, config: dict, tokenizer=None):
+        super().__init__()
+        self.config = copy.deepcopy(config)
+        if config.get("output_format", "cot") not in OUTPUT_FORMATS:
+            raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}, got {config['output_format']!r}")
+        self.output_format = config.get("output_format", "cot")
+        self.max_length = int(config.get("max_length", 512))
+        self.preprocess = Preprocess.from_dict({**Preprocess().to_dict(), **config.get("preprocess", {})})
+        self.tokenizer = tokenizer if tokenizer is not None else build_tokenizer(config.get("tokenizer", "synth-word"))
+        vision = config["vision"]
+        self.vision = VisionEncoder(vision["name"], vision.get("overrides"), vision.get("pretrained", False),
+                                    vision.get("weights_file"))
+        language = dict(config["language"])
+        self.lm = build_language_model(language.get("config"), language.get("path"), language.get("gguf_file"),
+                                       vocab_size=len(self.tokenizer))
+        self.projector = build_projector(config.get("projector", "mlp2x_gelu"), self.vision.width,
+                                         self.lm.config.hidden_size)
+        self.num_image_tokens = self.vision.num_tokens(self.preprocess.image_size)
+        self.image_token_id = self.tokenizer.convert_tokens_to_ids("<image>")
+
+    # ---- inputs -------------------------------------------------------------------------------
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        return self.projector(self.vision(images))
+
+    def _prompt_ids(self, records: list[Record]) -> list[list[int]]:
+        prompts = [user_prompt(r.question, r.choices) for r in records]
+        encoded = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        out = []
+        for ids in encoded:
+            at = ids.index(self.image_token_id)
+            ids = [self.tokenizer.bos_token_id, *ids[:at], *[self.image_token_id] * self.num_image_tokens,
+                   *ids[at + 1 :]]
+            if len(ids) > self.max_length:
+                raise PromptTooLong(
+                    f"prompt needs {len(ids)} tokens ({self.num_image_tokens} image tokens + "
+                    f"{len(ids) - self.num_image_tokens} text tokens) but max_length is {self.max_length}; "
+                    "raise max_length or shorten the question"
+                )
+            out.append(ids)
+        return out
+
+    def training_inputs(self, records: list[Record]) -> dict[str, torch.Tensor]:
+        """Right-padded prompt+target ids with labels -100 everywhere but the target (and EOS)."""
+        prompts = self._prompt_ids(records)
+        targets = self.tokenizer([target_text(r, self.output_format) for r in records],
+                                 add_special_tokens=False)["input_ids"]
+        rows, labels = [], []
+        for p, t in zip(prompts, targets):
+            t = [*t, self.tokenizer.eos_token_id][: self.max_length - len(p)]
+            rows.append(p + t)
+            labels.append([IGNORE_INDEX] * len(p) + t)
+        return self._pad(rows, labels, left=False)
+
+    def generation_inputs(self, records: list[Record]) -> dict[str, torch.Tensor]:
+        return self._pad(self._prompt_ids(records), None, left=True)
+
+    def _pad(self, rows, labels, left: bool) -> dict[str, torch.Tensor]:
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        lab = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        for i, row in enumerate(rows):
+            span = slice(width - len(row), width) if left else slice(0, len(row))
+            ids[i, span] = torch.tensor(row)
+            mask[i, span] = 1
+            if labels is not None:
+                lab[i, span] = torch.tensor(labels[i])
+        out = {"input_ids": ids, "attention_mask": mask}
+        if labels is not None:
+            out["labels"] = lab
+        return out
+
+    def embed(self, images: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        embeds = self.lm.get_input_embeddings()(input_ids)
+        return splice_image_features(embeds, input_ids, self.image_token_id, self.encode_images(images))
+
+    # ---- training -----------------------------------------------------------------------------
+    def forward(self, images, input_ids, attention_mask, labels=None):
+        return self.lm(inputs_embeds=self.embed(images, input_ids), attention_mask=attention_mask, labels=labels)
+
+    def batch_loss(self, images: torch.Tensor, records: list[Record]) -> dict[str, torch.Tensor]:
+        """Loss, token accuracy and target-token count for one batch of records."""
+        inputs = {k: v.to(images.device) for k, v in self.training_inputs(records).items()}
+        out = self(images, **inputs)
+        shifted_labels = inputs["labels"][:, 1:]
+        valid = shifted_labels != IGNORE_INDEX
+        predicted = out.logits[:, :-1].argmax(-1)
+        n_tokens = valid.sum()
+        accuracy = ((predicted == shifted_labels) & valid).sum() / n_tokens.clamp(min=1)
+        return {"loss": out.loss, "token_accuracy": accuracy, "target_tokens": n_tokens,
+                "tokens": inputs["attention_mask"].sum()}
+
+    # ---- inference ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, images: torch.Tensor, records: list[Record], max_new_tokens: int = 128,
+                 do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+                 num_return_sequences: int = 1) -> list[str]:
+        """Batched generation with a KV cache; returns B×K texts (the K samples of a prompt adjacent)."""
+        inputs = {k: v.to(images.device) for k, v in self.generation_inputs(records).items()}
+        embeds = self.embed(images, inputs["input_ids"])
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else {
+            "do_sample": False}
+        output = self.lm.generate(
+            inputs_embeds=embeds, attention_mask=inputs["attention_mask"], max_new_tokens=max_new_tokens,
+            num_return_sequences=num_return_sequences, pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id, bos_token_id=self.tokenizer.bos_token_id, **sampling,
+        )
+        return self.tokenizer.batch_decode(output, skip_special_tokens=False, clean_up_tokenization_spaces=True)
+
+    def clean_output(self, text: str) -> str:
+        """Drop padding/EOS markers, keep the reasoning tags."""
+        text = text.split(self.tokenizer.eos_token)[0]
+        for token in (self.tokenizer.pad_token, self.tokenizer.bos_token):
+            text = text.replace(token, "")
+        return " ".join(text.split())
+
+    @torch.no_grad()
+    def predict(self, image, question: str, choices: list[str] | None = None, **generate_kwargs) -> dict:
+        """Answer one image (path, bytes or PIL): {text, rationale, answer}."""
+        was_training = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        pixels = self.preprocess(image).unsqueeze(0).to(device)
+        record = Record(question=question, answer="", choices=choices)
+        text = self.clean_output(self.generate(pixels, [record], **generate_kwargs)[0])
+        self.train(was_training)
+        return {"text": text, "rationale": split_rationale(text), "answer": extract_answer_span(text)}
+
+
+def split_rationale(text: str) -> str | None:
+    """The text between <think> and </think>, if any."""
+    if "<think>" not in text:
+        return None
+    return text.split("<think>", 1)[1].split("</think>", 1)[0].strip()

@@ -1,0 +1,79 @@
+"""Tokenizers: a small one trained here, or any Hugging Face tokenizer from a path.
+
+Tiny recipes use a word-level vocabulary built from the synthetic benchmark's
+complete word list (deterministic, no data pass needed); user data can train a
+byte-level BPE on its own text. Either way the result is a
+``PreTrainedTokenizerFast`` that saves and loads like any other, and the
+special tokens of every family are added by :func:`add_special_tokens`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+SPECIAL_TOKENS = (
+    "<image>", "<tor>", "<seg>", "<crop>", "</crop>", "<think>", "</think>", "<answer>", "</answer>",
+)
+BASE_TOKENS = {"pad_token": "<pad>", "unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"}
+WORD_PATTERN = r"\w+|[^\w\s]"
+
+
+def _wrap(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, **BASE_TOKENS)
+    add_special_tokens(fast)
+    return fast
+
+
+def word_tokenizer(words: Iterable[str]) -> PreTrainedTokenizerFast:
+    """A lower-cased word-level tokenizer over a fixed vocabulary (punctuation split off)."""
+    vocab = {tok: i for i, tok in enumerate(BASE_TOKENS.values())}
+    for word in sorted(set(words)):
+        vocab.setdefault(word, len(vocab))
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token=BASE_TOKENS["unk_token"]))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Split(Regex(WORD_PATTERN), behavior="isolated")]
+    )
+    tokenizer.decoder = decoders.WordPiece(prefix="##", cleanup=True)
+    return _wrap(tokenizer)
+
+
+def bpe_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained on ``texts`` (for user data with an open vocabulary)."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(BASE_TOKENS.values()),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(texts, trainer)
+    return _wrap(tokenizer)
+
+
+def add_special_tokens(tokenizer) -> dict[str, int]:
+    """Add every family's special tokens (idempotent) and return their ids."""
+    missing = [t for t in SPECIAL_TOKENS if t not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+    for name, token in BASE_TOKENS.items():
+        if getattr(tokenizer, name, None) is None:
+            tokenizer.add_special_tokens({name: token})
+    return {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+
+
+def build_tokenizer(spec: str) -> PreTrainedTokenizerFast:
+    """``synth-word`` (the benchmark's word list) or a local folder / hub id of a HF tokenizer."""
+    if spec == "synth-word":
+        from mmreason.data.synth import vocabulary
+
+        return word_tokenizer(vocabulary())
+    if not Path(spec).exists():
+        raise FileNotFoundError(
+            f"tokenizer {spec!r}: expected 'synth-word' or a folder with tokenizer files (tokenizer.json)"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(spec)
+    add_special_tokens(tokenizer)
+    return tokenizer
