@@ -10,9 +10,11 @@ import logging
 import os
 
 import lightning as L
+import torch
 
 from mmreason.data.preprocess import Preprocess
 from mmreason.data.shards import EpochLoader, eval_stream, resolve_shards, train_stream
+from mmreason.data.synth import SynthConfig, synthesize
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,6 @@ class ShardDataModule(L.LightningDataModule):
         test: str | list[str] | None = None,
         batch_size: int = 32,
         eval_batch_size: int | None = None,
-        image_size: int = 64,
         num_workers: int = 1,
         shuffle_buffer: int = 500,
         epoch_samples: int | None = None,
@@ -49,14 +50,16 @@ class ShardDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers, self.shuffle_buffer, self.seed = num_workers, shuffle_buffer, seed
         self.epoch_samples, self.allow_pipe, self.synth = epoch_samples, allow_pipe, synth
-        self.preprocess = Preprocess(image_size=image_size, max_pixels=max_pixels)
+        # image size and normalisation are set by the model in its setup(); only the pixel limit is ours
+        self.preprocess = Preprocess(max_pixels=max_pixels)
 
     def prepare_data(self) -> None:
         if self.synth is None:
             return
-        from mmreason.data.synth import ensure_synth
-
-        ensure_synth(**self.synth)
+        options = dict(self.synth)
+        out = options.pop("out", "data/synth")
+        counts = {split: int(options.pop(split, 0)) for split in ("train", "val", "test", "heldout")}
+        synthesize(out, counts, SynthConfig(**options))
 
     def _rank(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)
@@ -87,8 +90,6 @@ class ShardDataModule(L.LightningDataModule):
         stream, _ = eval_stream(self._urls(spec, split), self.preprocess, self.eval_batch_size, rank, world)
         # one worker per rank keeps the batch count equal across ranks when evaluation is distributed
         workers = self.num_workers if world == 1 else min(self.num_workers, 1)
-        import torch
-
         return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers,
                                            multiprocessing_context=_fork_context(workers))
 

@@ -158,6 +158,10 @@ class VisionLanguageModel(nn.Module):
         )
         return self.tokenizer.batch_decode(output, skip_special_tokens=False, clean_up_tokenization_spaces=True)
 
+    def answer_batch(self, images: torch.Tensor, records: list[Record], **generate_kwargs) -> list[str]:
+        """Generated texts ready for scoring: one per record (or K per record when sampling K)."""
+        return [self.clean_output(t) for t in self.generate(images, records, **generate_kwargs)]
+
     def clean_output(self, text: str) -> str:
         """Drop padding/EOS markers, keep the reasoning tags."""
         text = text.split(self.tokenizer.eos_token)[0]

@@ -1,0 +1,88 @@
+"""The ``mmreason`` command: one verb per job a user has."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+LIGHTNING_VERBS = {
+    "fit": "train from a recipe: mmreason fit -c recipes/baseline/synth-tiny-cot.yaml",
+    "validate": "validate a checkpoint with a recipe's data: mmreason validate -c RECIPE --ckpt_path CKPT",
+    "test": "test a checkpoint with a recipe's data: mmreason test -c RECIPE --ckpt_path CKPT",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mmreason", description="Multimodal reasoning model zoo.")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB")
+    for verb, text in LIGHTNING_VERBS.items():
+        verbs.add_parser(verb, help=text, add_help=False)
+
+    p = verbs.add_parser("predict", help="answer a question about an image with an export folder")
+    p.add_argument("--model", required=True, help="export folder")
+    p.add_argument("--image", required=True)
+    p.add_argument("--question", required=True)
+    p.add_argument("--choices", nargs="+", default=None, help="options of a multiple-choice question")
+    p.add_argument("--max-new-tokens", type=int, default=160)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = verbs.add_parser("eval", help="score an export folder on shards: accuracy per task, parse failures")
+    p.add_argument("--model", required=True, help="export folder")
+    p.add_argument("--data", required=True, nargs="+", help="shard pattern(s) or a folder")
+    p.add_argument("--split", default=None, help="with a folder: which split's shards (e.g. test)")
+    p.add_argument("--out", default=None, help="write the report as JSON here")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=int, default=160)
+    p.add_argument("--limit", type=int, default=None, help="score only the first N samples")
+
+    p = verbs.add_parser("export", help="write an export folder from a training checkpoint (.ckpt)")
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--out", required=True)
+
+    p = verbs.add_parser("list", help="list registered models")
+    p.add_argument("pattern", nargs="?", default="*")
+
+    p = verbs.add_parser("data", help="make shards: the synthetic benchmark or users' data")
+    data = p.add_subparsers(dest="data_verb", metavar="DATA_VERB", required=True)
+    from mmreason.data.cli import add_data_arguments
+
+    add_data_arguments(data)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if argv and argv[0] in LIGHTNING_VERBS:
+        from mmreason.training.cli import run_lightning_cli
+
+        run_lightning_cli(argv)
+        return
+    args = _parser().parse_args(argv)
+    if args.verb is None:
+        _parser().print_help()
+        return
+    if args.verb == "data":
+        from mmreason.data.cli import run_data_verb
+
+        run_data_verb(args)
+    elif args.verb == "list":
+        from mmreason.zoo import list_models, model_info
+
+        for name in list_models(args.pattern):
+            print(f"{name:28s} {model_info(name)['description']}")
+    elif args.verb == "predict":
+        from mmreason.inference import predict_command
+
+        predict_command(args)
+    elif args.verb == "eval":
+        from mmreason.inference import eval_command
+
+        eval_command(args)
+    elif args.verb == "export":
+        from mmreason.training.checkpoint import export_checkpoint
+
+        export_checkpoint(args.ckpt, args.out)
+        print(json.dumps({"export": args.out}))

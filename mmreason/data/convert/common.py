@@ -1,0 +1,171 @@
+"""What every converter shares: its error type, image reading and the sink that writes shards.
+
+Converters fail loudly on bad source data (the streaming reader is the one that
+skips): a broken image or record found here names its file, id or line, so it
+is fixed once instead of being skipped on every epoch.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import re
+from collections import Counter
+from collections.abc import Iterable
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+from tqdm import tqdm
+
+from ..schema import RecordError, validate_record
+from ..writer import ShardSetWriter, encode_image
+
+log = logging.getLogger(__name__)
+
+# Files stored byte for byte: 8-bit images every decoder turns into RGB the same way.
+PASS_THROUGH_MODES = {"JPEG": {"L", "RGB"}, "PNG": {"1", "L", "LA", "P", "RGB", "RGBA"}}
+SIXTEEN_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
+EXIF_ORIENTATION = 0x0112
+KEY_UNSAFE = re.compile(r"[^\w-]+")
+
+
+class ConversionError(ValueError):
+    """Source data that cannot be converted; the message says where and what was expected."""
+
+
+def read_json(path: Path, what: str):
+    """Parse a whole JSON file, naming it (and the position) when it is missing or malformed."""
+    if not path.is_file():
+        raise ConversionError(f"{what} file {path} not found; expected a JSON file at that path")
+    try:
+        with open(path, encoding="utf-8") as stream:
+            return json.load(stream)
+    except json.JSONDecodeError as err:
+        raise ConversionError(
+            f"{what} file {path}: invalid JSON at line {err.lineno} column {err.colno} ({err.msg})"
+        ) from err
+
+
+def read_image(path: Path, where: str) -> tuple[bytes, Image.Image]:
+    """Read and fully decode an image, so a broken file fails here rather than mid-training."""
+    if not path.is_file():
+        raise ConversionError(f"{where}: image file {path} not found; expected an image at that path")
+    data = path.read_bytes()
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        reason = "unknown file type" if isinstance(err, UnidentifiedImageError) else str(err)
+        raise ConversionError(
+            f"{where}: cannot read image {path} ({reason}); expected a JPEG, PNG or other file PIL can open"
+        ) from err
+    return data, image
+
+
+def to_eight_bit(image: Image.Image) -> Image.Image:
+    """PIL clips 16-bit values when converting to RGB; scale them instead so the picture survives."""
+    if image.mode not in SIXTEEN_BIT_MODES:
+        return image.convert("RGB")
+    values = np.asarray(image, dtype=np.float64) / 257.0
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8)).convert("RGB")
+
+
+def load_image(path: Path, where: str, upright: bool = False) -> tuple[bytes, tuple[int, int]]:
+    """Return the bytes a shard stores for ``path`` and the (width, height) boxes and masks refer to.
+
+    8-bit JPEG/PNG files pass through untouched; other modes (CMYK, 16-bit, ...)
+    become RGB PNG. ``upright`` applies the EXIF orientation, for annotations
+    drawn on the rotated picture (as labelme and OpenCV show it).
+    """
+    data, image = read_image(path, where)
+    if upright and image.getexif().get(EXIF_ORIENTATION, 1) != 1:
+        image = ImageOps.exif_transpose(image)  # re-encoded below: the stored pixels must be upright
+    elif image.mode in PASS_THROUGH_MODES.get(image.format, ()):
+        return data, image.size
+    if image.mode not in ("L", "RGB", "RGBA"):
+        image = to_eight_bit(image)
+    return encode_image(image)[1], image.size
+
+
+@lru_cache(maxsize=4)
+def blank_image(size: tuple[int, int]) -> bytes:
+    """A white PNG standing in for a missing picture, so image-less samples keep one shape."""
+    return encode_image(Image.new("RGB", size, "white"))[1]
+
+
+def sample_key(name: str) -> str:
+    """WebDataset splits a file name at its first dot: keep keys to letters, digits, '_' and '-'."""
+    return KEY_UNSAFE.sub("_", name)
+
+
+def progress(items: Iterable, desc: str, total: int | None = None) -> Iterable:
+    """A progress bar on a terminal, nothing in logs."""
+    return tqdm(items, desc=desc, total=total, unit=" samples", disable=None, leave=False)
+
+
+class ShardSink:
+    """Validates samples, writes one shard set per split and tallies what was written and skipped."""
+
+    def __init__(self, out: Path, samples_per_shard: int):
+        if samples_per_shard < 1:
+            raise ValueError(f"samples_per_shard must be a positive integer, got {samples_per_shard!r}")
+        self.out, self.per_shard = Path(out), samples_per_shard
+        self._writers: dict[str, ShardSetWriter] = {}
+        self._keys: dict[str, set[str]] = {}
+        self.skipped: Counter[str] = Counter()
+        self.blank = 0
+
+    def _writer(self, split: str) -> ShardSetWriter:
+        if split not in self._writers:
+            existing = sorted(self.out.glob(f"{split}-*.tar"))
+            if existing:
+                raise ConversionError(
+                    f"{self.out} already holds {split!r} shards ({existing[0].name}, ...); expected no shards "
+                    f"of that split there: remove them or choose another output folder"
+                )
+            self._writers[split] = ShardSetWriter(self.out, prefix=split, samples_per_shard=self.per_shard)
+            self._keys[split] = set()
+        return self._writers[split]
+
+    def write(self, split: str, name: str, image: bytes, size: tuple[int, int], record: dict, where: str,
+              mask: Image.Image | None = None) -> None:
+        """Write one sample; a record with ``meta["no_image"]`` is counted as a blank image."""
+        key = sample_key(name)
+        try:
+            canonical = validate_record(record, key=key, image_size=size).to_json()
+        except RecordError as err:
+            raise ConversionError(f"{where}: {err}") from err
+        writer = self._writer(split)
+        if key in self._keys[split]:
+            raise ConversionError(f"{where}: sample key {key!r} is already used in split {split!r}; "
+                                  f"expected unique ids")
+        self._keys[split].add(key)
+        writer.write(key, image, canonical, mask)
+        self.blank += bool(canonical["meta"].get("no_image"))
+
+    def skip(self, reason: str, where: str, count: int = 1, level: int = logging.DEBUG) -> None:
+        self.skipped[reason] += count
+        log.log(level, "skipped %s: %s", where, reason)
+
+    def finish(self) -> dict:
+        """Close every shard set and return (and log) the report."""
+        splits = {split: writer.close() for split, writer in self._writers.items()}
+        report = {
+            "out": str(self.out),
+            "written": sum(splits.values()),
+            "skipped": dict(self.skipped),
+            "blank_images": self.blank,
+            "splits": splits,
+            "shards": [f"{split}-{i:06d}.tar" for split, n in splits.items()
+                       for i in range(math.ceil(n / self.per_shard))],
+        }
+        if not report["written"]:
+            log.warning("no samples written to %s (skipped: %s)", self.out, report["skipped"])
+        log.info("wrote %d samples in %d shards to %s; per split %s; skipped %s; blank images %d",
+                 report["written"], len(report["shards"]), self.out, splits, report["skipped"], self.blank)
+        return report
+

@@ -1,0 +1,1 @@
+"""Lightning modules and callbacks; models themselves live in ``mmreason.models``."""

@@ -1,0 +1,27 @@
+"""Turning a Lightning training checkpoint into an export folder."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import torch
+
+from mmreason.export import save_export
+
+
+def export_checkpoint(ckpt: str | Path, out: str | Path) -> Path:
+    """Rebuild the training module recorded in ``ckpt`` and export its model to ``out``."""
+    ckpt = Path(ckpt)
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"checkpoint {str(ckpt)!r} does not exist")
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    target = state.get("mmreason_module")
+    if target is None:
+        raise ValueError(f"{ckpt} was not written by an mmreason training module (no 'mmreason_module' entry)")
+    module_name, _, class_name = target.rpartition(".")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    module = cls(**state["hyper_parameters"])
+    module.load_state_dict(state["state_dict"])
+    metrics = dict(getattr(module, "last_metrics", {})) | {"global_step": state.get("global_step")}
+    return save_export(module.model, out, recipe=state.get("hyper_parameters"), metrics=metrics)

@@ -1,0 +1,36 @@
+"""``mmreason fit | validate | test``: LightningCLI with the zoo's callbacks always present.
+
+Every run gets a ``last.ckpt`` under ``{default_root_dir}/checkpoints`` (so
+``--ckpt_path last`` resumes), atomic checkpoint writes, and export folders.
+"""
+
+from __future__ import annotations
+
+import os
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+
+from mmreason.training.callbacks import AtomicCheckpointIO, ExportCallback
+
+
+def _checkpoint_dir(root: str | None) -> str:
+    return os.path.join(root or ".", "checkpoints")
+
+
+class MMReasonCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser):
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0})
+        parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath", compute_fn=_checkpoint_dir)
+        parser.add_lightning_class_args(ExportCallback, "export")
+        parser.link_arguments("trainer.default_root_dir", "export.dirpath")
+
+
+def run_lightning_cli(args: list[str]) -> None:
+    MMReasonCLI(
+        L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+        args=args, save_config_kwargs={"overwrite": True},
+        trainer_defaults={"plugins": [AtomicCheckpointIO()]}, auto_configure_optimizers=False,
+    )

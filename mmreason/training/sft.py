@@ -1,0 +1,121 @@
+"""Supervised fine-tuning of any question-answering family with Lightning.
+
+Loss on target tokens only; AdamW with warm-up + cosine; validation and test
+generate answers and score them (parse failures reported separately). The
+model is a registry name plus overrides, or an export folder to fine-tune.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import lightning as L
+import torch
+import torch.distributed as dist
+
+from mmreason.eval.accuracy import AccuracyReport
+from mmreason.export import load_export
+from mmreason.training.schedule import warmup_cosine
+from mmreason.zoo import create_model, merge_config
+
+
+class SFTModule(L.LightningModule):
+    """Args:
+    model: a registered model name (``mmreason list``).
+    model_config: overrides of that model's config (e.g. ``{output_format: answer}``).
+    init_from: an export folder to start from (fine-tuning); ``model`` is then ignored.
+    lr, weight_decay, warmup_steps, min_lr_ratio: AdamW and its warm-up + cosine schedule.
+    max_new_tokens: generation budget when validating/testing.
+    """
+
+    def __init__(self, model: str = "baseline-tiny-cot", model_config: dict | None = None,
+                 init_from: str | None = None, lr: float = 1e-3, weight_decay: float = 0.05,
+                 warmup_steps: int = 100, min_lr_ratio: float = 0.05, max_new_tokens: int = 160):
+        super().__init__()
+        self.save_hyperparameters()
+        if init_from:
+            self.model = load_export(init_from).train()
+            for key, value in (model_config or {}).items():
+                self.model.config = merge_config(self.model.config, {key: value})
+                if key == "output_format":
+                    self.model.output_format = value
+        else:
+            self.model = create_model(model, **(model_config or {}))
+        self._last_step_end: float | None = None
+        self.skipped_total = 0
+        self.reports: dict[str, AccuracyReport] = {}
+        self.last_metrics: dict[str, float] = {}
+
+    def setup(self, stage: str) -> None:
+        """The model owns its preprocessing; the data module adopts it so the two never disagree."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "preprocess"):
+            datamodule.preprocess.image_size = self.model.preprocess.image_size
+            datamodule.preprocess.mean = self.model.preprocess.mean
+            datamodule.preprocess.std = self.model.preprocess.std
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["mmreason_module"] = f"{type(self).__module__}.{type(self).__qualname__}"
+
+    # ---- optimisation ---------------------------------------------------------------------
+    def configure_optimizers(self):
+        decay = [p for p in self.parameters() if p.requires_grad and p.dim() >= 2]
+        no_decay = [p for p in self.parameters() if p.requires_grad and p.dim() < 2]
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.hparams.lr, betas=(0.9, 0.95),
+        )
+        total = int(self.trainer.estimated_stepping_batches)
+        schedule = functools.partial(warmup_cosine, warmup_steps=self.hparams.warmup_steps, total_steps=total,
+                                     min_ratio=self.hparams.min_lr_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def training_step(self, batch, batch_idx):
+        out = self.model.batch_loss(batch["images"], batch["records"])
+        now = time.perf_counter()
+        n = len(batch["records"])
+        self.log("train/loss", out["loss"], prog_bar=True)
+        self.log("train/token_accuracy", out["token_accuracy"], prog_bar=True)
+        if self._last_step_end is not None:
+            elapsed = now - self._last_step_end
+            self.log("train/samples_per_s", n / elapsed)
+            self.log("train/tokens_per_s", float(out["tokens"]) / elapsed)
+        self._last_step_end = now
+        self.skipped_total += int(batch.get("skipped", 0))
+        self.log("data/skipped", float(self.skipped_total))
+        return out["loss"]
+
+    # ---- evaluation ----------------------------------------------------------------------
+    def _eval_step(self, batch, stage: str):
+        texts = self.model.answer_batch(batch["images"], batch["records"], max_new_tokens=self.hparams.max_new_tokens)
+        self.reports.setdefault(stage, AccuracyReport()).add_many(texts, batch["records"])
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch, "test")
+
+    def _eval_epoch_end(self, stage: str):
+        report = self.reports.pop(stage, AccuracyReport())
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            states = [None] * dist.get_world_size()
+            dist.all_gather_object(states, report.state())
+            report = AccuracyReport()
+            for state in states:
+                report.merge(AccuracyReport.from_state(state))
+        summary = report.to_dict()
+        metrics = {f"{stage}/accuracy": summary["accuracy"], f"{stage}/parse_failure_rate": summary["parse_failure_rate"]}
+        metrics.update({f"{stage}/accuracy_{task}": v["accuracy"] for task, v in summary["per_task"].items()})
+        self.log_dict(metrics, prog_bar=False, sync_dist=False)
+        self.last_metrics.update(metrics)
+        self.last_reports = getattr(self, "last_reports", {})
+        self.last_reports[stage] = summary
+
+    def on_validation_epoch_end(self):
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self):
+        self._eval_epoch_end("test")

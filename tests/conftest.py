@@ -1,0 +1,66 @@
+"""Shared fixtures: tiny shards written by the tests themselves, a tiny model config."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmreason.data.writer import ShardSetWriter
+from mmreason.text.prompts import TEMPLATE_WORDS
+from mmreason.text.tokenizer import word_tokenizer
+
+WORDS = ("is there a red blue circle square yes no how many shapes the at left right ? . "
+         "i see one two").split()
+
+
+def make_record(i: int) -> dict:
+    colour = ("red", "blue")[i % 2]
+    return {"question": f"is there a {colour} circle?", "answer": ("yes", "no")[i % 2],
+            "rationale": f"i see a {colour} circle at the left .", "task": ("exist", "count")[i % 2],
+            "choices": None, "steps": [{"text": "look", "box": [1, 1, 10, 10]}], "meta": {"i": i}}
+
+
+def make_image(i: int, size: int = 32) -> Image.Image:
+    rng = np.random.default_rng(i)
+    return Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
+
+
+def write_shards(folder, prefix: str, counts: list[int]) -> list[str]:
+    """Shards of the given sizes (uneven on purpose) with valid samples; returns their paths."""
+    paths, index = [], 0
+    for shard, count in enumerate(counts):
+        writer = ShardSetWriter(folder, f"{prefix}{shard}", samples_per_shard=max(count, 1))
+        for _ in range(count):
+            writer.write(f"s{index:05d}", make_image(index), make_record(index))
+            index += 1
+        writer.close()
+        paths.append(str(folder / f"{prefix}{shard}-000000.tar"))
+    return paths
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def tiny_tokenizer():
+    return word_tokenizer([*TEMPLATE_WORDS, *WORDS])
+
+
+TINY_TEST_CONFIG = {
+    "vision": {"name": "vit_base_patch16_224",
+               "overrides": {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2,
+                             "class_token": False}},
+    "projector": "mlp2x_gelu",
+    "language": {"config": {"model_type": "llama", "hidden_size": 48, "intermediate_size": 96,
+                            "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2,
+                            "max_position_embeddings": 256, "tie_word_embeddings": True}},
+    "output_format": "cot",
+    "preprocess": {"image_size": 32},
+    "max_length": 128,
+}
