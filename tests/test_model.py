@@ -1,0 +1,121 @@
+"""The baseline VLM: training tensors, learning, generation, export round trip and its errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import TINY_TEST_CONFIG, make_image, make_record
+from mmreason.data.schema import validate_record
+from mmreason.export import ExportError, load_export, save_export
+from mmreason.layers.projector import build_projector
+from mmreason.models.baseline import IGNORE_INDEX, PromptTooLong, VisionLanguageModel
+from mmreason.zoo import merge_config
+
+
+def _records(n=4):
+    return [validate_record(make_record(i)) for i in range(n)]
+
+
+def _images(model, n=4):
+    return torch.stack([model.preprocess(make_image(i)) for i in range(n)])
+
+
+@pytest.fixture
+def model(tiny_tokenizer):
+    torch.manual_seed(0)
+    return VisionLanguageModel(TINY_TEST_CONFIG, tokenizer=tiny_tokenizer)
+
+
+def test_labels_cover_only_the_target(model):
+    records = _records(2)
+    inputs = model.training_inputs(records)
+    tok = model.tokenizer
+    for row, labels, mask in zip(inputs["input_ids"], inputs["labels"], inputs["attention_mask"]):
+        supervised = labels[labels != IGNORE_INDEX].tolist()
+        text = tok.decode(supervised)
+        assert text.startswith("<think>") and text.rstrip().endswith("</s>")
+        assert "question" not in text
+        assert int((row == model.image_token_id).sum()) == model.num_image_tokens == 16
+        assert bool((labels[mask == 0] == IGNORE_INDEX).all())
+
+
+def test_loss_decreases_on_a_fixed_batch(model):
+    images, records = _images(model), _records()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(25):
+        out = model.batch_loss(images, records)
+        out["loss"].backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(float(out["loss"]))
+    assert losses[-1] < 0.3 * losses[0]
+    assert float(out["token_accuracy"]) > 0.8
+
+
+def test_batched_generation_matches_one_at_a_time(model):
+    model.eval()
+    records = [validate_record({**make_record(0), "question": "is there a red circle at the left?"}),
+               validate_record(make_record(1))]  # prompts of different lengths -> left padding
+    images = _images(model, 2)
+    together = model.answer_batch(images, records, max_new_tokens=6)
+    alone = [model.answer_batch(images[i : i + 1], records[i : i + 1], max_new_tokens=6)[0] for i in range(2)]
+    assert together == alone
+
+
+def test_k_samples_per_prompt(model):
+    model.eval()
+    torch.manual_seed(0)
+    texts = model.generate(_images(model, 2), _records(2), max_new_tokens=5, do_sample=True, temperature=1.5,
+                           num_return_sequences=3)
+    assert len(texts) == 6
+    assert len(set(texts)) > 1
+
+
+def test_export_round_trip_gives_identical_logits_and_predicts(model, tmp_path):
+    images, records = _images(model, 2), _records(2)
+    model.eval()
+    folder = save_export(model, tmp_path / "export", recipe={"lr": 1}, metrics={"test/accuracy": 0.5})
+    loaded = load_export(folder)
+    inputs = model.training_inputs(records)
+    assert torch.equal(model(images, **inputs).logits, loaded(images, **inputs).logits)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["family"] == "baseline"
+    assert config["special_tokens"]["<image>"] == model.image_token_id
+    assert config["config"]["preprocess"]["image_size"] == 32
+    assert "test/accuracy" in (folder / "README.md").read_text()
+    make_image(0).save(tmp_path / "x.png")
+    out = loaded.predict(str(tmp_path / "x.png"), "is there a red circle?", max_new_tokens=4)
+    assert set(out) == {"text", "rationale", "answer"} and isinstance(out["text"], str)
+
+
+def test_broken_exports_name_the_problem(model, tmp_path):
+    folder = save_export(model, tmp_path / "export")
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(ExportError, match="model.safetensors is missing"):
+        load_export(folder)
+    folder = save_export(model, tmp_path / "export")
+    (folder / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ExportError, match="not a readable safetensors"):
+        load_export(folder)
+    (folder / "config.json").write_text("{broken")
+    with pytest.raises(ExportError, match="config.json is not valid JSON"):
+        load_export(folder)
+    with pytest.raises(ExportError, match="does not exist"):
+        load_export(tmp_path / "nowhere")
+
+
+def test_unknown_projector_lists_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown projector 'mlp_relu'.*linear.*mlp\{N\}x_gelu"):
+        build_projector("mlp_relu", 4, 4)
+    assert isinstance(build_projector("mlp3x_gelu", 4, 8)[4], torch.nn.Linear)
+
+
+def test_prompt_that_would_cut_image_tokens_fails_early(tiny_tokenizer):
+    config = merge_config(TINY_TEST_CONFIG, {"max_length": 20})
+    model = VisionLanguageModel(config, tokenizer=tiny_tokenizer)
+    with pytest.raises(PromptTooLong, match=r"needs \d+ tokens \(16 image tokens"):
+        model.training_inputs(_records(1))
