@@ -145,8 +145,11 @@ class VisionLanguageModel(nn.Module):
     @torch.no_grad()
     def generate(self, images: torch.Tensor, records: list[Record], max_new_tokens: int = 128,
                  do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
-                 num_return_sequences: int = 1) -> list[str]:
-        """Batched generation with a KV cache; returns B×K texts (the K samples of a prompt adjacent)."""
+                 num_return_sequences: int = 1, **extra) -> list[str]:
+        """Batched generation with a KV cache; returns B×K texts (the K samples of a prompt adjacent).
+
+        ``extra`` goes to transformers' ``generate`` unchanged (e.g. ``min_new_tokens``).
+        """
         inputs = {k: v.to(images.device) for k, v in self.generation_inputs(records).items()}
         embeds = self.embed(images, inputs["input_ids"])
         sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else {
@@ -154,7 +157,7 @@ class VisionLanguageModel(nn.Module):
         output = self.lm.generate(
             inputs_embeds=embeds, attention_mask=inputs["attention_mask"], max_new_tokens=max_new_tokens,
             num_return_sequences=num_return_sequences, pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=self.tokenizer.eos_token_id, bos_token_id=self.tokenizer.bos_token_id, **sampling,
+            eos_token_id=self.tokenizer.eos_token_id, bos_token_id=self.tokenizer.bos_token_id, **sampling, **extra,
         )
         return self.tokenizer.batch_decode(output, skip_special_tokens=False, clean_up_tokenization_spaces=True)
 

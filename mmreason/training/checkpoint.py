@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from pathlib import Path
 
 import torch
@@ -21,7 +22,8 @@ def export_checkpoint(ckpt: str | Path, out: str | Path) -> Path:
         raise ValueError(f"{ckpt} was not written by an mmreason training module (no 'mmreason_module' entry)")
     module_name, _, class_name = target.rpartition(".")
     cls = getattr(importlib.import_module(module_name), class_name)
-    module = cls(**state["hyper_parameters"])
+    accepted = inspect.signature(cls).parameters
+    module = cls(**{k: v for k, v in state["hyper_parameters"].items() if k in accepted})
     module.load_state_dict(state["state_dict"])
     metrics = dict(getattr(module, "last_metrics", {})) | {"global_step": state.get("global_step")}
     return save_export(module.model, out, recipe=state.get("hyper_parameters"), metrics=metrics)

@@ -1,0 +1,116 @@
+"""Training through the ``mmreason`` console script: fit, export, resume, predict, eval, 2-rank DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY_TEST_CONFIG, make_image, write_shards
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "baseline" / "synth-tiny-cot.yaml"
+
+
+def mmreason(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "mmreason", *args], capture_output=True, text=True,
+                            timeout=timeout, env=env, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def fit_args(data: Path, root: Path, steps: int, *extra: str) -> list[str]:
+    return [
+        "fit", "-c", str(RECIPE),
+        "--trainer.default_root_dir", str(root), "--trainer.max_steps", str(steps),
+        "--trainer.max_time", "null", "--trainer.val_check_interval", str(steps),
+        "--trainer.limit_val_batches", "1", "--trainer.log_every_n_steps", "1",
+        "--trainer.enable_progress_bar", "false",
+        "--model.init_args.model_config", json.dumps(TINY_TEST_CONFIG),
+        "--model.init_args.max_new_tokens", "4", "--model.init_args.warmup_steps", "2",
+        "--data.init_args.synth", "null", "--data.init_args.train", str(data / "train{0..2}-000000.tar"),
+        "--data.init_args.val", str(data / "val0-000000.tar"), "--data.init_args.batch_size", "4",
+        "--data.init_args.num_workers", "0", *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("shards")
+    write_shards(folder, "train", [7, 2, 5])
+    write_shards(folder, "val", [6])
+    write_shards(folder, "ddpval", [4, 3])
+    return folder
+
+
+def test_fit_exports_then_resume_continues_at_the_exact_step(shards, tmp_path):
+    mmreason(*fit_args(shards, tmp_path, 3))
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    assert state["global_step"] == 3
+    assert state["lr_schedulers"][0]["last_epoch"] == 3
+    export = tmp_path / "export"
+    assert json.loads((export / "config.json").read_text())["metrics"]["global_step"] == 3
+    assert (tmp_path / "export-best" / "model.safetensors").is_file()
+    assert not list(tmp_path.glob("*.tmp"))
+
+    mmreason(*fit_args(shards, tmp_path, 5), "--ckpt_path", "last")
+    resumed = torch.load(last, map_location="cpu", weights_only=True)
+    assert resumed["global_step"] == 5
+    assert resumed["lr_schedulers"][0]["last_epoch"] == 5
+    first_moments = resumed["optimizer_states"][0]["state"][0]["step"]
+    assert float(first_moments) == 5.0  # AdamW's step counter carried over, not restarted
+
+
+def test_predict_eval_and_export_verbs_on_a_fresh_export(shards, tmp_path):
+    mmreason(*fit_args(shards, tmp_path, 2))
+    export = tmp_path / "export"
+    make_image(0).save(tmp_path / "q.png")
+    out = mmreason("predict", "--model", str(export), "--image", str(tmp_path / "q.png"),
+                   "--question", "is there a red circle?", "--json", "--max-new-tokens", "4")
+    answer = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(answer) == {"text", "rationale", "answer"}
+    mmreason("eval", "--model", str(export), "--data", str(shards / "val0-000000.tar"),
+             "--out", str(tmp_path / "report.json"), "--max-new-tokens", "4")
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["n"] == 6 and set(report["per_task"]) == {"exist", "count"}
+    assert report["majority_baseline"]["exist"] == 1.0  # every exist record answers "yes"
+    mmreason("export", "--ckpt", str(tmp_path / "checkpoints" / "last.ckpt"), "--out", str(tmp_path / "again"))
+    assert json.loads((tmp_path / "again" / "config.json").read_text())["family"] == "baseline"
+
+
+def test_cli_help_lists_every_verb():
+    out = mmreason("--help").stdout
+    for verb in ("fit", "validate", "test", "predict", "eval", "export", "list", "data"):
+        assert f"    {verb}" in out
+
+
+def test_console_script_is_installed():
+    script = Path(sys.executable).parent / "mmreason"
+    result = subprocess.run([str(script), "list"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "baseline-tiny-cot" in result.stdout
+
+
+def test_two_rank_ddp_fit_stays_in_step_and_exports_once(shards, tmp_path):
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    extra = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+             "--trainer.callbacks+=ddp_probe.RankProbe", f"--trainer.callbacks.out={probe}",
+             "--trainer.max_epochs", "3", "--trainer.max_steps", "-1", "--trainer.val_check_interval", "null",
+             "--trainer.check_val_every_n_epoch", "1", "--trainer.limit_val_batches", "null"]
+    args = fit_args(shards, tmp_path, 4) + ["--data.init_args.val", str(shards / "ddpval{0..1}-000000.tar")]
+    result = mmreason(*args, *extra, timeout=300)
+    ranks = [json.loads((probe / f"rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[0]["world_size"] == 2
+    # 14 uneven samples, batch 4, 2 ranks -> 1 batch per rank per epoch, 3 epochs
+    assert ranks[0]["batches"] == ranks[1]["batches"] == 3
+    assert ranks[0]["checksum"] == ranks[1]["checksum"]
+    assert (tmp_path / "export" / "model.safetensors").is_file()
+    assert result.stderr.count(f"model to {tmp_path / 'export'}\n") == 1
+    assert not (tmp_path / "export.old").exists() and not (tmp_path / "export.tmp").exists()
