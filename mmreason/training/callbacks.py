@@ -42,8 +42,9 @@ class ExportCallback(L.Callback):
         return Path(self.dirpath or trainer.default_root_dir)
 
     def _export(self, trainer, pl_module, name: str) -> None:
+        recipe = _recipe(trainer)  # trainer.log_dir is a collective call: every rank must reach it
         if trainer.is_global_zero:
-            save_export(pl_module.model, self._root(trainer) / name, recipe=_recipe(trainer),
+            save_export(pl_module.model, self._root(trainer) / name, recipe=recipe,
                         metrics=dict(pl_module.last_metrics) | {"global_step": trainer.global_step})
         trainer.strategy.barrier("export")
 
