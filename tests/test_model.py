@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import TINY_TEST_CONFIG, make_image, make_record
+
 from mmreason.data.schema import validate_record
 from mmreason.export import ExportError, load_export, save_export
 from mmreason.layers.projector import build_projector

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import random
 import tarfile
 
 import numpy as np
@@ -13,7 +14,15 @@ from conftest import make_image, make_record, png_bytes, write_shards
 from PIL import Image
 
 from mmreason.data.preprocess import Preprocess
-from mmreason.data.shards import SKIPPED, eval_stream, resolve_shards, shard_sizes, train_stream
+from mmreason.data.schema import validate_record
+from mmreason.data.shards import (
+    SKIPPED,
+    _length_grouped,
+    eval_stream,
+    resolve_shards,
+    shard_sizes,
+    train_stream,
+)
 from mmreason.data.writer import record_shard_size
 
 PRE = Preprocess(image_size=16, max_pixels=500 * 500)
@@ -155,3 +164,17 @@ def test_epoch_length_comes_from_sizes_json(tmp_path):
     assert shard_sizes(urls) is None
     with pytest.raises(ValueError, match="sizes.json"):
         train_stream(urls, PRE, batch_size=2)
+
+
+def test_length_grouping_batches_similar_lengths_without_losing_samples(tmp_path):
+    urls = write_shards(tmp_path, "train", [16])
+    records = [{**make_record(i), "rationale": "x" * (i * 7 % 16)} for i in range(16)]
+    samples = [{"key": str(i), "image": torch.zeros(3, 2, 2), "record": validate_record(r), "mask": None}
+               for i, r in enumerate(records)]
+    batches = list(_length_grouped(iter(samples), 4, 4, random.Random(0)))
+    assert sorted(k for b in batches for k in b["keys"]) == sorted(str(i) for i in range(16))
+    spans = [max(len(r.rationale) for r in b["records"]) - min(len(r.rationale) for r in b["records"])
+             for b in batches]
+    assert max(spans) <= 3  # 16 distinct lengths in 4 sorted groups of 4
+    stream, _ = train_stream(urls, PRE, batch_size=4, length_group=2)
+    assert sum(len(b["keys"]) for b in _collect(stream)) == 16

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import TINY_TEST_CONFIG, make_image, write_shards
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -171,6 +171,29 @@ def _batched(source: Iterator[dict], batch_size: int, partial: bool) -> Iterator
         yield collate(batch)
 
 
+def _text_length(sample: dict) -> int:
+    record = sample["record"]
+    return len(record.question) + len(record.rationale or "") + len(record.answer)
+
+
+def _length_grouped(source: Iterator[dict], batch_size: int, group: int, rng: random.Random) -> Iterator[dict]:
+    """Full batches of samples of similar text length, in random batch order.
+
+    Sorting ``group`` batches' worth of samples by length before cutting them
+    into batches cuts the padding a language model computes on; ``group=1``
+    keeps the plain order.
+    """
+    while True:
+        pool = list(islice(source, batch_size * group))
+        if group > 1:
+            pool.sort(key=_text_length)
+        batches = [pool[i : i + batch_size] for i in range(0, len(pool) - batch_size + 1, batch_size)]
+        rng.shuffle(batches)
+        yield from (collate(b) for b in batches)
+        if len(pool) < batch_size * group:
+            return
+
+
 def _shuffle(source: Iterator[dict], bufsize: int, rng: random.Random) -> Iterator[dict]:
     buffer: list[dict] = []
     for sample in source:
@@ -184,8 +207,10 @@ def _shuffle(source: Iterator[dict], bufsize: int, rng: random.Random) -> Iterat
 class TrainStream(torch.utils.data.IterableDataset):
     """Endless resampled shards cut into epochs of exactly ``batches_per_worker`` batches."""
 
-    def __init__(self, urls, preprocess, batch_size, batches_per_worker, rank, seed=0, shuffle_buffer=500):
+    def __init__(self, urls, preprocess, batch_size, batches_per_worker, rank, seed=0, shuffle_buffer=500,
+                 length_group=1):
         super().__init__()
+        self.length_group = length_group
         self.urls, self.preprocess, self.batch_size = urls, preprocess, batch_size
         self.batches_per_worker, self.rank, self.seed = batches_per_worker, rank, seed
         self.shuffle_buffer = shuffle_buffer
@@ -202,7 +227,8 @@ class TrainStream(torch.utils.data.IterableDataset):
 
         raw = wds.tarfile_samples(shard_urls(), handler=_tar_error_handler)
         samples = _shuffle(decode_stream(raw, self.preprocess), self.shuffle_buffer, rng)
-        yield from islice(_batched(samples, self.batch_size, partial=False), self.batches_per_worker)
+        batches = _length_grouped(samples, self.batch_size, self.length_group, rng)
+        yield from islice(batches, self.batches_per_worker)
 
 
 class EpochLoader(torch.utils.data.DataLoader):
@@ -250,8 +276,11 @@ class EvalStream(torch.utils.data.IterableDataset):
 
 
 def train_stream(urls, preprocess, batch_size, rank=0, world_size=1, num_workers=0,
-                 epoch_samples=None, seed=0, shuffle_buffer=500) -> tuple[TrainStream, int]:
-    """A training stream and its number of batches per epoch on each rank."""
+                 epoch_samples=None, seed=0, shuffle_buffer=500, length_group=1) -> tuple[TrainStream, int]:
+    """A training stream and its number of batches per epoch on each rank.
+
+    ``length_group`` > 1 batches together samples of similar text length (see :func:`_length_grouped`).
+    """
     if epoch_samples is None:
         sizes = shard_sizes(urls)
         if sizes is None:
@@ -262,7 +291,7 @@ def train_stream(urls, preprocess, batch_size, rank=0, world_size=1, num_workers
         epoch_samples = sum(sizes.values())
     workers = max(1, num_workers)
     per_worker = max(1, epoch_samples // (batch_size * world_size * workers))
-    stream = TrainStream(urls, preprocess, batch_size, per_worker, rank, seed, shuffle_buffer)
+    stream = TrainStream(urls, preprocess, batch_size, per_worker, rank, seed, shuffle_buffer, length_group)
     return stream, per_worker * workers
 
 
