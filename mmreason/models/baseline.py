@@ -56,11 +56,17 @@ class VisionLanguageModel(nn.Module):
         self.output_format = config.get("output_format", "cot")
         self.max_length = int(config.get("max_length", 512))
         self.preprocess = Preprocess.from_dict({**Preprocess().to_dict(), **config.get("preprocess", {})})
-        self.tokenizer = tokenizer if tokenizer is not None else build_tokenizer(config.get("tokenizer", "synth-word"))
+        language = dict(config["language"])
+        if tokenizer is None:
+            spec = config.get("tokenizer", "synth-word")
+            gguf_file = None
+            if spec == "from_language":  # the pretrained language model's own tokenizer
+                spec, gguf_file = language.get("path"), language.get("gguf_file")
+            tokenizer = build_tokenizer(spec, gguf_file)
+        self.tokenizer = tokenizer
         vision = config["vision"]
         self.vision = VisionEncoder(vision["name"], vision.get("overrides"), vision.get("pretrained", False),
                                     vision.get("weights_file"))
-        language = dict(config["language"])
         self.lm = build_language_model(language.get("config"), language.get("path"), language.get("gguf_file"),
                                        vocab_size=len(self.tokenizer))
         self.projector = build_projector(config.get("projector", "mlp2x_gelu"), self.vision.width,

@@ -15,6 +15,10 @@ from pathlib import Path
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from mmreason.data.synth import vocabulary
+from mmreason.layers.language import resolve_path
+from mmreason.text.prompts import TEMPLATE_WORDS
+
 SPECIAL_TOKENS = (
     "<image>", "<tor>", "<seg>", "<crop>", "</crop>", "<think>", "</think>", "<answer>", "</answer>",
 )
@@ -64,16 +68,16 @@ def add_special_tokens(tokenizer) -> dict[str, int]:
     return {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
 
 
-def build_tokenizer(spec: str) -> PreTrainedTokenizerFast:
-    """``synth-word`` (the benchmark's word list) or a local folder / hub id of a HF tokenizer."""
+def build_tokenizer(spec: str, gguf_file: str | None = None) -> PreTrainedTokenizerFast:
+    """``synth-word`` (the benchmark's word list and prompt words) or a folder of tokenizer files
+    (``pkg:NAME`` for an installed package's folder; ``gguf_file`` reads the tokenizer inside a GGUF)."""
     if spec == "synth-word":
-        from mmreason.data.synth import vocabulary
-
-        return word_tokenizer(vocabulary())
-    if not Path(spec).exists():
+        return word_tokenizer([*vocabulary(), *TEMPLATE_WORDS])
+    folder = resolve_path(spec)
+    if not Path(folder).exists():
         raise FileNotFoundError(
             f"tokenizer {spec!r}: expected 'synth-word' or a folder with tokenizer files (tokenizer.json)"
         )
-    tokenizer = AutoTokenizer.from_pretrained(spec)
+    tokenizer = AutoTokenizer.from_pretrained(folder, **({"gguf_file": gguf_file} if gguf_file else {}))
     add_special_tokens(tokenizer)
     return tokenizer
