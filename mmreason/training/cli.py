@@ -28,9 +28,21 @@ class MMReasonCLI(LightningCLI):
         parser.link_arguments("trainer.default_root_dir", "export.dirpath")
 
 
-def run_lightning_cli(args: list[str]) -> None:
-    MMReasonCLI(
+class RecipeParser(MMReasonCLI):
+    """Parses and type-checks a recipe against every class it names, without building anything."""
+
+    def instantiate_classes(self) -> None:
+        pass
+
+
+def run_lightning_cli(args: list[str], cli_class: type[LightningCLI] = MMReasonCLI, run: bool = True):
+    return cli_class(
         L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-        args=args, save_config_kwargs={"overwrite": True},
+        args=args, run=run, save_config_kwargs={"overwrite": True},
         trainer_defaults={"plugins": [AtomicCheckpointIO()]}, auto_configure_optimizers=False,
     )
+
+
+def parse_recipe(path: str) -> dict:
+    """The resolved recipe as a plain dict; raises if any key or value does not fit its class."""
+    return run_lightning_cli(["-c", str(path)], RecipeParser, run=False).config.as_dict()
