@@ -22,11 +22,10 @@ from mmreason.data.synth import (
     ALL_TASKS,
     HELDOUT_PAIRS,
     SynthConfig,
-    answer_report,
     make_sample,
-    synthesize,
     vocabulary,
 )
+from mmreason.data.synth_shards import answer_report, synthesize
 
 PER_TASK = 600
 SIZE_WORDS = ("small", "large")

@@ -23,7 +23,8 @@ from PIL import Image
 
 from mmreason.data.preprocess import Preprocess
 from mmreason.data.shards import eval_stream, resolve_shards
-from mmreason.data.synth import SynthConfig, synthesize
+from mmreason.data.synth import SynthConfig
+from mmreason.data.synth_shards import synthesize
 
 
 def plain_pil(urls: list[str]) -> int:

@@ -41,7 +41,8 @@ def _options(pairs: list[str]) -> dict[str, str]:
 
 def run_data_verb(args: argparse.Namespace) -> None:
     if args.data_verb == "synth":
-        from mmreason.data.synth import ALL_TASKS, SynthConfig, synthesize
+        from mmreason.data.synth import ALL_TASKS, SynthConfig
+        from mmreason.data.synth_shards import synthesize
 
         config = SynthConfig(image_size=args.image_size, tasks=tuple(args.tasks or ALL_TASKS),
                              rationale_style=args.rationale_style, noise=args.noise, seed=args.seed)

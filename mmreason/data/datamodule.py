@@ -14,7 +14,8 @@ import torch
 
 from mmreason.data.preprocess import Preprocess
 from mmreason.data.shards import EpochLoader, eval_stream, resolve_shards, train_stream
-from mmreason.data.synth import SynthConfig, synthesize
+from mmreason.data.synth import SynthConfig
+from mmreason.data.synth_shards import synthesize
 
 log = logging.getLogger(__name__)
 
