@@ -76,7 +76,7 @@ class Preprocess:
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """Convert any PIL mode to RGB: alpha over white, 16-/32-bit scaled to 8 bits."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         array = np.asarray(image, dtype=np.float64)
         top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
         image = Image.fromarray(np.clip(array / top * 255.0, 0, 255).astype(np.uint8), mode="L")

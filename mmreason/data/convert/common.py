@@ -17,10 +17,10 @@ from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
+from ..preprocess import to_rgb
 from ..schema import RecordError, validate_record
 from ..writer import ShardSetWriter, encode_image
 
@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 
 # Files stored byte for byte: 8-bit images every decoder turns into RGB the same way.
 PASS_THROUGH_MODES = {"JPEG": {"L", "RGB"}, "PNG": {"1", "L", "LA", "P", "RGB", "RGBA"}}
-SIXTEEN_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
 EXIF_ORIENTATION = 0x0112
 KEY_UNSAFE = re.compile(r"[^\w-]+")
 
@@ -66,14 +65,6 @@ def read_image(path: Path, where: str) -> tuple[bytes, Image.Image]:
     return data, image
 
 
-def to_eight_bit(image: Image.Image) -> Image.Image:
-    """PIL clips 16-bit values when converting to RGB; scale them instead so the picture survives."""
-    if image.mode not in SIXTEEN_BIT_MODES:
-        return image.convert("RGB")
-    values = np.asarray(image, dtype=np.float64) / 257.0
-    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8)).convert("RGB")
-
-
 def load_image(path: Path, where: str, upright: bool = False) -> tuple[bytes, tuple[int, int]]:
     """Return the bytes a shard stores for ``path`` and the (width, height) boxes and masks refer to.
 
@@ -87,7 +78,7 @@ def load_image(path: Path, where: str, upright: bool = False) -> tuple[bytes, tu
     elif image.mode in PASS_THROUGH_MODES.get(image.format, ()):
         return data, image.size
     if image.mode not in ("L", "RGB", "RGBA"):
-        image = to_eight_bit(image)
+        image = to_rgb(image)
     return encode_image(image)[1], image.size
 
 
