@@ -89,3 +89,16 @@ def test_registry_lists_creates_and_overrides():
     with pytest.raises(ValueError, match="unknown model 'nope'"):
         create_model("nope")
     assert merge_config({"a": {"b": 1, "c": 2}, "d": 3}, {"a": {"b": 5}}) == {"a": {"b": 5, "c": 2}, "d": 3}
+
+
+def test_conv_stem_keeps_the_token_grid_and_sees_across_patch_borders():
+    encoder = VisionEncoder("vit_base_patch16_224", TINY_VIT, stem="conv")
+    assert encoder(torch.zeros(2, 3, 32, 32)).shape == (2, 16, 16)
+    image = torch.zeros(1, 3, 32, 32, requires_grad=True)
+    encoder.model.patch_embed(image)[0, 5].sum().backward()  # the token of grid cell (row 1, column 1)
+    rows = image.grad[0].abs().sum(0).nonzero()[:, 0]
+    assert int(rows.min()) < 8 and int(rows.max()) == 15  # reaches into the row of patches above it
+    with pytest.raises(ValueError, match="power-of-two patch size"):
+        VisionEncoder("vit_base_patch16_224", {**TINY_VIT, "patch_size": 6, "img_size": 36}, stem="conv")
+    with pytest.raises(ValueError, match="unknown vision stem 'pixel'"):
+        VisionEncoder("vit_base_patch16_224", TINY_VIT, stem="pixel")

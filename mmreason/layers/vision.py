@@ -7,11 +7,34 @@ language model sees ``(batch, tokens, width)``.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import timm
 import torch
+from timm.layers import PatchEmbed
 from torch import nn
+
+STEMS = ("patch", "conv")
+
+
+class ConvStemPatchEmbed(PatchEmbed):
+    """A ViT patch embedding made of overlapping 3x3 stride-2 convolutions instead of one
+    non-overlapping projection ("early convolutions help transformers see better", Xiao et al. 2021):
+    shapes that straddle patch borders stay visible, which a tiny ViT trained from scratch needs."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        patch, in_chans, width = self.patch_size[0], self.proj.in_channels, self.proj.out_channels
+        layers = round(math.log2(patch))
+        if 2**layers != patch or self.patch_size[0] != self.patch_size[1]:
+            raise ValueError(f"stem 'conv' needs a square power-of-two patch size, got {self.patch_size}")
+        convs: list[nn.Module] = []
+        for i in range(layers):
+            out = max(width >> (layers - 1 - i), 16) if i < layers - 1 else width
+            convs += [nn.Conv2d(in_chans, out, 3, stride=2, padding=1)] + ([nn.GELU()] if i < layers - 1 else [])
+            in_chans = out
+        self.proj = nn.Sequential(*convs)
 
 
 class VisionEncoder(nn.Module):
@@ -23,12 +46,17 @@ class VisionEncoder(nn.Module):
             ``embed_dim``, ``depth`` … — whatever the architecture accepts).
         pretrained: load pretrained weights (from ``weights_file`` if given, else the hub).
         weights_file: a local weights file, so pretrained towers work offline.
+        stem: ``patch`` (the model's own) or ``conv`` (:class:`ConvStemPatchEmbed`, ViTs only).
     """
 
     def __init__(self, name: str, overrides: dict | None = None, pretrained: bool = False,
-                 weights_file: str | None = None):
+                 weights_file: str | None = None, stem: str = "patch"):
         super().__init__()
         kwargs = dict(overrides or {})
+        if stem not in STEMS:
+            raise ValueError(f"unknown vision stem {stem!r}; expected one of {STEMS}")
+        if stem == "conv":
+            kwargs["embed_layer"] = ConvStemPatchEmbed
         if weights_file is not None:
             if not Path(weights_file).is_file():
                 raise FileNotFoundError(f"vision weights file {weights_file!r} does not exist")

@@ -27,6 +27,7 @@ IGNORE_INDEX = -100
 TINY_CONFIG = {
     "vision": {
         "name": "vit_base_patch16_224",
+        "stem": "conv",
         "overrides": {"img_size": 64, "patch_size": 8, "embed_dim": 128, "depth": 4, "num_heads": 4,
                       "mlp_ratio": 2.0, "class_token": False},
     },
@@ -66,7 +67,7 @@ class VisionLanguageModel(nn.Module):
         self.tokenizer = tokenizer
         vision = config["vision"]
         self.vision = VisionEncoder(vision["name"], vision.get("overrides"), vision.get("pretrained", False),
-                                    vision.get("weights_file"))
+                                    vision.get("weights_file"), vision.get("stem", "patch"))
         self.lm = build_language_model(language.get("config"), language.get("path"), language.get("gguf_file"),
                                        vocab_size=len(self.tokenizer))
         self.projector = build_projector(config.get("projector", "mlp2x_gelu"), self.vision.width,
