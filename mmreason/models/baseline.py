@@ -27,7 +27,6 @@ IGNORE_INDEX = -100
 TINY_CONFIG = {
     "vision": {
         "name": "vit_base_patch16_224",
-        "stem": "conv",
         "overrides": {"img_size": 64, "patch_size": 8, "embed_dim": 128, "depth": 4, "num_heads": 4,
                       "mlp_ratio": 2.0, "class_token": False},
     },
