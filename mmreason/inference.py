@@ -27,7 +27,8 @@ def evaluate(model, urls: list[str], batch_size: int = 64, max_new_tokens: int =
     device = next(model.parameters()).device
     with tqdm(total=total, desc="eval", unit="sample") as bar:
         for batch in torch.utils.data.DataLoader(stream, batch_size=None, num_workers=1):
-            texts = model.answer_batch(batch["images"].to(device), batch["records"], max_new_tokens=max_new_tokens)
+            images = model.preprocess.normalize(batch["pixels"].to(device))
+            texts = model.answer_batch(images, batch["records"], max_new_tokens=max_new_tokens)
             report.add_many(texts, batch["records"])
             records += batch["records"]
             bar.update(len(texts))

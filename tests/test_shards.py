@@ -58,10 +58,10 @@ def test_eval_stream_reads_every_sample_once_with_values(tmp_path):
     assert total == 8 and len(keys) == 8 and len(set(keys)) == 8
     assert [len(b["keys"]) for b in batches] == [4, 4]
     first = batches[0]
-    assert first["images"].shape == (4, 3, 16, 16)
+    assert first["pixels"].shape == (4, 16, 16, 3) and first["pixels"].dtype == torch.uint8
     assert first["records"][0].question == make_record(0)["question"]
     expected = PRE(make_image(0))
-    assert torch.allclose(first["images"][0], expected)
+    assert torch.allclose(PRE.normalize(first["pixels"])[0], expected)
 
 
 def test_any_image_mode_decodes_to_rgb(tmp_path):
@@ -73,7 +73,7 @@ def test_any_image_mode_decodes_to_rgb(tmp_path):
         members[f"k{i}.json"] = record
     _tar(tmp_path / "m-000000.tar", members)
     batches = _collect(eval_stream([str(tmp_path / "m-000000.tar")], PRE, batch_size=10)[0])
-    images = batches[0]["images"]
+    images = PRE.normalize(batches[0]["pixels"])
     assert images.shape == (5, 3, 16, 16)
     # 16-bit value 40000/65535 ≈ 0.61 -> normalised (0.61-0.5)/0.5 ≈ 0.22, not clipped to white
     assert abs(float(images[3].mean()) - (40000 / 65535 - 0.5) / 0.5) < 0.02
@@ -169,7 +169,7 @@ def test_epoch_length_comes_from_sizes_json(tmp_path):
 def test_length_grouping_batches_similar_lengths_without_losing_samples(tmp_path):
     urls = write_shards(tmp_path, "train", [16])
     records = [{**make_record(i), "rationale": "x" * (i * 7 % 16)} for i in range(16)]
-    samples = [{"key": str(i), "image": torch.zeros(3, 2, 2), "record": validate_record(r), "mask": None}
+    samples = [{"key": str(i), "pixels": torch.zeros(2, 2, 3, dtype=torch.uint8), "record": validate_record(r), "mask": None}
                for i, r in enumerate(records)]
     batches = list(_length_grouped(iter(samples), 4, 4, random.Random(0)))
     assert sorted(k for b in batches for k in b["keys"]) == sorted(str(i) for i in range(16))

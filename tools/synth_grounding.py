@@ -56,7 +56,8 @@ def main() -> None:
     stream.max_samples = args.limit
     totals = {who: {check: [] for check in CHECKS} for who in ("model", "gold")}
     for batch in torch.utils.data.DataLoader(stream, batch_size=None):
-        texts = model.answer_batch(batch["images"], batch["records"], max_new_tokens=args.max_new_tokens)
+        images = model.preprocess.normalize(batch["pixels"])
+        texts = model.answer_batch(images, batch["records"], max_new_tokens=args.max_new_tokens)
         for text, record in zip(texts, batch["records"]):
             scene, size = record.meta["scene"], record.meta["image_size"]
             size = size[0] if isinstance(size, list) else size  # (width, height): scenes are square

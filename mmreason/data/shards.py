@@ -129,7 +129,7 @@ def decode_sample(raw: dict, preprocess: Preprocess) -> dict:
     try:
         image = preprocess.open_rgb(raw[ext])
         record = validate_record(obj, key, image_size=image.size)
-        sample = {"key": key, "image": preprocess.to_tensor(image), "record": record,
+        sample = {"key": key, "pixels": preprocess.to_pixels(image), "record": record,
                   "orig_size": image.size, "mask": None}
         if "mask.png" in raw:
             sample["mask"] = preprocess.mask_to_tensor(preprocess.open_rgb(raw["mask.png"]).convert("L"))
@@ -149,11 +149,15 @@ def decode_stream(source: Iterator[dict], preprocess: Preprocess) -> Iterator[di
 
 
 def collate(samples: list[dict]) -> dict:
-    """Stack images (and masks when every sample has one); records stay a list."""
+    """Stack uint8 pixels (and masks when every sample has one); records stay a list.
+
+    Pixels stay uint8 until the batch is on the training side (see :func:`normalize_batch`):
+    a quarter of the bytes to pass between processes, and one normalisation per batch.
+    """
     masks = [s["mask"] for s in samples]
     return {
         "keys": [s["key"] for s in samples],
-        "images": torch.stack([s["image"] for s in samples]),
+        "pixels": torch.stack([s["pixels"] for s in samples]),
         "records": [s["record"] for s in samples],
         "masks": torch.stack(masks) if all(m is not None for m in masks) else masks,
         "skipped": SKIPPED.take(),

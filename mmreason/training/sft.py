@@ -55,6 +55,12 @@ class SFTModule(L.LightningModule):
             datamodule.preprocess.mean = self.model.preprocess.mean
             datamodule.preprocess.std = self.model.preprocess.std
 
+    def on_after_batch_transfer(self, batch, dataloader_idx: int = 0):
+        """Normalise uint8 pixels on the device the model runs on."""
+        if isinstance(batch, dict) and "pixels" in batch:
+            batch["images"] = self.model.preprocess.normalize(batch.pop("pixels"))
+        return batch
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["mmreason_module"] = f"{type(self).__module__}.{type(self).__qualname__}"
 
