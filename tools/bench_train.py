@@ -1,6 +1,6 @@
 """Step time of the Lightning training module vs a bare PyTorch loop, same model and batches.
 
-    python tools/bench_train.py [--steps 30] [--warmup 5] [--repeats 3] [--batch-size 64]
+    python tools/bench_train.py [--steps 30] [--warmup 5] [--repeats 3] [--batch-size 32]
 
 Both sides run AdamW with the same schedule and gradient clipping on the same
 pre-decoded batches; the first ``warmup`` steps of each run are not timed.
@@ -84,7 +84,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
     logging.getLogger("lightning").setLevel(logging.ERROR)
     torch.manual_seed(0)
