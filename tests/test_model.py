@@ -119,3 +119,13 @@ def test_prompt_that_would_cut_image_tokens_fails_early(tiny_tokenizer):
     model = VisionLanguageModel(config, tokenizer=tiny_tokenizer)
     with pytest.raises(PromptTooLong, match=r"needs \d+ tokens \(16 image tokens"):
         model.training_inputs(_records(1))
+
+
+def test_shared_prefill_for_k_samples_matches_a_plain_prefill(model):
+    model.eval()
+    records = [validate_record({**make_record(0), "question": "is there a red circle at the left?"}),
+               validate_record(make_record(1))]
+    images = _images(model, 2)
+    single = model.generate(images, records, max_new_tokens=6)
+    repeated = model.generate(images, records, max_new_tokens=6, num_return_sequences=3)
+    assert repeated == [text for text in single for _ in range(3)]

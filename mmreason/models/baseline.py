@@ -157,13 +157,21 @@ class VisionLanguageModel(nn.Module):
         ``extra`` goes to transformers' ``generate`` unchanged (e.g. ``min_new_tokens``).
         """
         inputs = {k: v.to(images.device) for k, v in self.generation_inputs(records).items()}
-        embeds = self.embed(images, inputs["input_ids"])
+        embeds, mask = self.embed(images, inputs["input_ids"]), inputs["attention_mask"]
         sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else {
             "do_sample": False}
+        if num_return_sequences > 1:
+            # One prefill per prompt, shared by its K samples: every prompt token but the last goes
+            # through the model once, the cache is repeated K times, and generation goes on from there.
+            prefix = self.lm(inputs_embeds=embeds[:, :-1], attention_mask=mask[:, :-1], use_cache=True)
+            prefix.past_key_values.batch_repeat_interleave(num_return_sequences)
+            extra["past_key_values"] = prefix.past_key_values
+            embeds = embeds.repeat_interleave(num_return_sequences, dim=0)
+            mask = mask.repeat_interleave(num_return_sequences, dim=0)
         output = self.lm.generate(
-            inputs_embeds=embeds, attention_mask=inputs["attention_mask"], max_new_tokens=max_new_tokens,
-            num_return_sequences=num_return_sequences, pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=self.tokenizer.eos_token_id, bos_token_id=self.tokenizer.bos_token_id, **sampling, **extra,
+            inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
+            pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
+            bos_token_id=self.tokenizer.bos_token_id, **sampling, **extra,
         )
         return self.tokenizer.batch_decode(output, skip_special_tokens=False, clean_up_tokenization_spaces=True)
 
