@@ -8,9 +8,9 @@ import logging
 import sys
 
 LIGHTNING_VERBS = {
-    "fit": "train from a recipe: mmreason fit -c recipes/baseline/synth-tiny-cot.yaml",
-    "validate": "validate a checkpoint with a recipe's data: mmreason validate -c RECIPE --ckpt_path CKPT",
-    "test": "test a checkpoint with a recipe's data: mmreason test -c RECIPE --ckpt_path CKPT",
+    "fit": "train from a recipe (-c RECIPE; --ckpt_path last resumes)",
+    "validate": "validate a checkpoint (-c RECIPE --ckpt_path CKPT)",
+    "test": "test a checkpoint (-c RECIPE --ckpt_path CKPT)",
 }
 
 
@@ -28,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=160)
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
-    p = verbs.add_parser("eval", help="score an export folder on shards: accuracy per task, parse failures")
+    p = verbs.add_parser("eval", help="score an export folder on shards, per task")
     p.add_argument("--model", required=True, help="export folder")
     p.add_argument("--data", required=True, nargs="+", help="shard pattern(s) or a folder")
     p.add_argument("--split", default=None, help="with a folder: which split's shards (e.g. test)")
@@ -44,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("list", help="list registered models")
     p.add_argument("pattern", nargs="?", default="*")
 
-    p = verbs.add_parser("data", help="make shards: the synthetic benchmark or users' data")
+    p = verbs.add_parser("data", help="make shards: synthetic benchmark or your data")
     data = p.add_subparsers(dest="data_verb", metavar="DATA_VERB", required=True)
     from mmreason.data.cli import add_data_arguments
 
