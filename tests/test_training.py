@@ -113,3 +113,18 @@ def test_two_rank_ddp_fit_stays_in_step_and_exports_once(shards, tmp_path):
     assert (tmp_path / "export" / "model.safetensors").is_file()
     assert result.stderr.count(f"model to {tmp_path / 'export'}\n") == 1
     assert not (tmp_path / "export.old").exists() and not (tmp_path / "export.tmp").exists()
+
+
+def test_data_verbs_write_valid_shards(tmp_path):
+    out = tmp_path / "synth"
+    mmreason("data", "synth", "--out", str(out), "--train", "12", "--val", "4", "--test", "0", "--heldout", "4",
+             "--tasks", "count", "seg", "--samples-per-shard", "8")
+    sizes = json.loads((out / "sizes.json").read_text())
+    assert sizes == {"heldout-000000.tar": 4, "train-000000.tar": 8, "train-000001.tar": 4, "val-000000.tar": 4}
+    record = {"question": "how many?", "answer": "2", "task": "count", "image": "a.png"}
+    make_image(0).save(tmp_path / "a.png")
+    (tmp_path / "data.jsonl").write_text(json.dumps(record) + "\n")
+    report = json.loads(mmreason("data", "convert", "jsonl", str(tmp_path / "data.jsonl"),
+                                 "--out", str(tmp_path / "mine")).stdout)
+    assert report["written"] == 1
+    assert json.loads((tmp_path / "mine" / "sizes.json").read_text()) == {"train-000000.tar": 1}
