@@ -25,7 +25,8 @@ class ShardDataModule(L.LightningDataModule):
 
     Args:
         train, val, test: shard specs; a folder picks its ``train-*``, ``val-*``, ``test-*`` shards.
-        synth: options of the synthetic benchmark to generate when ``train`` is missing, e.g.
+        synth: options of the synthetic benchmark, generated (or completed) into ``out`` before
+            training and used for every split not given explicitly, e.g.
             ``{out: data/synth, train: 30000, val: 500, test: 1000, heldout: 1000, rationale_style: short}``.
         epoch_samples: samples per training epoch (default: the training shards' size).
         length_group: sort this many batches' worth of samples by text length before batching
