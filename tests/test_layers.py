@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import save_file
 
 from mmreason.layers.language import build_language_model, resolve_path, splice_image_features
+from mmreason.layers.position import sincos_2d
 from mmreason.layers.vision import VisionEncoder
 from mmreason.text.tokenizer import SPECIAL_TOKENS, add_special_tokens, bpe_tokenizer, build_tokenizer
 from mmreason.zoo import create_model, list_models, merge_config, model_info
@@ -102,3 +103,13 @@ def test_conv_stem_keeps_the_token_grid_and_sees_across_patch_borders():
         VisionEncoder("vit_base_patch16_224", {**TINY_VIT, "patch_size": 6, "img_size": 36}, stem="conv")
     with pytest.raises(ValueError, match="unknown vision stem 'pixel'"):
         VisionEncoder("vit_base_patch16_224", TINY_VIT, stem="pixel")
+
+
+def test_sincos_codes_are_distinct_per_grid_cell_and_shared_along_rows():
+    codes = sincos_2d(16, 8)
+    assert codes.shape == (16, 8)
+    assert torch.allclose(codes[0], torch.tensor([0.0, 0.0, 1.0, 1.0] * 2))  # cell (0, 0): sin 0, cos 0
+    assert torch.equal(codes[1, :4], codes[0, :4]) and not torch.equal(codes[1, 4:], codes[0, 4:])  # same row
+    assert len({tuple(c.tolist()) for c in codes}) == 16
+    with pytest.raises(ValueError, match="square token grid"):
+        sincos_2d(15, 8)

@@ -129,3 +129,15 @@ def test_shared_prefill_for_k_samples_matches_a_plain_prefill(model):
     single = model.generate(images, records, max_new_tokens=6)
     repeated = model.generate(images, records, max_new_tokens=6, num_return_sequences=3)
     assert repeated == [text for text in single for _ in range(3)]
+
+
+def test_image_position_codes_survive_export(tiny_tokenizer, tmp_path):
+    model = VisionLanguageModel(merge_config(TINY_TEST_CONFIG, {"image_position": "sincos2d"}),
+                                tokenizer=tiny_tokenizer).eval()
+    images, records = _images(model, 2), _records(2)
+    loaded = load_export(save_export(model, tmp_path / "export"))
+    inputs = model.training_inputs(records)
+    assert loaded.image_position_codes is not None
+    assert torch.equal(model(images, **inputs).logits, loaded(images, **inputs).logits)
+    with pytest.raises(ValueError, match="image_position must be one of"):
+        VisionLanguageModel(merge_config(TINY_TEST_CONFIG, {"image_position": "learned"}), tokenizer=tiny_tokenizer)

@@ -17,12 +17,14 @@ from mmreason.data.preprocess import Preprocess
 from mmreason.data.schema import Record
 from mmreason.eval.answers import extract_answer_span
 from mmreason.layers.language import build_language_model, splice_image_features
+from mmreason.layers.position import sincos_2d
 from mmreason.layers.projector import build_projector
 from mmreason.layers.vision import VisionEncoder
 from mmreason.text.prompts import OUTPUT_FORMATS, target_text, user_prompt
 from mmreason.text.tokenizer import build_tokenizer
 
 IGNORE_INDEX = -100
+IMAGE_POSITIONS = ("none", "sincos2d")
 
 TINY_CONFIG = {
     "vision": {
@@ -72,11 +74,19 @@ class VisionLanguageModel(nn.Module):
         self.projector = build_projector(config.get("projector", "mlp2x_gelu"), self.vision.width,
                                          self.lm.config.hidden_size)
         self.num_image_tokens = self.vision.num_tokens(self.preprocess.image_size)
+        position = config.get("image_position", "none")
+        if position not in IMAGE_POSITIONS:
+            raise ValueError(f"image_position must be one of {IMAGE_POSITIONS}, got {position!r}")
+        codes = sincos_2d(self.num_image_tokens, self.lm.config.hidden_size) if position == "sincos2d" else None
+        self.register_buffer("image_position_codes", codes, persistent=False)
         self.image_token_id = self.tokenizer.convert_tokens_to_ids("<image>")
 
     # ---- inputs -------------------------------------------------------------------------------
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        return self.projector(self.vision(images))
+        features = self.projector(self.vision(images))
+        if self.image_position_codes is not None:
+            features = features + self.image_position_codes.to(features.dtype)
+        return features
 
     def _prompt_ids(self, records: list[Record]) -> list[list[int]]:
         prompts = [user_prompt(r.question, r.choices) for r in records]
