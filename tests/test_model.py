@@ -12,6 +12,7 @@ from mmreason.data.schema import validate_record
 from mmreason.export import ExportError, load_export, save_export
 from mmreason.layers.projector import build_projector
 from mmreason.models.baseline import IGNORE_INDEX, PromptTooLong, VisionLanguageModel
+from mmreason.training.sft import SFTModule
 from mmreason.zoo import merge_config
 
 
@@ -141,3 +142,17 @@ def test_image_position_codes_survive_export(tiny_tokenizer, tmp_path):
     assert torch.equal(model(images, **inputs).logits, loaded(images, **inputs).logits)
     with pytest.raises(ValueError, match="image_position must be one of"):
         VisionLanguageModel(merge_config(TINY_TEST_CONFIG, {"image_position": "learned"}), tokenizer=tiny_tokenizer)
+
+
+def test_fine_tuning_starts_from_an_export_and_refuses_architecture_changes(model, tmp_path):
+    folder = save_export(model, tmp_path / "export")
+    module = SFTModule(init_from=str(folder), model_config={"output_format": "answer"})
+    assert module.model.output_format == "answer" and module.model.training
+    records = _records(1)
+    text = module.model.tokenizer.decode(
+        [t for t in module.model.training_inputs(records)["labels"][0].tolist() if t != IGNORE_INDEX])
+    assert text.startswith("<answer>")
+    for name, value in model.state_dict().items():
+        assert torch.equal(module.model.state_dict()[name], value)
+    with pytest.raises(ValueError, match=r"\['projector'\] cannot change an exported model"):
+        SFTModule(init_from=str(folder), model_config={"projector": "linear"})

@@ -71,9 +71,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint, path, storage_options=None):
         path = str(path)
-        fs = get_filesystem(path)
-        if fs.protocol not in ("file", ("file", "local")) and "file" not in fs.protocol:
-            return super().save_checkpoint(checkpoint, path, storage_options)
+        protocols = get_filesystem(path).protocol
+        if "file" not in (protocols if isinstance(protocols, tuple) else (protocols,)):
+            return super().save_checkpoint(checkpoint, path, storage_options)  # remote stores: no rename
         tmp = path + ".tmp"
         super().save_checkpoint(checkpoint, tmp, storage_options)
         os.replace(tmp, path)

@@ -19,6 +19,8 @@ from mmreason.export import load_export
 from mmreason.training.schedule import warmup_cosine
 from mmreason.zoo import create_model, merge_config
 
+FINE_TUNE_OPTIONS = ("output_format", "max_length")
+
 
 class SFTModule(L.LightningModule):
     """Args:
@@ -36,10 +38,15 @@ class SFTModule(L.LightningModule):
         self.save_hyperparameters()
         if init_from:
             self.model = load_export(init_from).train()
+            unchangeable = sorted(set(model_config or {}) - set(FINE_TUNE_OPTIONS))
+            if unchangeable:
+                raise ValueError(
+                    f"model_config {unchangeable} cannot change an exported model's architecture; with init_from "
+                    f"only {FINE_TUNE_OPTIONS} may be set"
+                )
             for key, value in (model_config or {}).items():
                 self.model.config = merge_config(self.model.config, {key: value})
-                if key == "output_format":
-                    self.model.output_format = value
+                setattr(self.model, key, value)
         else:
             self.model = create_model(model, **(model_config or {}))
         self._last_step_end: float | None = None
