@@ -31,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("eval", help="score an export folder on shards, per task")
     p.add_argument("--model", required=True, help="export folder")
     p.add_argument("--data", required=True, nargs="+", help="shard pattern(s) or a folder")
-    p.add_argument("--split", default=None, help="with a folder: which split's shards (e.g. test)")
+    p.add_argument("--split", default="test", help="with a folder: which split's shards (default: test)")
     p.add_argument("--out", default=None, help="write the report as JSON here")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-new-tokens", type=int, default=160)

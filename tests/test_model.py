@@ -125,11 +125,21 @@ def test_prompt_that_would_cut_image_tokens_fails_early(tiny_tokenizer):
 def test_shared_prefill_for_k_samples_matches_a_plain_prefill(model):
     model.eval()
     records = [validate_record({**make_record(0), "question": "is there a red circle at the left?"}),
-               validate_record(make_record(1))]
-    images = _images(model, 2)
-    single = model.generate(images, records, max_new_tokens=6)
-    repeated = model.generate(images, records, max_new_tokens=6, num_return_sequences=3)
-    assert repeated == [text for text in single for _ in range(3)]
+               validate_record(make_record(1))]  # different lengths: the shorter row is left-padded
+    inputs = model.generation_inputs(records)
+    embeds, mask = model.embed(_images(model, 2), inputs["input_ids"]), inputs["attention_mask"]
+    assert int(mask[1].sum()) < int(mask[0].sum())
+    settings = dict(max_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True,
+                    pad_token_id=model.tokenizer.pad_token_id)
+    with torch.no_grad():
+        plain = model.lm.generate(inputs_embeds=embeds.repeat_interleave(3, 0),
+                                  attention_mask=mask.repeat_interleave(3, 0), **settings)
+        cache, embeds_k, mask_k = model.shared_prefill(embeds, mask, 3)
+        shared = model.lm.generate(inputs_embeds=embeds_k, attention_mask=mask_k, past_key_values=cache, **settings)
+    for a, b in zip(plain.logits, shared.logits):
+        assert torch.allclose(a, b, atol=1e-5)
+    texts = model.generate(_images(model, 2), records, max_new_tokens=6, num_return_sequences=3)
+    assert texts == [t for t in model.generate(_images(model, 2), records, max_new_tokens=6) for _ in range(3)]
 
 
 def test_image_position_codes_survive_export(tiny_tokenizer, tmp_path):

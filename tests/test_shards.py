@@ -17,6 +17,7 @@ from mmreason.data.preprocess import Preprocess
 from mmreason.data.schema import validate_record
 from mmreason.data.shards import (
     SKIPPED,
+    EpochLoader,
     _length_grouped,
     eval_stream,
     resolve_shards,
@@ -176,3 +177,21 @@ def test_length_grouping_batches_similar_lengths_without_losing_samples(tmp_path
     assert max(spans) <= 3  # 16 distinct lengths in 4 sorted groups of 4
     stream, _ = train_stream(urls, PRE, batch_size=4, length_group=2)
     assert sum(len(b["keys"]) for b in _collect(stream)) == 16
+
+
+def test_epoch_loader_asks_the_epoch_when_a_pass_starts(tmp_path):
+    urls = write_shards(tmp_path, "train", [8])
+    stream, _ = train_stream(urls, PRE, batch_size=4)
+    epoch = {"now": 0}
+    loader = EpochLoader(stream, lambda: epoch["now"])
+    epoch["now"] = 5  # e.g. a resumed Trainer that learned its epoch after building the loader
+    list(loader)
+    assert stream.epoch == 5
+
+
+def test_eval_length_counts_each_workers_partial_batch(tmp_path):
+    urls = write_shards(tmp_path, "test", [5, 5, 5])
+    stream, total = eval_stream(urls, PRE, batch_size=4, num_workers=2)
+    batches = list(torch.utils.data.DataLoader(stream, batch_size=None, num_workers=2))
+    assert total == 15 and sum(len(b["keys"]) for b in batches) == 15
+    assert len(stream) == len(batches) == 5  # worker 0: 10 samples -> 3 batches, worker 1: 5 -> 2

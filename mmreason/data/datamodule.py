@@ -87,15 +87,17 @@ class ShardDataModule(L.LightningDataModule):
             self._urls(self.train, "train"), self.preprocess, self.batch_size, rank, world,
             self.num_workers, self.epoch_samples, self.seed, self.shuffle_buffer, self.length_group,
         )
-        first_epoch = self.trainer.current_epoch if getattr(self, "trainer", None) else 0
-        return EpochLoader(stream, first_epoch, num_workers=self.num_workers,
+        trainer = getattr(self, "trainer", None)
+        epoch_fn = (lambda: trainer.current_epoch) if trainer is not None else None
+        return EpochLoader(stream, epoch_fn, num_workers=self.num_workers,
                            persistent_workers=False, multiprocessing_context=_fork_context(self.num_workers))
 
     def _eval_loader(self, spec, split):
         rank, world = self._rank()
-        stream, _ = eval_stream(self._urls(spec, split), self.preprocess, self.eval_batch_size, rank, world)
         # one worker per rank keeps the batch count equal across ranks when evaluation is distributed
         workers = self.num_workers if world == 1 else min(self.num_workers, 1)
+        stream, _ = eval_stream(self._urls(spec, split), self.preprocess, self.eval_batch_size, rank, world,
+                                workers)
         return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers,
                                            multiprocessing_context=_fork_context(workers))
 

@@ -20,7 +20,7 @@ import math
 import os
 import random
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -236,22 +236,24 @@ class TrainStream(torch.utils.data.IterableDataset):
 
 
 class EpochLoader(torch.utils.data.DataLoader):
-    """A DataLoader that hands its stream a new epoch number at each pass.
+    """A DataLoader that hands its stream the current epoch number at each pass.
 
-    Workers receive a fresh copy of the stream on every pass, so the epoch set
-    here reaches them and each epoch resamples differently but reproducibly.
+    ``epoch_fn`` is asked when a pass starts (a resumed Trainer knows its epoch
+    only by then); without it passes are numbered 0, 1, ... Workers receive a
+    fresh copy of the stream on every pass, so the epoch reaches them and each
+    epoch resamples differently but reproducibly.
     """
 
-    def __init__(self, stream: TrainStream, first_epoch: int = 0, **kwargs):
+    def __init__(self, stream: TrainStream, epoch_fn: Callable[[], int] | None = None, **kwargs):
         super().__init__(stream, batch_size=None, **kwargs)
-        self.next_epoch = first_epoch
+        self.epoch_fn, self.passes = epoch_fn, 0
 
     def __len__(self) -> int:
         return self.dataset.batches_per_worker * max(1, self.num_workers)
 
     def __iter__(self):
-        self.dataset.epoch = self.next_epoch
-        self.next_epoch += 1
+        self.dataset.epoch = self.epoch_fn() if self.epoch_fn is not None else self.passes
+        self.passes += 1
         return super().__iter__()
 
 
@@ -299,12 +301,19 @@ def train_stream(urls, preprocess, batch_size, rank=0, world_size=1, num_workers
     return stream, per_worker * workers
 
 
-def eval_stream(urls, preprocess, batch_size, rank=0, world_size=1) -> tuple[EvalStream, int | None]:
-    """An evaluation stream over this rank's shards and its number of samples (None if unknown)."""
+def eval_stream(urls, preprocess, batch_size, rank=0, world_size=1, num_workers=0) -> tuple[EvalStream, int | None]:
+    """An evaluation stream over this rank's shards and its number of samples (None if unknown).
+
+    Each loader worker batches its own shards, partial last batch included, so the
+    batch count is summed per worker (``num_workers`` must match the DataLoader's).
+    """
     if world_size == 1:
         sizes = shard_sizes(urls)
         stream = EvalStream(urls, preprocess, batch_size)
-        stream.length = expected_batches(sum(sizes.values()), batch_size) if sizes else None
+        if sizes:
+            workers = max(1, num_workers)
+            stream.length = sum(expected_batches(sum(sizes[u] for u in urls[w::workers]), batch_size)
+                                for w in range(workers))
         return stream, (sum(sizes.values()) if sizes else None)
     if len(urls) % world_size:
         raise ValueError(

@@ -171,13 +171,7 @@ class VisionLanguageModel(nn.Module):
         sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else {
             "do_sample": False}
         if num_return_sequences > 1:
-            # One prefill per prompt, shared by its K samples: every prompt token but the last goes
-            # through the model once, the cache is repeated K times, and generation goes on from there.
-            prefix = self.lm(inputs_embeds=embeds[:, :-1], attention_mask=mask[:, :-1], use_cache=True)
-            prefix.past_key_values.batch_repeat_interleave(num_return_sequences)
-            extra["past_key_values"] = prefix.past_key_values
-            embeds = embeds.repeat_interleave(num_return_sequences, dim=0)
-            mask = mask.repeat_interleave(num_return_sequences, dim=0)
+            extra["past_key_values"], embeds, mask = self.shared_prefill(embeds, mask, num_return_sequences)
         output = self.lm.generate(
             inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
             pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
@@ -188,6 +182,16 @@ class VisionLanguageModel(nn.Module):
     def answer_batch(self, images: torch.Tensor, records: list[Record], **generate_kwargs) -> list[str]:
         """Generated texts ready for scoring: one per record (or K per record when sampling K)."""
         return [self.clean_output(t) for t in self.generate(images, records, **generate_kwargs)]
+
+    def shared_prefill(self, embeds: torch.Tensor, mask: torch.Tensor, k: int):
+        """One prefill per prompt, shared by its K samples: every prompt token but the last goes
+        through the model once and the cache is repeated K times; ``generate`` goes on from the
+        last token. Returns (cache, embeds, mask) for the B×K rows."""
+        positions = (mask[:, :-1].cumsum(-1) - 1).clamp(min=0)  # as generate() numbers left-padded rows
+        prefix = self.lm(inputs_embeds=embeds[:, :-1], attention_mask=mask[:, :-1], position_ids=positions,
+                         use_cache=True)
+        prefix.past_key_values.batch_repeat_interleave(k)
+        return prefix.past_key_values, embeds.repeat_interleave(k, dim=0), mask.repeat_interleave(k, dim=0)
 
     def clean_output(self, text: str) -> str:
         """Drop padding/EOS markers, keep the reasoning tags."""

@@ -14,6 +14,7 @@ import lightning as L
 import yaml
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.trainer.states import TrainerFn
 
 from mmreason.export import save_export
 
@@ -49,7 +50,8 @@ class ExportCallback(L.Callback):
         trainer.strategy.barrier("export")
 
     def on_validation_end(self, trainer, pl_module):
-        if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
+        if (trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking
+                or self.monitor not in trainer.callback_metrics):
             return
         value = float(trainer.callback_metrics[self.monitor])
         if self.best is None or (value > self.best if self.mode == "max" else value < self.best):
