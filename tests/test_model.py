@@ -20,6 +20,12 @@ def _records(n=4):
     return [validate_record(make_record(i)) for i in range(n)]
 
 
+def _inputs(model, records):
+    inputs = model.training_inputs(records)
+    assert inputs.pop("rows").tolist() == list(range(len(records)))
+    return inputs
+
+
 def _images(model, n=4):
     return torch.stack([model.preprocess(make_image(i)) for i in range(n)])
 
@@ -81,7 +87,7 @@ def test_export_round_trip_gives_identical_logits_and_predicts(model, tmp_path):
     model.eval()
     folder = save_export(model, tmp_path / "export", recipe={"lr": 1}, metrics={"test/accuracy": 0.5})
     loaded = load_export(folder)
-    inputs = model.training_inputs(records)
+    inputs = _inputs(model, records)
     assert torch.equal(model(images, **inputs).logits, loaded(images, **inputs).logits)
     config = json.loads((folder / "config.json").read_text())
     assert config["family"] == "baseline"
@@ -120,6 +126,18 @@ def test_prompt_that_would_cut_image_tokens_fails_early(tiny_tokenizer):
     model = VisionLanguageModel(config, tokenizer=tiny_tokenizer)
     with pytest.raises(PromptTooLong, match=r"needs \d+ tokens \(16 image tokens"):
         model.training_inputs(_records(1))
+    with pytest.raises(PromptTooLong, match=r"needs \d+ tokens \(16 image tokens"):
+        model.generation_inputs(_records(1))
+
+
+def test_training_skips_and_counts_samples_whose_prompt_is_too_long(model):
+    records = _records(3)
+    records[1].question = "is there " * 60 + "a red circle?"
+    out = model.batch_loss(_images(model, 3), records)
+    assert out["skipped"] == 1 and torch.isfinite(out["loss"])
+    assert model.training_inputs(records, skip_too_long=True)["rows"].tolist() == [0, 2]
+    with pytest.raises(PromptTooLong, match="every prompt of the batch exceeds"):
+        model.batch_loss(_images(model, 1), records[1:2])
 
 
 def test_shared_prefill_for_k_samples_matches_a_plain_prefill(model):
@@ -147,7 +165,7 @@ def test_image_position_codes_survive_export(tiny_tokenizer, tmp_path):
                                 tokenizer=tiny_tokenizer).eval()
     images, records = _images(model, 2), _records(2)
     loaded = load_export(save_export(model, tmp_path / "export"))
-    inputs = model.training_inputs(records)
+    inputs = _inputs(model, records)
     assert loaded.image_position_codes is not None
     assert torch.equal(model(images, **inputs).logits, loaded(images, **inputs).logits)
     with pytest.raises(ValueError, match="image_position must be one of"):

@@ -9,6 +9,7 @@ backbone, the RL policy and the segmentation model extend it.
 from __future__ import annotations
 
 import copy
+import logging
 
 import torch
 from torch import nn
@@ -22,6 +23,8 @@ from mmreason.layers.projector import build_projector
 from mmreason.layers.vision import VisionEncoder
 from mmreason.text.prompts import OUTPUT_FORMATS, target_text, user_prompt
 from mmreason.text.tokenizer import build_tokenizer
+
+log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 IMAGE_POSITIONS = ("none", "sincos2d")
@@ -88,14 +91,19 @@ class VisionLanguageModel(nn.Module):
             features = features + self.image_position_codes.to(features.dtype)
         return features
 
-    def _prompt_ids(self, records: list[Record]) -> list[list[int]]:
+    def _prompt_ids(self, records: list[Record], skip_too_long: bool = False) -> list[list[int] | None]:
+        """Prompt ids with the image tokens expanded; a prompt over ``max_length`` raises, or is None
+        when ``skip_too_long`` (training streams skip such samples instead of stopping)."""
         prompts = [user_prompt(r.question, r.choices) for r in records]
         encoded = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
-        out = []
+        out: list[list[int] | None] = []
         for ids in encoded:
             at = ids.index(self.image_token_id)
             ids = [self.tokenizer.bos_token_id, *ids[:at], *[self.image_token_id] * self.num_image_tokens,
                    *ids[at + 1 :]]
+            if len(ids) > self.max_length and skip_too_long:
+                out.append(None)
+                continue
             if len(ids) > self.max_length:
                 raise PromptTooLong(
                     f"prompt needs {len(ids)} tokens ({self.num_image_tokens} image tokens + "
@@ -105,17 +113,24 @@ class VisionLanguageModel(nn.Module):
             out.append(ids)
         return out
 
-    def training_inputs(self, records: list[Record]) -> dict[str, torch.Tensor]:
-        """Right-padded prompt+target ids with labels -100 everywhere but the target (and EOS)."""
-        prompts = self._prompt_ids(records)
-        targets = self.tokenizer([target_text(r, self.output_format) for r in records],
+    def training_inputs(self, records: list[Record], skip_too_long: bool = False) -> dict[str, torch.Tensor]:
+        """Right-padded prompt+target ids with labels -100 everywhere but the target (and EOS).
+
+        ``rows`` holds the indices of the records kept (all of them unless ``skip_too_long``).
+        """
+        prompts = self._prompt_ids(records, skip_too_long)
+        kept = [i for i, p in enumerate(prompts) if p is not None]
+        if not kept:
+            raise PromptTooLong(f"every prompt of the batch exceeds max_length={self.max_length}")
+        targets = self.tokenizer([target_text(records[i], self.output_format) for i in kept],
                                  add_special_tokens=False)["input_ids"]
         rows, labels = [], []
-        for p, t in zip(prompts, targets):
+        for i, t in zip(kept, targets):
+            p = prompts[i]
             t = [*t, self.tokenizer.eos_token_id][: self.max_length - len(p)]
             rows.append(p + t)
             labels.append([IGNORE_INDEX] * len(p) + t)
-        return self._pad(rows, labels, left=False)
+        return {**self._pad(rows, labels, left=False), "rows": torch.tensor(kept)}
 
     def generation_inputs(self, records: list[Record]) -> dict[str, torch.Tensor]:
         return self._pad(self._prompt_ids(records), None, left=True)
@@ -146,8 +161,14 @@ class VisionLanguageModel(nn.Module):
         return self.lm(inputs_embeds=self.embed(images, input_ids), attention_mask=attention_mask, labels=labels)
 
     def batch_loss(self, images: torch.Tensor, records: list[Record]) -> dict[str, torch.Tensor]:
-        """Loss, token accuracy and target-token count for one batch of records."""
-        inputs = {k: v.to(images.device) for k, v in self.training_inputs(records).items()}
+        """Loss, token accuracy and token counts for one batch; samples whose prompt exceeds
+        ``max_length`` are skipped, logged and counted (``skipped``) rather than stopping training."""
+        inputs = {k: v.to(images.device) for k, v in self.training_inputs(records, skip_too_long=True).items()}
+        rows = inputs.pop("rows")
+        skipped = len(records) - len(rows)
+        if skipped:
+            log.warning("skipped %d sample(s) whose prompt exceeds max_length=%d", skipped, self.max_length)
+            images = images[rows]
         out = self(images, **inputs)
         shifted_labels = inputs["labels"][:, 1:]
         valid = shifted_labels != IGNORE_INDEX
@@ -155,7 +176,7 @@ class VisionLanguageModel(nn.Module):
         n_tokens = valid.sum()
         accuracy = ((predicted == shifted_labels) & valid).sum() / n_tokens.clamp(min=1)
         return {"loss": out.loss, "token_accuracy": accuracy, "target_tokens": n_tokens,
-                "tokens": inputs["attention_mask"].sum()}
+                "tokens": inputs["attention_mask"].sum(), "skipped": skipped}
 
     # ---- inference ----------------------------------------------------------------------------
     @torch.no_grad()

@@ -96,7 +96,7 @@ class SFTModule(L.LightningModule):
             self.log("train/samples_per_s", n / elapsed)
             self.log("train/tokens_per_s", float(out["tokens"]) / elapsed)
         self._last_step_end = now
-        self.skipped_total += int(batch.get("skipped", 0))
+        self.skipped_total += int(batch.get("skipped", 0)) + out["skipped"]
         self.log("data/skipped", float(self.skipped_total))
         return out["loss"]
 
