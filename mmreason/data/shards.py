@@ -19,9 +19,8 @@ import logging
 import math
 import os
 import random
-from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
@@ -90,11 +89,9 @@ def shard_sizes(urls: list[str]) -> dict[str, int] | None:
 class SkipCounter:
     """Per-process tally of skipped samples; batches carry the delta since the last batch."""
 
-    reasons: Counter = field(default_factory=Counter)
     pending: int = 0
 
     def skip(self, key: str, reason: str) -> None:
-        self.reasons[reason.split(":")[0]] += 1
         self.pending += 1
         log.warning("skipped sample %s: %s", key, reason)
 

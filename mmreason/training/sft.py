@@ -124,8 +124,6 @@ class SFTModule(L.LightningModule):
         metrics.update({f"{stage}/accuracy_{task}": v["accuracy"] for task, v in summary["per_task"].items()})
         self.log_dict(metrics, prog_bar=False, sync_dist=False)
         self.last_metrics.update(metrics)
-        self.last_reports = getattr(self, "last_reports", {})
-        self.last_reports[stage] = summary
 
     def on_validation_epoch_end(self):
         self._eval_epoch_end("val")
