@@ -48,6 +48,7 @@ def portable_config(model) -> dict:
     config = json.loads(json.dumps(model.config))
     config["language"] = {"config": {"model_type": model.lm.config.model_type, **model.lm.config.to_diff_dict()}}
     config["vision"] = {**config["vision"], "pretrained": False, "weights_file": None}
+    config["vision"].pop("from_export", None)
     config["tokenizer"] = "."
     config["preprocess"] = model.preprocess.to_dict()
     return config

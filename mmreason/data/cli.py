@@ -1,4 +1,4 @@
-"""``mmreason data synth`` and ``mmreason data convert``: shards from the benchmark or users' files."""
+"""``mmreason data synth|convert|features``: shards from the benchmark or users' files, and with vision features."""
 
 from __future__ import annotations
 
@@ -28,6 +28,14 @@ def add_data_arguments(verbs) -> None:
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a format option, e.g. --option text_only=blank (repeatable)")
 
+    p = verbs.add_parser("features", help="copy shards with a frozen vision encoder's features precomputed")
+    p.add_argument("--encoder", required=True, help="export folder whose vision encoder computes the features")
+    p.add_argument("--data", required=True, help="source shard folder (from `mmreason data synth|convert`)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--splits", nargs="+", default=["train", "val", "test", "heldout"])
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default=None, help="e.g. cuda or cpu (default: cuda when available)")
+
 
 def _options(pairs: list[str]) -> dict[str, str]:
     out = {}
@@ -48,6 +56,11 @@ def run_data_verb(args: argparse.Namespace) -> None:
                              rationale_style=args.rationale_style, noise=args.noise, seed=args.seed)
         counts = {"train": args.train, "val": args.val, "test": args.test, "heldout": args.heldout}
         report = synthesize(args.out, counts, config, samples_per_shard=args.samples_per_shard)
+    elif args.data_verb == "features":
+        from mmreason.data.features import write_feature_shards
+
+        report = write_feature_shards(args.encoder, args.data, args.out, splits=args.splits,
+                                      batch_size=args.batch_size, device=args.device)
     else:
         from mmreason.data.convert import convert
 

@@ -14,6 +14,7 @@ previous batch so the training module can log it as a metric.
 from __future__ import annotations
 
 import glob
+import io
 import json
 import logging
 import math
@@ -25,6 +26,7 @@ from itertools import islice
 from pathlib import Path
 
 import braceexpand
+import numpy as np
 import torch
 import webdataset as wds
 
@@ -35,6 +37,7 @@ from mmreason.data.writer import SIZES_FILE
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
+FEATURES_MEMBER = "features.npy"  # precomputed vision features, see mmreason.data.features
 
 
 class BadSample(ValueError):
@@ -109,8 +112,22 @@ def _tar_error_handler(exn: Exception) -> bool:
     return True
 
 
+def _decode_features(data: bytes) -> torch.Tensor:
+    """A ``features.npy`` member as float32 (tokens, dim)."""
+    try:
+        array = np.load(io.BytesIO(data), allow_pickle=False).astype(np.float32)
+    except (ValueError, OSError, EOFError) as exn:
+        raise BadSample(f"unreadable features.npy: {type(exn).__name__}: {exn}") from exn
+    if array.ndim != 2:
+        raise BadSample(f"features.npy has shape {array.shape}, expected (tokens, dim)")
+    return torch.from_numpy(array)
+
+
 def decode_sample(raw: dict, preprocess: Preprocess) -> dict:
-    """Turn raw tar members into {key, image, record, mask}; raise BadSample with the reason."""
+    """Turn raw tar members into {key, pixels, record, orig_size, mask, features}; raise BadSample with the reason.
+
+    ``features`` holds precomputed vision features when the shard has them, else None.
+    """
     key = raw.get("__key__", "?")
     ext = next((e for e in IMAGE_EXTENSIONS if e in raw), None)
     if ext is None:
@@ -134,6 +151,7 @@ def decode_sample(raw: dict, preprocess: Preprocess) -> dict:
         raise BadSample(f"invalid record: {exn}") from exn
     except Exception as exn:  # PIL raises many types for corrupt data
         raise BadSample(f"undecodable image: {type(exn).__name__}: {exn}") from exn
+    sample["features"] = _decode_features(raw[FEATURES_MEMBER]) if FEATURES_MEMBER in raw else None
     return sample
 
 
@@ -150,15 +168,20 @@ def collate(samples: list[dict]) -> dict:
 
     Pixels stay uint8 until the batch is on the training side (see :func:`normalize_batch`):
     a quarter of the bytes to pass between processes, and one normalisation per batch.
+    Precomputed vision features are stacked as ``features`` when every sample has them.
     """
     masks = [s["mask"] for s in samples]
-    return {
+    features = [s.get("features") for s in samples]
+    batch = {
         "keys": [s["key"] for s in samples],
         "pixels": torch.stack([s["pixels"] for s in samples]),
         "records": [s["record"] for s in samples],
         "masks": torch.stack(masks) if all(m is not None for m in masks) else masks,
         "skipped": SKIPPED.take(),
     }
+    if all(f is not None for f in features):
+        batch["features"] = torch.stack(features)
+    return batch
 
 
 def _batched(source: Iterator[dict], batch_size: int, partial: bool) -> Iterator[dict]:

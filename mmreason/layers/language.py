@@ -1,4 +1,4 @@
-"""The language backbone: any transformers decoder-only LM, plus the image-token splice.
+"""The language backbone: any transformers decoder-only (or encoder–decoder) LM, plus the image-token splice.
 
 Tiny models come from a config dict (``{"model_type": "llama", ...}``); real
 ones from a local folder, a hub id, or a GGUF file in a folder. The splice
@@ -12,9 +12,10 @@ import importlib.util
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrainedModel
 
 PACKAGE_PREFIX = "pkg:"
+MODEL_KINDS = {"causal": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM}
 
 
 def resolve_path(path: str) -> str:
@@ -33,8 +34,13 @@ def resolve_path(path: str) -> str:
 
 
 def build_language_model(config: dict | None = None, path: str | None = None, gguf_file: str | None = None,
-                         vocab_size: int | None = None) -> PreTrainedModel:
-    """Build from ``config`` (random init) or load from ``path``; resize to ``vocab_size`` if given."""
+                         vocab_size: int | None = None, kind: str = "causal") -> PreTrainedModel:
+    """Build from ``config`` (random init) or load from ``path``; resize to ``vocab_size`` if given.
+
+    ``kind`` is ``causal`` (decoder-only) or ``seq2seq`` (encoder–decoder, e.g. T5)."""
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"language model kind must be one of {sorted(MODEL_KINDS)}, got {kind!r}")
+    auto_class = MODEL_KINDS[kind]
     if (config is None) == (path is None):
         raise ValueError("language model: give exactly one of 'config' (a dict with 'model_type') or 'path'")
     if config is not None:
@@ -44,10 +50,10 @@ def build_language_model(config: dict | None = None, path: str | None = None, gg
             raise ValueError("language config needs 'model_type' (e.g. 'llama', 'qwen2', 'gpt2')")
         if vocab_size is not None:
             config["vocab_size"] = vocab_size
-        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **config))
+        model = auto_class.from_config(AutoConfig.for_model(model_type, **config))
     else:
         kwargs = {"gguf_file": gguf_file} if gguf_file else {}
-        model = AutoModelForCausalLM.from_pretrained(resolve_path(path), **kwargs)
+        model = auto_class.from_pretrained(resolve_path(path), **kwargs)
         if vocab_size is not None and vocab_size != model.get_input_embeddings().num_embeddings:
             model.resize_token_embeddings(vocab_size)
     return model

@@ -1,12 +1,20 @@
 """The built-in families and named configurations of the zoo."""
 
 from mmreason.models.baseline import TINY_CONFIG, VisionLanguageModel
+from mmreason.models.mccot import TINY_CONFIG as MCCOT_TINY_CONFIG
+from mmreason.models.mccot import MCCoT
 from mmreason.zoo import merge_config, register_family, register_model
 
 register_family("baseline")(VisionLanguageModel)
+register_family("mccot")(MCCoT)
 
 register_model("baseline-tiny-cot", "baseline", TINY_CONFIG,
                "2.0M-parameter ViT + Llama VLM writing a rationale before its answer (CPU-sized)",
                recipe="recipes/baseline/synth-tiny-cot.yaml")
 register_model("baseline-tiny", "baseline", merge_config(TINY_CONFIG, {"output_format": "answer"}),
                "the same tiny VLM answering directly", recipe="recipes/baseline/synth-tiny.yaml")
+register_model("mccot-tiny", "mccot", MCCOT_TINY_CONFIG,
+               "two-stage MM-CoT: tiny ViT + gated fusion + T5, rationale then answer (CPU-sized)",
+               recipe="recipes/mccot/synth-tiny-rationale.yaml")
+register_model("mccot-tiny-direct", "mccot", merge_config(MCCOT_TINY_CONFIG, {"stages": ["direct"]}),
+               "the same tiny encoder-decoder answering without a rationale", recipe="recipes/mccot/synth-tiny-direct.yaml")

@@ -4,6 +4,11 @@ The two output formats: ``answer`` (direct) targets ``<answer> A </answer>``;
 ``cot`` targets ``<think> rationale </think> <answer> A </answer>``. A record
 without a rationale falls back to the direct target, so user data with and
 without rationales trains with the same recipe.
+
+Two-stage families (MM-CoT) use the encoder–decoder templates instead: the
+``qcm_input`` (question, context, options; the rationale appended for the
+answer stage), a ``solution : …`` rationale target and a ``the answer is …``
+answer target.
 """
 
 from __future__ import annotations
@@ -11,9 +16,12 @@ from __future__ import annotations
 from string import ascii_uppercase
 
 from mmreason.data.schema import Record
+from mmreason.eval.answers import answer_kind, gold_answer
 
 OUTPUT_FORMATS = ("answer", "cot")
-TEMPLATE_WORDS = ("question", "choices", "answer", ":", "(", ")", *ascii_uppercase.lower(), *"0123456789")
+TEMPLATE_WORDS = ("question", "choices", "answer", ":", "(", ")", *ascii_uppercase.lower(), *"0123456789",
+                  "context", "options", "solution", "the", "is", "none", ".")
+RATIONALE_CUE = "solution :"
 
 
 def format_choices(choices: list[str] | None) -> str:
@@ -34,3 +42,28 @@ def target_text(record: Record, output_format: str) -> str:
     if output_format == "cot" and record.rationale:
         return f"<think> {record.rationale.strip()} </think> {answer}"
     return answer
+
+
+def qcm_input(record: Record, rationale: str | None = None) -> str:
+    """MM-CoT's encoder input: question, context, options (QCM), then the rationale when given (QCMG)."""
+    context = str(record.meta.get("context") or "none").strip()
+    options = " ".join(f"( {ascii_uppercase[i]} ) {c}" for i, c in enumerate(record.choices or [])) or "none"
+    text = f"question : {record.question.strip()}\ncontext : {context}\noptions : {options}"
+    return f"{text}\n{RATIONALE_CUE} {rationale.strip()}" if rationale is not None else text
+
+
+def rationale_target(rationale: str) -> str:
+    return f"{RATIONALE_CUE} {rationale.strip()}"
+
+
+def strip_rationale_cue(text: str) -> str:
+    """A generated rationale without its ``solution :`` cue."""
+    text = " ".join(text.split())
+    return text[len(RATIONALE_CUE):].strip() if text.startswith(RATIONALE_CUE) else text
+
+
+def answer_sentence(record: Record) -> str:
+    """``the answer is ( X ) .`` for multiple choice, ``the answer is A .`` otherwise."""
+    if answer_kind(record) == "choice":
+        return f"the answer is ( {gold_answer(record)} ) ."
+    return f"the answer is {record.answer.strip()} ."

@@ -36,23 +36,28 @@ class SFTModule(L.LightningModule):
                  warmup_steps: int = 100, min_lr_ratio: float = 0.05, max_new_tokens: int = 160):
         super().__init__()
         self.save_hyperparameters()
-        if init_from:
-            self.model = load_export(init_from).train()
-            unchangeable = sorted(set(model_config or {}) - set(FINE_TUNE_OPTIONS))
-            if unchangeable:
-                raise ValueError(
-                    f"model_config {unchangeable} cannot change an exported model's architecture; with init_from "
-                    f"only {FINE_TUNE_OPTIONS} may be set"
-                )
-            for key, value in (model_config or {}).items():
-                self.model.config = merge_config(self.model.config, {key: value})
-                setattr(self.model, key, value)
-        else:
-            self.model = create_model(model, **(model_config or {}))
+        self.model = self.build_model()
         self._last_step_end: float | None = None
         self.skipped_total = 0
         self.reports: dict[str, AccuracyReport] = {}
         self.last_metrics: dict[str, float] = {}
+
+    def build_model(self):
+        """A registered model with overrides, or an export folder to fine-tune."""
+        init_from, model_config = self.hparams.init_from, self.hparams.model_config or {}
+        if not init_from:
+            return create_model(self.hparams.model, **model_config)
+        model = load_export(init_from).train()
+        unchangeable = sorted(set(model_config) - set(FINE_TUNE_OPTIONS))
+        if unchangeable:
+            raise ValueError(
+                f"model_config {unchangeable} cannot change an exported model's architecture; with init_from "
+                f"only {FINE_TUNE_OPTIONS} may be set"
+            )
+        for key, value in model_config.items():
+            model.config = merge_config(model.config, {key: value})
+            setattr(model, key, value)
+        return model
 
     def setup(self, stage: str) -> None:
         """The model owns its preprocessing; the data module adopts it so the two never disagree."""
@@ -63,8 +68,12 @@ class SFTModule(L.LightningModule):
             datamodule.preprocess.std = self.model.preprocess.std
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int = 0):
-        """Normalise uint8 pixels on the device the model runs on."""
-        if isinstance(batch, dict) and "pixels" in batch:
+        """The model's visual input: cached vision features when the shards carry them, else
+        uint8 pixels normalised on the device the model runs on."""
+        if isinstance(batch, dict) and "features" in batch:
+            batch["images"] = batch.pop("features")
+            batch.pop("pixels", None)
+        elif isinstance(batch, dict) and "pixels" in batch:
             batch["images"] = self.model.preprocess.normalize(batch.pop("pixels"))
         return batch
 

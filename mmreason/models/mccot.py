@@ -1,0 +1,342 @@
+"""MM-CoT / MC-CoT: a two-stage encoder–decoder that writes a rationale, then answers from it.
+
+Each stage is a T5-style model whose encoder states are fused with image
+features by gated cross-attention (:mod:`mmreason.layers.gated_fusion`). The
+``rationale`` stage reads question + context + options and writes
+``solution : …``; the ``answer`` stage reads the same plus a rationale and
+writes ``the answer is …``; a ``direct`` stage answers without a rationale.
+Stages share the architecture but not weights. The rationale the answer stage
+reads at evaluation is generated autoregressively (``generated``); upstream's
+teacher-forced argmax (``teacher_forced``) and the gold rationale (``gold``)
+are there to compare against.
+
+MC-CoT's self-consistency training runs the decoder ``passes`` times on one
+encoding (dropout on) and fuses the logits (:mod:`mmreason.layers.logit_voting`).
+Inference-time voting samples K rationales in one batch, answers each, and
+majority-votes the answers, reporting the vote share as confidence.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections import Counter
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.modeling_outputs import BaseModelOutput
+
+from mmreason.data.preprocess import Preprocess
+from mmreason.data.schema import Record
+from mmreason.eval.answers import answer_kind, extract_answer_span, field_of, parse_answer
+from mmreason.export import load_export, read_export_config
+from mmreason.layers.gated_fusion import GatedCrossAttentionFusion
+from mmreason.layers.language import build_language_model
+from mmreason.layers.logit_voting import fuse_pass_logits
+from mmreason.layers.vision import VisionEncoder
+from mmreason.models.baseline import IGNORE_INDEX
+from mmreason.models.baseline import TINY_CONFIG as BASELINE_TINY
+from mmreason.text.prompts import answer_sentence, qcm_input, rationale_target, strip_rationale_cue
+from mmreason.text.tokenizer import build_tokenizer
+
+log = logging.getLogger(__name__)
+
+STAGES = ("rationale", "answer", "direct")
+RATIONALE_SOURCES = ("generated", "teacher_forced", "gold")
+
+TINY_CONFIG = {
+    "vision": copy.deepcopy(BASELINE_TINY["vision"]),
+    "language": {"config": {"model_type": "t5", "d_model": 192, "d_kv": 48, "d_ff": 512, "num_layers": 3,
+                            "num_decoder_layers": 3, "num_heads": 4, "dropout_rate": 0.1,
+                            "feed_forward_proj": "gated-gelu", "tie_word_embeddings": True}},
+    "tokenizer": "synth-word",
+    "preprocess": copy.deepcopy(BASELINE_TINY["preprocess"]),
+    "stages": ["rationale", "answer"],
+    "max_length": 256,
+    "max_target_length": 192,
+    "self_consistency": {"passes": 1, "alpha": 0.5, "vote": "soft"},
+}
+
+
+class MCCoTStage(nn.Module):
+    """One stage: vision encoder → gated fusion into the T5 encoder's states → T5 decoder."""
+
+    def __init__(self, config: dict, tokenizer):
+        super().__init__()
+        vision = config["vision"]
+        self.vision = VisionEncoder(vision["name"], vision.get("overrides"), vision.get("pretrained", False),
+                                    vision.get("weights_file"), vision.get("stem", "patch"))
+        if vision.get("from_export"):  # a trained encoder, frozen (its features may be cached in shards)
+            self.vision.load_state_dict(load_export(vision["from_export"]).vision.state_dict())
+        self.frozen_vision = bool(vision.get("frozen", False))
+        if self.frozen_vision:
+            self.vision.requires_grad_(False)
+        language = config["language"]
+        self.t5 = build_language_model(language.get("config"), language.get("path"), vocab_size=len(tokenizer),
+                                       kind="seq2seq")
+        for name in ("pad_token_id", "decoder_start_token_id"):
+            setattr(self.t5.config, name, tokenizer.pad_token_id)
+            setattr(self.t5.generation_config, name, tokenizer.pad_token_id)
+        self.t5.config.eos_token_id = self.t5.generation_config.eos_token_id = tokenizer.eos_token_id
+        self.fusion = GatedCrossAttentionFusion(self.t5.config.d_model, self.vision.width)
+
+    def image_features(self, visual: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, S, S) through the encoder, or cached features (B, N, D) as they are."""
+        if visual.dim() == 3:
+            return visual
+        if self.frozen_vision:
+            with torch.no_grad():
+                return self.vision.eval()(visual)
+        return self.vision(visual)
+
+    def encode(self, features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """Encoder + fusion, once per batch whatever the number of decoder passes or samples."""
+        states = self.t5.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return BaseModelOutput(last_hidden_state=self.fusion(states, features))
+
+    def pass_logits(self, encoded: BaseModelOutput, attention_mask: torch.Tensor, labels: torch.Tensor,
+                    passes: int) -> torch.Tensor:
+        """(passes, B, T, V) teacher-forced logits; dropout (when training) makes the passes differ.
+
+        The passes run as one decoder call on the batch repeated ``passes`` times: dropout
+        masks are drawn per row, so this is K independent passes with larger matrix products."""
+        states = encoded.last_hidden_state.repeat(passes, 1, 1)
+        logits = self.t5(encoder_outputs=BaseModelOutput(last_hidden_state=states),
+                         attention_mask=attention_mask.repeat(passes, 1), labels=labels.repeat(passes, 1)).logits
+        return logits.view(passes, *labels.shape, -1)
+
+    def generate(self, encoded: BaseModelOutput, attention_mask: torch.Tensor, max_new_tokens: int,
+                 samples: int = 1, temperature: float = 1.0, top_p: float = 1.0) -> torch.Tensor:
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if samples > 1 else {
+            "do_sample": False}
+        return self.t5.generate(encoder_outputs=encoded, attention_mask=attention_mask,
+                                max_new_tokens=max_new_tokens, num_return_sequences=samples, **sampling)
+
+
+class MCCoT(nn.Module):
+    """The pipeline of stages (``rationale`` + ``answer``, or ``direct``) with one tokenizer."""
+
+    family = "mccot"
+
+    def __init__(self, config: dict, tokenizer=None):
+        super().__init__()
+        self.config = copy.deepcopy(config)
+        if config["vision"].get("from_export"):
+            exported = read_export_config(config["vision"]["from_export"])["config"]["vision"]
+            self.config["vision"] = {**exported, "frozen": True, "from_export": config["vision"]["from_export"]}
+        config = self.config
+        stages = list(config.get("stages", ["rationale", "answer"]))
+        unknown = [s for s in stages if s not in STAGES]
+        if unknown or not stages:
+            raise ValueError(f"stages must be a non-empty list of {STAGES}, got {stages!r}")
+        self.preprocess = Preprocess.from_dict({**Preprocess().to_dict(), **config.get("preprocess", {})})
+        self.tokenizer = tokenizer if tokenizer is not None else build_tokenizer(config.get("tokenizer", "synth-word"))
+        self.max_length = int(config.get("max_length", 256))
+        self.max_target_length = int(config.get("max_target_length", 192))
+        consistency = config.get("self_consistency", {})
+        self.passes = int(consistency.get("passes", 1))
+        self.alpha = float(consistency.get("alpha", 0.5))
+        self.vote = consistency.get("vote", "soft")
+        self.stages = nn.ModuleDict({name: MCCoTStage(config, self.tokenizer) for name in stages})
+        self.train_stage = config.get("train_stage", stages[-1])
+        if self.train_stage not in self.stages:
+            raise ValueError(f"train_stage {self.train_stage!r} is not one of this model's stages {stages}")
+
+    @property
+    def lm(self) -> nn.Module:
+        """The first stage's language model (every stage has its architecture)."""
+        return next(iter(self.stages.values())).t5
+
+    @property
+    def vision(self) -> nn.Module:
+        """The first stage's image encoder (what ``mmreason data features`` caches)."""
+        return next(iter(self.stages.values())).vision
+
+    def add_stage(self, name: str) -> MCCoTStage:
+        """A freshly initialised stage (e.g. the answer stage on top of a trained rationale stage)."""
+        if name not in STAGES or name in self.stages:
+            raise ValueError(f"cannot add stage {name!r} to stages {list(self.stages)}")
+        self.stages[name] = MCCoTStage(self.config, self.tokenizer).to(next(self.parameters()).device)
+        self.config["stages"] = list(self.stages)
+        return self.stages[name]
+
+    def set_train_stage(self, name: str) -> None:
+        """Train ``name``; every other stage is frozen."""
+        if name not in self.stages:
+            raise ValueError(f"train_stage {name!r} is not one of this model's stages {list(self.stages)}")
+        self.train_stage = self.config["train_stage"] = name
+        for stage_name, stage in self.stages.items():
+            stage.requires_grad_(stage_name == name)
+            if stage_name == name and stage.frozen_vision:
+                stage.vision.requires_grad_(False)
+
+    # ---- tensors ------------------------------------------------------------------------------
+    def _encoder_inputs(self, texts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded encoder ids ending in EOS; long inputs keep their first ``max_length`` tokens."""
+        encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        rows = [ids[: self.max_length - 1] + [self.tokenizer.eos_token_id] for ids in encoded]
+        return self._pad(rows, self.tokenizer.pad_token_id, device)
+
+    def _labels(self, texts: list[str], device) -> torch.Tensor:
+        """Target ids + EOS, padded with -100 so padding never counts in the loss."""
+        encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        rows = [(ids + [self.tokenizer.eos_token_id])[: self.max_target_length] for ids in encoded]
+        return self._pad(rows, IGNORE_INDEX, device)[0]
+
+    @staticmethod
+    def _pad(rows: list[list[int]], value: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), value, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row)
+            mask[i, : len(row)] = 1
+        return ids.to(device), mask.to(device)
+
+    def stage_texts(self, stage: str, records: list[Record],
+                    rationales: list[str] | None = None) -> tuple[list[str], list[str]]:
+        """(encoder inputs, targets) of a stage; the answer stage reads ``rationales`` (gold by default)."""
+        if stage == "rationale":
+            return [qcm_input(r) for r in records], [rationale_target(r.rationale or "") for r in records]
+        if stage == "answer":
+            rationales = rationales if rationales is not None else [r.rationale or "" for r in records]
+            return [qcm_input(r, q) for r, q in zip(records, rationales)], [answer_sentence(r) for r in records]
+        return [qcm_input(r) for r in records], [answer_sentence(r) for r in records]
+
+    # ---- training -----------------------------------------------------------------------------
+    def stage_logits(self, stage: str, visual: torch.Tensor, records: list[Record],
+                     rationales: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(fused logits, labels, encoder mask) of ``stage`` on gold targets; in training mode the
+        decoder runs ``passes`` times on one encoding."""
+        module = self.stages[stage]
+        inputs, targets = self.stage_texts(stage, records, rationales)
+        ids, mask = self._encoder_inputs(inputs, visual.device)
+        labels = self._labels(targets, visual.device)
+        encoded = module.encode(module.image_features(visual), ids, mask)
+        passes = self.passes if self.training else 1
+        logits = fuse_pass_logits(module.pass_logits(encoded, mask, labels, passes), self.alpha, self.vote)
+        return logits, labels, mask
+
+    def batch_loss(self, visual: torch.Tensor, records: list[Record]) -> dict:
+        """Cross-entropy of the training stage on the fused logits, with token accuracy and counts."""
+        skipped = 0
+        if self.train_stage in ("rationale", "answer"):  # both learn from gold rationales
+            kept = [i for i, r in enumerate(records) if r.rationale]
+            if not kept:
+                raise ValueError(f"the {self.train_stage} stage trains on records with a 'rationale'; "
+                                 "this batch has none (use the 'direct' stage for data without rationales)")
+            skipped = len(records) - len(kept)
+            if skipped:
+                log.warning("skipped %d sample(s) without a rationale", skipped)
+                records, visual = [records[i] for i in kept], visual[kept]
+        logits, labels, mask = self.stage_logits(self.train_stage, visual, records)
+        loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
+        valid = labels != IGNORE_INDEX
+        n_tokens = valid.sum()
+        accuracy = ((logits.argmax(-1) == labels) & valid).sum() / n_tokens.clamp(min=1)
+        return {"loss": loss, "token_accuracy": accuracy, "target_tokens": n_tokens,
+                "tokens": mask.sum() + n_tokens, "skipped": skipped}
+
+    # ---- inference ----------------------------------------------------------------------------
+    def _decode(self, ids: torch.Tensor) -> list[str]:
+        texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=True)
+        return [" ".join(t.split()) for t in texts]
+
+    @torch.no_grad()
+    def rationales(self, visual: torch.Tensor, records: list[Record], source: str = "generated",
+                   samples: int = 1, temperature: float = 1.0, top_p: float = 1.0,
+                   max_new_tokens: int | None = None) -> list[str]:
+        """B×samples rationales (a record's samples adjacent), by ``source``:
+
+        ``generated``: autoregressive decoding (greedy for one sample, sampled for several);
+        ``teacher_forced``: upstream's protocol, the argmax of the decoder fed the gold rationale;
+        ``gold``: the records' own rationales.
+        """
+        if source not in RATIONALE_SOURCES:
+            raise ValueError(f"rationale source must be one of {RATIONALE_SOURCES}, got {source!r}")
+        if source == "gold":
+            texts = [r.rationale or "" for r in records]
+        elif source == "teacher_forced":
+            logits, labels, _ = self.stage_logits("rationale", visual, records)
+            predicted = logits.argmax(-1).masked_fill(labels == IGNORE_INDEX, self.tokenizer.pad_token_id)
+            texts = [strip_rationale_cue(t) for t in self._decode(predicted)]
+        else:
+            module = self.stages["rationale"]
+            ids, mask = self._encoder_inputs(self.stage_texts("rationale", records)[0], visual.device)
+            encoded = module.encode(module.image_features(visual), ids, mask)
+            out = module.generate(encoded, mask, max_new_tokens or self.max_target_length, samples, temperature,
+                                  top_p)
+            return [strip_rationale_cue(t) for t in self._decode(out)]
+        return [t for t in texts for _ in range(samples)]
+
+    @torch.no_grad()
+    def answers(self, visual: torch.Tensor, records: list[Record], rationales: list[str] | None = None,
+                max_new_tokens: int = 24) -> list[str]:
+        """Answer-stage (or direct-stage) texts; with ``rationales`` of K per record, B×K answers."""
+        stage = "answer" if "answer" in self.stages else "direct"
+        module = self.stages[stage]
+        features = module.image_features(visual)
+        if rationales is not None and len(rationales) != len(records):
+            k = len(rationales) // len(records)
+            records = [r for r in records for _ in range(k)]
+            features = features.repeat_interleave(k, dim=0)
+        ids, mask = self._encoder_inputs(self.stage_texts(stage, records, rationales)[0], visual.device)
+        return self._decode(module.generate(module.encode(features, ids, mask), mask, max_new_tokens))
+
+    @torch.no_grad()
+    def run(self, visual: torch.Tensor, records: list[Record], votes: int = 1, temperature: float = 0.7,
+            top_p: float = 1.0, rationale_source: str = "generated", max_new_tokens: int | None = None,
+            max_answer_tokens: int = 24) -> list[dict]:
+        """The pipeline on a batch: per record {rationale, text, answer, confidence, votes}.
+
+        With ``votes`` > 1, K rationales are sampled per record in one batched call, each is
+        answered, and the majority answer wins; ``confidence`` is its share of the K votes.
+        """
+        has_rationale = "rationale" in self.stages
+        rationales = self.rationales(visual, records, rationale_source, votes, temperature, top_p,
+                                     max_new_tokens) if has_rationale else None
+        if "answer" not in self.stages and "direct" not in self.stages:
+            return [{"rationale": q, "text": q, "answer": None, "confidence": None, "votes": []} for q in rationales]
+        texts = self.answers(visual, records, rationales, max_answer_tokens)
+        k = len(texts) // len(records)
+        out = []
+        for i, record in enumerate(records):
+            group = texts[i * k : (i + 1) * k]
+            winner, share, ballots = majority_vote(group, record)
+            out.append({"rationale": rationales[i * k + winner] if rationales else None, "text": group[winner],
+                        "answer": extract_answer_span(group[winner]), "confidence": share, "votes": ballots})
+        return out
+
+    def answer_batch(self, visual: torch.Tensor, records: list[Record], max_new_tokens: int | None = None,
+                     **run_kwargs) -> list[str]:
+        """Final texts ready for scoring (the trainer's and ``mmreason eval``'s entry point)."""
+        return [r["text"] for r in self.run(visual, records, max_new_tokens=max_new_tokens, **run_kwargs)]
+
+    @torch.no_grad()
+    def predict(self, image, question: str, choices: list[str] | None = None, votes: int = 1,
+                **run_kwargs) -> dict:
+        """Rationale then answer for one image (path, bytes or PIL)."""
+        was_training = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        pixels = self.preprocess(image).unsqueeze(0).to(device)
+        result = self.run(pixels, [Record(question=question, answer="", choices=choices)], votes=votes,
+                          **run_kwargs)[0]
+        self.train(was_training)
+        return result
+
+
+def majority_vote(texts: list[str], record: Record) -> tuple[int, float, list[str | None]]:
+    """(index of a text carrying the majority answer, its vote share, every parsed ballot).
+
+    Answers are compared after parsing (``( b )`` and ``b`` are one vote); unparseable
+    texts do not vote, and if none parses the first text is kept with confidence 0.
+    """
+    kind = answer_kind(record) if field_of(record, "answer") else ("choice" if record.choices else "text")
+    ballots = [parse_answer(t, kind, record.choices) for t in texts]
+    counts = Counter(b for b in ballots if b is not None)
+    if not counts:
+        return 0, 0.0, ballots
+    best, n = counts.most_common(1)[0]
+    return ballots.index(best), n / len(texts), ballots
