@@ -14,6 +14,16 @@ LIGHTNING_VERBS = {
 }
 
 
+def _pipeline_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of families that write a rationale and then answer from it (mccot)."""
+    p.add_argument("--votes", type=int, default=1,
+                   help="sample this many rationales, answer each, majority-vote (pipeline families)")
+    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature with --votes > 1")
+    p.add_argument("--rationales", default="generated", choices=("generated", "teacher_forced", "gold"),
+                   help="what the answer stage reads: generated (default), upstream's teacher-forced argmax, "
+                        "or the gold rationale (eval only)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmreason", description="Multimodal reasoning model zoo.")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB")
@@ -27,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--choices", nargs="+", default=None, help="options of a multiple-choice question")
     p.add_argument("--max-new-tokens", type=int, default=160)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    _pipeline_arguments(p)
 
     p = verbs.add_parser("eval", help="score an export folder on shards, per task")
     p.add_argument("--model", required=True, help="export folder")
@@ -36,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-new-tokens", type=int, default=160)
     p.add_argument("--limit", type=int, default=None, help="score only the first N samples")
+    _pipeline_arguments(p)
 
     p = verbs.add_parser("export", help="write an export folder from a training checkpoint (.ckpt)")
     p.add_argument("--ckpt", required=True)

@@ -1,4 +1,9 @@
-"""Inference verbs without a Trainer: ``predict`` one image, ``eval`` an export on shards."""
+"""Inference verbs without a Trainer: ``predict`` one image, ``eval`` an export on shards.
+
+Families that run a pipeline (rationale, then answer) expose ``run``; for them
+``eval`` also scores the rationales (BLEU/ROUGE-L) and takes the pipeline's
+options: inference voting and where the answer stage's rationale comes from.
+"""
 
 from __future__ import annotations
 
@@ -11,35 +16,58 @@ from tqdm import tqdm
 
 from mmreason.data.shards import eval_stream, resolve_shards
 from mmreason.eval.accuracy import AccuracyReport, format_table, majority_baseline
+from mmreason.eval.rationale import RationaleReport
 from mmreason.export import load_export
 
 log = logging.getLogger(__name__)
 
 
 def evaluate(model, urls: list[str], batch_size: int = 64, max_new_tokens: int = 160,
-             limit: int | None = None) -> dict:
-    """Greedy answers for every sample of ``urls``: the accuracy report with the majority baseline."""
+             limit: int | None = None, **pipeline_options) -> dict:
+    """Greedy answers for every sample of ``urls``: the accuracy report with the majority baseline,
+    and for pipeline families the rationale scores and the mean vote share (``pipeline_options``
+    go to their ``run``: ``votes``, ``temperature``, ``rationale_source``)."""
+    pipeline = hasattr(model, "run")
+    if pipeline_options and not pipeline:
+        raise ValueError(f"{sorted(pipeline_options)} apply to pipeline families (e.g. mccot), "
+                         f"not to a {model.family!r} model")
     stream, total = eval_stream(urls, model.preprocess, batch_size)
     if limit is not None:
         stream.max_samples = limit
         total = min(limit, total) if total else limit
-    report, records = AccuracyReport(), []
+    report, rationale_report, records, confidences = AccuracyReport(), RationaleReport(), [], []
     device = next(model.parameters()).device
     with tqdm(total=total, desc="eval", unit="sample") as bar:
         for batch in torch.utils.data.DataLoader(stream, batch_size=None, num_workers=1):
             images = model.preprocess.normalize(batch["pixels"].to(device))
-            texts = model.answer_batch(images, batch["records"], max_new_tokens=max_new_tokens)
+            if pipeline:
+                results = model.run(images, batch["records"], max_new_tokens=max_new_tokens, **pipeline_options)
+                texts = [r["text"] for r in results]
+                confidences += [r["confidence"] for r in results if r["confidence"] is not None]
+                if pipeline_options.get("rationale_source", "generated") != "gold" and results[0]["rationale"] is not None:
+                    rationale_report.add_many([r["rationale"] for r in results],
+                                              [r.rationale for r in batch["records"]])
+            else:
+                texts = model.answer_batch(images, batch["records"], max_new_tokens=max_new_tokens)
             report.add_many(texts, batch["records"])
             records += batch["records"]
             bar.update(len(texts))
     baseline = majority_baseline(records)
-    return {"report": report.to_dict(baseline), "table": format_table(report, baseline)}
+    out = {"report": report.to_dict(baseline), "table": format_table(report, baseline)}
+    if rationale_report.predictions:
+        out["report"]["rationale"] = rationale_report.to_dict()
+        scores = out["report"]["rationale"]
+        out["table"] += (f"\n\nrationale: BLEU-1 {scores['bleu1']:.1f}, BLEU-4 {scores['bleu4']:.1f}, "
+                         f"ROUGE-L {scores['rougeL']:.3f} (n={scores['n']})")
+    if confidences:
+        out["report"]["mean_confidence"] = sum(confidences) / len(confidences)
+    return out
 
 
 def eval_command(args) -> None:
     model = load_export(args.model)
     urls = resolve_shards(args.data, args.split)
-    result = evaluate(model, urls, args.batch_size, args.max_new_tokens, args.limit)
+    result = evaluate(model, urls, args.batch_size, args.max_new_tokens, args.limit, **_pipeline_options(args))
     print(result["table"])
     if args.out:
         Path(args.out).write_text(json.dumps({"model": args.model, "data": urls, **result["report"]}, indent=1))
@@ -48,10 +76,23 @@ def eval_command(args) -> None:
 
 def predict_command(args) -> None:
     model = load_export(args.model)
-    out = model.predict(args.image, args.question, choices=args.choices, max_new_tokens=args.max_new_tokens)
+    out = model.predict(args.image, args.question, choices=args.choices, max_new_tokens=args.max_new_tokens,
+                        **_pipeline_options(args))
     if args.json:
         print(json.dumps(out))
     else:
         if out["rationale"]:
             print(f"rationale: {out['rationale']}")
         print(f"answer: {out['answer']}")
+        if out.get("confidence") is not None and args.votes > 1:
+            print(f"confidence: {out['confidence']:.2f} ({args.votes} votes: {out['votes']})")
+
+
+def _pipeline_options(args) -> dict:
+    """The pipeline options the user set (left out when at their defaults, so other families accept them)."""
+    options = {}
+    if args.votes != 1:
+        options.update(votes=args.votes, temperature=args.temperature)
+    if args.rationales != "generated":
+        options["rationale_source"] = args.rationales
+    return options

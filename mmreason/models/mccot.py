@@ -58,6 +58,18 @@ TINY_CONFIG = {
     "self_consistency": {"passes": 1, "alpha": 0.5, "vote": "soft"},
 }
 
+# Real scale (upstream's MC-CoT-F-Base): FLAN-T5-base and a frozen ImageNet ViT-B/16 from timm.
+BASE_CONFIG = {
+    "vision": {"name": "vit_base_patch16_224", "pretrained": True, "frozen": True},
+    "language": {"path": "google/flan-t5-base"},
+    "tokenizer": "from_language",
+    "preprocess": {"image_size": 224, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
+    "stages": ["rationale", "answer"],
+    "max_length": 512,
+    "max_target_length": 512,
+    "self_consistency": {"passes": 1, "alpha": 0.5, "vote": "soft"},
+}
+
 
 class MCCoTStage(nn.Module):
     """One stage: vision encoder → gated fusion into the T5 encoder's states → T5 decoder."""
@@ -107,8 +119,11 @@ class MCCoTStage(nn.Module):
         return logits.view(passes, *labels.shape, -1)
 
     def generate(self, encoded: BaseModelOutput, attention_mask: torch.Tensor, max_new_tokens: int,
-                 samples: int = 1, temperature: float = 1.0, top_p: float = 1.0) -> torch.Tensor:
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if samples > 1 else {
+                 samples: int = 1, temperature: float = 1.0, top_p: float = 1.0,
+                 sample: bool | None = None) -> torch.Tensor:
+        """``samples`` sequences per input; sampled (``sample``, default: when several), else greedy."""
+        sample = samples > 1 if sample is None else sample
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if sample else {
             "do_sample": False}
         return self.t5.generate(encoder_outputs=encoded, attention_mask=attention_mask,
                                 max_new_tokens=max_new_tokens, num_return_sequences=samples, **sampling)
@@ -131,7 +146,10 @@ class MCCoT(nn.Module):
         if unknown or not stages:
             raise ValueError(f"stages must be a non-empty list of {STAGES}, got {stages!r}")
         self.preprocess = Preprocess.from_dict({**Preprocess().to_dict(), **config.get("preprocess", {})})
-        self.tokenizer = tokenizer if tokenizer is not None else build_tokenizer(config.get("tokenizer", "synth-word"))
+        if tokenizer is None:
+            spec = config.get("tokenizer", "synth-word")
+            tokenizer = build_tokenizer(config["language"].get("path") if spec == "from_language" else spec)
+        self.tokenizer = tokenizer
         self.max_length = int(config.get("max_length", 256))
         self.max_target_length = int(config.get("max_target_length", 192))
         consistency = config.get("self_consistency", {})
@@ -194,15 +212,17 @@ class MCCoT(nn.Module):
             mask[i, : len(row)] = 1
         return ids.to(device), mask.to(device)
 
-    def stage_texts(self, stage: str, records: list[Record],
-                    rationales: list[str] | None = None) -> tuple[list[str], list[str]]:
-        """(encoder inputs, targets) of a stage; the answer stage reads ``rationales`` (gold by default)."""
+    def stage_inputs(self, stage: str, records: list[Record], rationales: list[str] | None = None) -> list[str]:
+        """Encoder inputs of a stage; the answer stage reads ``rationales`` (gold by default)."""
+        if stage != "answer":
+            return [qcm_input(r) for r in records]
+        rationales = rationales if rationales is not None else [r.rationale or "" for r in records]
+        return [qcm_input(r, q) for r, q in zip(records, rationales)]
+
+    def stage_targets(self, stage: str, records: list[Record]) -> list[str]:
         if stage == "rationale":
-            return [qcm_input(r) for r in records], [rationale_target(r.rationale or "") for r in records]
-        if stage == "answer":
-            rationales = rationales if rationales is not None else [r.rationale or "" for r in records]
-            return [qcm_input(r, q) for r, q in zip(records, rationales)], [answer_sentence(r) for r in records]
-        return [qcm_input(r) for r in records], [answer_sentence(r) for r in records]
+            return [rationale_target(r.rationale or "") for r in records]
+        return [answer_sentence(r) for r in records]
 
     # ---- training -----------------------------------------------------------------------------
     def stage_logits(self, stage: str, visual: torch.Tensor, records: list[Record],
@@ -210,9 +230,8 @@ class MCCoT(nn.Module):
         """(fused logits, labels, encoder mask) of ``stage`` on gold targets; in training mode the
         decoder runs ``passes`` times on one encoding."""
         module = self.stages[stage]
-        inputs, targets = self.stage_texts(stage, records, rationales)
-        ids, mask = self._encoder_inputs(inputs, visual.device)
-        labels = self._labels(targets, visual.device)
+        ids, mask = self._encoder_inputs(self.stage_inputs(stage, records, rationales), visual.device)
+        labels = self._labels(self.stage_targets(stage, records), visual.device)
         encoded = module.encode(module.image_features(visual), ids, mask)
         passes = self.passes if self.training else 1
         logits = fuse_pass_logits(module.pass_logits(encoded, mask, labels, passes), self.alpha, self.vote)
@@ -246,10 +265,11 @@ class MCCoT(nn.Module):
     @torch.no_grad()
     def rationales(self, visual: torch.Tensor, records: list[Record], source: str = "generated",
                    samples: int = 1, temperature: float = 1.0, top_p: float = 1.0,
-                   max_new_tokens: int | None = None) -> list[str]:
+                   max_new_tokens: int | None = None, sample: bool | None = None) -> list[str]:
         """B×samples rationales (a record's samples adjacent), by ``source``:
 
-        ``generated``: autoregressive decoding (greedy for one sample, sampled for several);
+        ``generated``: autoregressive decoding (greedy for one sample, sampled for several,
+        unless ``sample`` says otherwise);
         ``teacher_forced``: upstream's protocol, the argmax of the decoder fed the gold rationale;
         ``gold``: the records' own rationales.
         """
@@ -263,10 +283,10 @@ class MCCoT(nn.Module):
             texts = [strip_rationale_cue(t) for t in self._decode(predicted)]
         else:
             module = self.stages["rationale"]
-            ids, mask = self._encoder_inputs(self.stage_texts("rationale", records)[0], visual.device)
+            ids, mask = self._encoder_inputs(self.stage_inputs("rationale", records), visual.device)
             encoded = module.encode(module.image_features(visual), ids, mask)
             out = module.generate(encoded, mask, max_new_tokens or self.max_target_length, samples, temperature,
-                                  top_p)
+                                  top_p, sample)
             return [strip_rationale_cue(t) for t in self._decode(out)]
         return [t for t in texts for _ in range(samples)]
 
@@ -281,13 +301,13 @@ class MCCoT(nn.Module):
             k = len(rationales) // len(records)
             records = [r for r in records for _ in range(k)]
             features = features.repeat_interleave(k, dim=0)
-        ids, mask = self._encoder_inputs(self.stage_texts(stage, records, rationales)[0], visual.device)
+        ids, mask = self._encoder_inputs(self.stage_inputs(stage, records, rationales), visual.device)
         return self._decode(module.generate(module.encode(features, ids, mask), mask, max_new_tokens))
 
     @torch.no_grad()
     def run(self, visual: torch.Tensor, records: list[Record], votes: int = 1, temperature: float = 0.7,
             top_p: float = 1.0, rationale_source: str = "generated", max_new_tokens: int | None = None,
-            max_answer_tokens: int = 24) -> list[dict]:
+            max_answer_tokens: int = 24, sample: bool | None = None) -> list[dict]:
         """The pipeline on a batch: per record {rationale, text, answer, confidence, votes}.
 
         With ``votes`` > 1, K rationales are sampled per record in one batched call, each is
@@ -295,7 +315,7 @@ class MCCoT(nn.Module):
         """
         has_rationale = "rationale" in self.stages
         rationales = self.rationales(visual, records, rationale_source, votes, temperature, top_p,
-                                     max_new_tokens) if has_rationale else None
+                                     max_new_tokens, sample) if has_rationale else None
         if "answer" not in self.stages and "direct" not in self.stages:
             return [{"rationale": q, "text": q, "answer": None, "confidence": None, "votes": []} for q in rationales]
         texts = self.answers(visual, records, rationales, max_answer_tokens)

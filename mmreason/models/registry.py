@@ -1,6 +1,7 @@
 """The built-in families and named configurations of the zoo."""
 
 from mmreason.models.baseline import TINY_CONFIG, VisionLanguageModel
+from mmreason.models.mccot import BASE_CONFIG as MCCOT_BASE_CONFIG
 from mmreason.models.mccot import TINY_CONFIG as MCCOT_TINY_CONFIG
 from mmreason.models.mccot import MCCoT
 from mmreason.zoo import merge_config, register_family, register_model
@@ -18,3 +19,6 @@ register_model("mccot-tiny", "mccot", MCCOT_TINY_CONFIG,
                recipe="recipes/mccot/synth-tiny-rationale.yaml")
 register_model("mccot-tiny-direct", "mccot", merge_config(MCCOT_TINY_CONFIG, {"stages": ["direct"]}),
                "the same tiny encoder-decoder answering without a rationale", recipe="recipes/mccot/synth-tiny-direct.yaml")
+register_model("mccot-base", "mccot", MCCOT_BASE_CONFIG,
+               "two-stage MC-CoT at upstream scale: FLAN-T5-base + frozen ViT-B/16 (downloads both once)",
+               recipe="recipes/mccot/scienceqa-base.yaml")

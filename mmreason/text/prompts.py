@@ -46,9 +46,10 @@ def target_text(record: Record, output_format: str) -> str:
 
 def qcm_input(record: Record, rationale: str | None = None) -> str:
     """MM-CoT's encoder input: question, context, options (QCM), then the rationale when given (QCMG)."""
-    context = str(record.meta.get("context") or "none").strip()
     options = " ".join(f"( {ascii_uppercase[i]} ) {c}" for i, c in enumerate(record.choices or [])) or "none"
-    text = f"question : {record.question.strip()}\ncontext : {context}\noptions : {options}"
+    context = record.meta.get("context")  # converters may also have put it into the question already
+    context = f"\ncontext : {str(context).strip()}" if context else ""
+    text = f"question : {record.question.strip()}{context}\noptions : {options}"
     return f"{text}\n{RATIONALE_CUE} {rationale.strip()}" if rationale is not None else text
 
 

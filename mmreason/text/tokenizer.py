@@ -9,6 +9,7 @@ special tokens of every family are added by :func:`add_special_tokens`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -24,6 +25,7 @@ SPECIAL_TOKENS = (
 )
 BASE_TOKENS = {"pad_token": "<pad>", "unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"}
 WORD_PATTERN = r"\w+|[^\w\s]"
+HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 
 
 def _wrap(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
@@ -69,14 +71,16 @@ def add_special_tokens(tokenizer) -> dict[str, int]:
 
 
 def build_tokenizer(spec: str, gguf_file: str | None = None) -> PreTrainedTokenizerFast:
-    """``synth-word`` (the benchmark's word list and prompt words) or a folder of tokenizer files
-    (``pkg:NAME`` for an installed package's folder; ``gguf_file`` reads the tokenizer inside a GGUF)."""
+    """``synth-word`` (the benchmark's word list and prompt words), a folder of tokenizer files
+    (``pkg:NAME`` for an installed package's folder; ``gguf_file`` reads the tokenizer inside a GGUF),
+    or a hub id (downloaded once by transformers, then cached)."""
     if spec == "synth-word":
         return word_tokenizer([*vocabulary(), *TEMPLATE_WORDS])
     folder = resolve_path(spec)
-    if not Path(folder).exists():
+    if not Path(folder).exists() and not HUB_ID.fullmatch(spec):
         raise FileNotFoundError(
-            f"tokenizer {spec!r}: expected 'synth-word' or a folder with tokenizer files (tokenizer.json)"
+            f"tokenizer {spec!r}: expected 'synth-word', a folder with tokenizer files (tokenizer.json) "
+            "or a hub id (org/name)"
         )
     tokenizer = AutoTokenizer.from_pretrained(folder, **({"gguf_file": gguf_file} if gguf_file else {}))
     add_special_tokens(tokenizer)
