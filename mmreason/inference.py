@@ -81,7 +81,7 @@ def predict_command(args) -> None:
     if args.json:
         print(json.dumps(out))
     else:
-        if out["rationale"]:
+        if out["rationale"] is not None:
             print(f"rationale: {out['rationale']}")
         print(f"answer: {out['answer']}")
         if out.get("confidence") is not None and args.votes > 1:

@@ -239,18 +239,18 @@ class MCCoT(nn.Module):
 
     def batch_loss(self, visual: torch.Tensor, records: list[Record]) -> dict:
         """Cross-entropy of the training stage on the fused logits, with token accuracy and counts."""
-        skipped = 0
+        skipped, weight = 0, 1.0
         if self.train_stage in ("rationale", "answer"):  # both learn from gold rationales
             kept = [i for i, r in enumerate(records) if r.rationale]
-            if not kept:
-                raise ValueError(f"the {self.train_stage} stage trains on records with a 'rationale'; "
-                                 "this batch has none (use the 'direct' stage for data without rationales)")
             skipped = len(records) - len(kept)
             if skipped:
                 log.warning("skipped %d sample(s) without a rationale", skipped)
+            if not kept:  # nothing to learn from: a zero loss keeps every rank's step in lockstep
+                weight = 0.0
+            elif skipped:
                 records, visual = [records[i] for i in kept], visual[kept]
         logits, labels, mask = self.stage_logits(self.train_stage, visual, records)
-        loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
+        loss = weight * F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
         valid = labels != IGNORE_INDEX
         n_tokens = valid.sum()
         accuracy = ((logits.argmax(-1) == labels) & valid).sum() / n_tokens.clamp(min=1)
