@@ -116,3 +116,34 @@ def test_cli_writes_feature_shards_and_names_a_missing_encoder(export, src, tmp_
         main(["data", "features", "--encoder", str(missing), "--data", str(src), "--out", str(tmp_path / "o2")])
     with pytest.raises(FileNotFoundError, match="no shards of splits"):
         write_feature_shards(str(folder), str(src), str(tmp_path / "o3"), splits=("heldout",), progress=False)
+
+
+def test_a_model_on_a_frozen_exported_encoder_trains_on_cached_features_as_on_images(export, src, tmp_path):
+    from test_mccot import MCCOT_TEST_CONFIG
+
+    from mmreason.export import load_export
+    from mmreason.training.mccot import MCCoTModule
+
+    encoder, folder = export
+    write_feature_shards(str(folder), str(src), str(tmp_path / "feat"), splits=("train",), progress=False)
+    config = {**MCCOT_TEST_CONFIG, "vision": {"from_export": str(folder)}, "preprocess": {"image_size": 48}}
+    module = MCCoTModule(stage="rationale", model_config=config)
+    model = module.model.eval()
+    assert model.preprocess.image_size == encoder.preprocess.image_size  # the encoder's, not the override
+    torch.testing.assert_close(model.vision.state_dict(), encoder.vision.state_dict())
+    assert not any(p.requires_grad for p in model.vision.parameters())
+
+    batch = next(iter(eval_stream(resolve_shards(str(tmp_path / "feat"), "train"), model.preprocess, 5)[0]))
+    cached = module.on_after_batch_transfer(dict(batch))
+    assert cached["images"].dim() == 3 and "pixels" not in cached
+    online = module.on_after_batch_transfer({k: v for k, v in batch.items() if k != "features"})
+    assert online["images"].dim() == 4
+    with torch.no_grad():
+        from_features = model.batch_loss(cached["images"], batch["records"])["loss"]
+        from_images = model.batch_loss(online["images"], batch["records"])["loss"]
+    torch.testing.assert_close(from_features, from_images, rtol=1e-3, atol=1e-3)
+
+    save_export(model, tmp_path / "mccot")
+    assert "from_export" not in json.loads((tmp_path / "mccot" / "config.json").read_text())["config"]["vision"]
+    reloaded = load_export(tmp_path / "mccot")
+    torch.testing.assert_close(reloaded.vision.state_dict(), encoder.vision.state_dict())

@@ -137,9 +137,10 @@ class MCCoT(nn.Module):
     def __init__(self, config: dict, tokenizer=None):
         super().__init__()
         self.config = copy.deepcopy(config)
-        if config["vision"].get("from_export"):
-            exported = read_export_config(config["vision"]["from_export"])["config"]["vision"]
-            self.config["vision"] = {**exported, "frozen": True, "from_export": config["vision"]["from_export"]}
+        if config["vision"].get("from_export"):  # the encoder and the preprocessing its features assume
+            exported = read_export_config(config["vision"]["from_export"])["config"]
+            self.config["vision"] = {**exported["vision"], "frozen": True, "from_export": config["vision"]["from_export"]}
+            self.config["preprocess"] = exported["preprocess"]
         config = self.config
         stages = list(config.get("stages", ["rationale", "answer"]))
         unknown = [s for s in stages if s not in STAGES]
@@ -175,9 +176,12 @@ class MCCoT(nn.Module):
         """A freshly initialised stage (e.g. the answer stage on top of a trained rationale stage)."""
         if name not in STAGES or name in self.stages:
             raise ValueError(f"cannot add stage {name!r} to stages {list(self.stages)}")
-        self.stages[name] = MCCoTStage(self.config, self.tokenizer).to(next(self.parameters()).device)
+        stage = MCCoTStage(self.config, self.tokenizer).to(next(self.parameters()).device)
+        if stage.frozen_vision:  # the same frozen encoder (and so the same cached features) for every stage
+            stage.vision.load_state_dict(self.vision.state_dict())
+        self.stages[name] = stage
         self.config["stages"] = list(self.stages)
-        return self.stages[name]
+        return stage
 
     def set_train_stage(self, name: str) -> None:
         """Train ``name``; every other stage is frozen."""

@@ -54,6 +54,9 @@ class MCCoTModule(SFTModule):
         elif h.rationale_from:
             if h.stage != "answer":
                 raise ValueError(f"rationale_from starts the answer stage; this run trains stage {h.stage!r}")
+            if h.model_config:
+                raise ValueError("model_config does not apply with rationale_from: the answer stage takes the "
+                                 "rationale stage's architecture from its export")
             model = load_export(h.rationale_from).train()
             if "rationale" not in model.stages:
                 raise ValueError(f"{h.rationale_from} holds stages {list(model.stages)}, not a rationale stage")
