@@ -43,7 +43,8 @@ def evaluate(model, urls: list[str], batch_size: int = 64, max_new_tokens: int =
             if pipeline:
                 results = model.run(images, batch["records"], max_new_tokens=max_new_tokens, **pipeline_options)
                 texts = [r["text"] for r in results]
-                confidences += [r["confidence"] for r in results if r["confidence"] is not None]
+                if pipeline_options.get("votes", 1) > 1:
+                    confidences += [r["confidence"] for r in results]
                 if pipeline_options.get("rationale_source", "generated") != "gold" and results[0]["rationale"] is not None:
                     rationale_report.add_many([r["rationale"] for r in results],
                                               [r.rationale for r in batch["records"]])
