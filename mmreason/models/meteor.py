@@ -1,0 +1,333 @@
+"""Meteor: a small Mamba traverses the rationale, and the backbone answers from its `<tor>` states.
+
+A long rationale is costly in the backbone's context. Meteor (papers.md §1) lets
+a small embedder read image + question (+ the rationale, during its first
+training step) with N `<tor>` tokens in it; its hidden states at those N
+positions, projected to the backbone width, replace the embeddings of N `<tor>`
+tokens at the head of the backbone's prompt. At inference the embedder sees
+bare `<tor>` tokens and must reconstruct rationale-like features from image and
+question alone.
+
+Everything else is the baseline VLM (vision encoder → projector → decoder LM,
+tokenizer, preprocessing, batched generation), subclassed here. The vision
+encoder runs once per batch; its patch tokens feed both the backbone (baseline
+projector) and the embedder (a second projector to the embedder's width).
+
+Prompts (word tokenizer; "rationale" is not in its vocabulary, so the embedder's
+cue is the template's existing ``solution :``)::
+
+    embedder:  <image>×K question : {question} [choices : …] solution : {rationale with <tor>×N | <tor>×N}
+    backbone:  <s> <tor>×N <image>×K question : {question} [choices : …] answer :
+
+Training (``step``; upstream released no training code, so this is our reading):
+
+* step 1 (traversal pre-training): the backbone LM is frozen; the embedder reads
+  the rationale with N `<tor>` placed by :func:`insert_tor`, and the backbone,
+  given the N injected vectors and the user prompt, must write the whole
+  rationale (the baseline's ``cot`` target, ``<think> … </think> <answer> … </answer>``).
+  Each `<tor>` state summarises the text before it (the embedder is causal), so
+  the N vectors are a compressed rationale the backbone learns to expand.
+  Samples whose rationale is too short for the placement are skipped and counted.
+* step 2: the embedder reads bare `<tor>` tokens, everything trains and the
+  target is the answer (the baseline's ``answer`` target).
+
+With a traversal embedder the step picks the target (``output_format`` follows
+it); ``embedder: none`` is the baseline VLM unchanged (the "no Mamba" ablation).
+The backbone never generates `<image>` or `<tor>`: generation suppresses both.
+Mamba computes in float32 whatever the autocast (see :mod:`mmreason.layers.mamba`).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+
+import torch
+from torch import nn
+from transformers import MambaConfig
+
+from mmreason.data.schema import Record
+from mmreason.layers.language import resolve_path, splice_image_features
+from mmreason.layers.mamba import MambaStack
+from mmreason.layers.projector import build_projector
+from mmreason.models.baseline import TINY_CONFIG as BASELINE_TINY
+from mmreason.models.baseline import PromptTooLong, VisionLanguageModel
+from mmreason.text.prompts import RATIONALE_CUE, format_choices
+from mmreason.text.tor import PLACEMENTS, TOR_TOKEN, RationaleTooShort, bare_tor, insert_tor
+from mmreason.zoo import merge_config
+
+log = logging.getLogger(__name__)
+
+EMBEDDERS = ("mamba", "transformer", "none")
+STEPS = (1, 2)
+DEFAULT_TRAVERSAL = {
+    "embedder": "mamba",
+    "mamba": {"hidden_size": 128, "state_size": 16, "num_hidden_layers": 2, "expand": 2},
+    "transformer": {},  # num_layers (default: mamba's), num_heads (4), dim_feedforward (4 × width)
+    "num_tor": 10,
+    "placement": "even",
+    "path": None,  # a Mamba checkpoint folder (e.g. state-spaces/mamba-130m-hf); its fields replace `mamba`
+    "seed": 0,  # of the placement draws (`random` placement)
+}
+
+# The baseline's tiny VLM + a 2-layer Mamba of width 64, state 4 (fwd+bwd ≈ 0.9 s for 64 prompts of
+# ~130 tokens on one contended core; state 8 tripled that). N = 5: the synthetic short rationales
+# (16+ words) all fit an even placement of 5, while N = 10 would reject about a quarter of them.
+TINY_CONFIG = merge_config(BASELINE_TINY, {
+    "step": 1,
+    "traversal": {"embedder": "mamba", "mamba": {"hidden_size": 64, "state_size": 4, "num_hidden_layers": 2,
+                                                 "expand": 2}, "num_tor": 5, "placement": "even"},
+})
+
+
+def traversal_prompt(record: Record, tor_text: str) -> str:
+    """What the embedder reads: image, question (and choices), then the cue and the `<tor>`-bearing text."""
+    return f"<image> question : {record.question.strip()}{format_choices(record.choices)} {RATIONALE_CUE} {tor_text}"
+
+
+def token_mask(ids: torch.Tensor, token_id: int, count: int, token: str) -> torch.Tensor:
+    """Where ``token`` sits in ``ids`` (B, L); every row must hold exactly ``count`` of them."""
+    mask = ids == token_id
+    counts = mask.sum(dim=1)
+    if not bool((counts == count).all()):
+        raise ValueError(f"each sequence needs exactly {count} {token} tokens, found {counts.tolist()}")
+    return mask
+
+
+class CausalTransformerEmbedder(nn.Module):
+    """The embedder ablation: a causal pre-norm transformer encoder with its own token embeddings.
+
+    No position embeddings: the causal mask orders the tokens, as Mamba's recurrence does.
+    Right padding needs no key mask (real tokens never attend to later pads).
+    """
+
+    def __init__(self, vocab_size: int, width: int, num_layers: int, num_heads: int = 4,
+                 dim_feedforward: int | None = None):
+        super().__init__()
+        self.embeddings = nn.Embedding(vocab_size, width)
+        layer = nn.TransformerEncoderLayer(width, num_heads, dim_feedforward or 4 * width, dropout=0.0,
+                                           activation="gelu", batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, num_layers, norm=nn.LayerNorm(width), enable_nested_tensor=False)
+
+    def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        length = inputs_embeds.shape[1]
+        causal = nn.Transformer.generate_square_subsequent_mask(length, inputs_embeds.device, inputs_embeds.dtype)
+        return self.encoder(inputs_embeds, mask=causal, is_causal=True)
+
+
+def load_mamba(path: str, vocab_size: int) -> MambaStack:
+    """A transformers Mamba checkpoint folder (``pkg:NAME`` allowed) as a MambaStack with embeddings,
+    its table resized to ``vocab_size`` (the backbone tokenizer's ids, not the checkpoint's)."""
+    from transformers import MambaModel
+
+    pretrained = MambaModel.from_pretrained(resolve_path(path))
+    pretrained.resize_token_embeddings(vocab_size)
+    pretrained.config.vocab_size = vocab_size
+    stack = MambaStack(pretrained.config, with_embeddings=True)
+    stack.load_state_dict(pretrained.state_dict())
+    return stack
+
+
+class Meteor(VisionLanguageModel):
+    """The baseline VLM plus a traversal embedder whose `<tor>` states are injected into the backbone.
+
+    Extra config (``traversal`` and ``step``) is described in the module docstring and
+    ``DEFAULT_TRAVERSAL``. Parts: ``traversal`` (MambaStack, CausalTransformerEmbedder or None),
+    ``traversal_projector`` (vision → embedder width), ``tor_projector`` (embedder → backbone width).
+    """
+
+    family = "meteor"
+
+    def __init__(self, config: dict, tokenizer=None):
+        super().__init__(config, tokenizer)
+        spec = merge_config(DEFAULT_TRAVERSAL, config.get("traversal", {}))
+        if spec["embedder"] not in EMBEDDERS:
+            raise ValueError(f"traversal.embedder must be one of {EMBEDDERS}, got {spec['embedder']!r}")
+        if spec["placement"] not in PLACEMENTS:
+            raise ValueError(f"traversal.placement must be one of {PLACEMENTS}, got {spec['placement']!r}")
+        self.num_tor, self.placement = int(spec["num_tor"]), spec["placement"]
+        if self.num_tor < 1 or (self.placement == "even" and self.num_tor < 2):
+            raise ValueError(f"traversal.num_tor must be >= 1 (>= 2 for placement 'even'), got {self.num_tor}")
+        self.placement_rng = random.Random(spec["seed"])
+        self.tor_token_id = self.tokenizer.convert_tokens_to_ids(TOR_TOKEN)
+        self._generation_traversal: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.traversal = self._build_traversal(spec)
+        if self.traversal is not None:
+            width = self.traversal.embeddings.embedding_dim
+            self.traversal_projector = build_projector("mlp2x_gelu", self.vision.width, width)
+            self.tor_projector = build_projector("mlp2x_gelu", width, self.lm.config.hidden_size)
+        self.step = config.get("step", 1)
+
+    def _build_traversal(self, spec: dict) -> nn.Module | None:
+        """The embedder; a checkpoint's Mamba fields replace ``traversal.mamba`` in ``self.config``
+        (and ``path`` is dropped) so an export rebuilds the same shapes offline."""
+        vocab_size = len(self.tokenizer)
+        if spec["embedder"] == "none":
+            return None
+        if spec["embedder"] == "mamba" and spec["path"]:
+            stack = load_mamba(spec["path"], vocab_size)
+            fields = {k: v for k, v in stack.config.to_dict().items() if k != "vocab_size"}
+            self.config["traversal"] = {**self.config.get("traversal", {}), "mamba": fields, "path": None}
+            return stack
+        mamba = MambaConfig(**{**spec["mamba"], "vocab_size": vocab_size})
+        if spec["embedder"] == "mamba":
+            return MambaStack(mamba, with_embeddings=True)
+        options = {"num_layers": mamba.num_hidden_layers, **spec["transformer"]}
+        return CausalTransformerEmbedder(vocab_size, mamba.hidden_size, **options)
+
+    @property
+    def step(self) -> int:
+        return self._step
+
+    @step.setter
+    def step(self, value: int) -> None:
+        """Step 1 freezes the backbone LM and targets the rationale; step 2 trains all and targets the answer."""
+        if value not in STEPS:
+            raise ValueError(f"step must be one of {STEPS} (1: traversal pre-training, 2: answering), got {value!r}")
+        self._step = self.config["step"] = value
+        if self.traversal is not None:
+            self.output_format = self.config["output_format"] = "cot" if value == 1 else "answer"
+            self.lm.requires_grad_(value != 1)
+
+    # ---- the embedder's inputs --------------------------------------------------------------
+    def _traversal_text(self, record: Record, with_rationale: bool, skip_too_short: bool) -> str | None:
+        """The embedder's prompt text; None when the rationale is too short and ``skip_too_short``."""
+        if not with_rationale:
+            return traversal_prompt(record, bare_tor(self.num_tor))
+        try:
+            return traversal_prompt(record, insert_tor(record.rationale or "", self.num_tor, self.placement,
+                                                       self.placement_rng))
+        except RationaleTooShort:
+            if skip_too_short:
+                return None
+            raise
+
+    def _traversal_ids(self, records: list[Record], with_rationale: bool,
+                       skip_too_short: bool = False) -> list[list[int] | None]:
+        """Embedder prompt ids (image tokens expanded); None where a too-short rationale was skipped."""
+        texts = [self._traversal_text(r, with_rationale, skip_too_short) for r in records]
+        encoded = iter(self.tokenizer([t for t in texts if t is not None], add_special_tokens=False)["input_ids"])
+        out: list[list[int] | None] = []
+        for text in texts:
+            ids = None if text is None else next(encoded)
+            if ids is not None:
+                at = ids.index(self.image_token_id)
+                ids = [*ids[:at], *[self.image_token_id] * self.num_image_tokens, *ids[at + 1 :]]
+            out.append(ids)
+        return out
+
+    def traversal_inputs(self, records: list[Record], with_rationale: bool) -> dict[str, torch.Tensor]:
+        """Right-padded embedder prompts: ``traversal_ids`` and ``traversal_mask``.
+
+        ``with_rationale`` places the `<tor>` in each rationale (raises RationaleTooShort
+        when one does not fit); otherwise the embedder reads N bare `<tor>`."""
+        padded = self._pad(self._traversal_ids(records, with_rationale), None, left=False)
+        return {"traversal_ids": padded["input_ids"], "traversal_mask": padded["attention_mask"]}
+
+    def _traverse(self, patches: torch.Tensor, traversal_ids: torch.Tensor,
+                  traversal_mask: torch.Tensor) -> torch.Tensor:
+        """(B, N, backbone width): embedder states at the `<tor>` positions, in order, projected."""
+        embeds = self.traversal.embeddings(traversal_ids)
+        embeds = splice_image_features(embeds, traversal_ids, self.image_token_id, self.traversal_projector(patches))
+        states = self.traversal(embeds, traversal_mask)
+        mask = token_mask(traversal_ids, self.tor_token_id, self.num_tor, TOR_TOKEN)
+        return self.tor_projector(states[mask].view(len(traversal_ids), self.num_tor, -1))
+
+    def tor_features(self, images: torch.Tensor, records: list[Record], with_rationale: bool) -> torch.Tensor:
+        """(B, N, backbone width) `<tor>` features, read with or without the rationale (diagnostics)."""
+        self._require_traversal("tor_features")
+        inputs = {k: v.to(images.device) for k, v in self.traversal_inputs(records, with_rationale).items()}
+        return self._traverse(self.vision(images), **inputs)
+
+    def _require_traversal(self, what: str) -> None:
+        if self.traversal is None:
+            raise ValueError(f"{what} needs a traversal embedder; this model has traversal.embedder 'none'")
+
+    # ---- the backbone's inputs --------------------------------------------------------------
+    def _prompt_ids(self, records: list[Record], skip_too_long: bool = False) -> list[list[int] | None]:
+        """The baseline prompt with N `<tor>` after BOS; ``max_length`` counts them."""
+        prompts = super()._prompt_ids(records, skip_too_long)
+        if self.traversal is None:
+            return prompts
+        out: list[list[int] | None] = []
+        for ids in prompts:
+            if ids is not None:
+                ids = [ids[0], *[self.tor_token_id] * self.num_tor, *ids[1:]]
+            if ids is not None and len(ids) > self.max_length:
+                if not skip_too_long:
+                    raise PromptTooLong(f"prompt needs {len(ids)} tokens ({self.num_tor} {TOR_TOKEN} + "
+                                        f"{self.num_image_tokens} image tokens + text) but max_length is "
+                                        f"{self.max_length}; raise max_length or lower traversal.num_tor")
+                ids = None
+            out.append(ids)
+        return out
+
+    def training_inputs(self, records: list[Record], skip_too_long: bool = False) -> dict[str, torch.Tensor]:
+        """The baseline's tensors (N `<tor>` in the prompt) plus the embedder's ``traversal_ids/mask``.
+
+        Step 1 reads each rationale; with ``skip_too_long`` a rationale too short for the
+        placement drops its sample (and ``rows`` says which were kept), otherwise it raises.
+        """
+        if self.traversal is None:
+            return super().training_inputs(records, skip_too_long)
+        traversal = self._traversal_ids(records, with_rationale=self.step == 1, skip_too_short=skip_too_long)
+        kept = [i for i, ids in enumerate(traversal) if ids is not None]
+        if not kept:
+            raise RationaleTooShort(f"every rationale of the batch is too short for {self.num_tor} {TOR_TOKEN} "
+                                    f"placed {self.placement!r}; lower traversal.num_tor or use longer rationales")
+        if len(kept) < len(records):
+            log.warning("skipped %d sample(s) whose rationale is too short for %d %s placed %r",
+                        len(records) - len(kept), self.num_tor, TOR_TOKEN, self.placement)
+        inputs = super().training_inputs([records[i] for i in kept], skip_too_long)
+        rows = torch.tensor(kept)[inputs["rows"]]
+        padded = self._pad([traversal[i] for i in rows.tolist()], None, left=False)
+        return {**inputs, "traversal_ids": padded["input_ids"], "traversal_mask": padded["attention_mask"],
+                "rows": rows}
+
+    def _backbone_image_features(self, patches: torch.Tensor) -> torch.Tensor:
+        """The baseline's ``encode_images`` from patch tokens already computed (one vision pass)."""
+        features = self.projector(patches)
+        if self.image_position_codes is not None:
+            features = features + self.image_position_codes.to(features.dtype)
+        return features
+
+    def embed(self, images: torch.Tensor, input_ids: torch.Tensor, traversal_ids: torch.Tensor | None = None,
+              traversal_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Backbone input embeddings: projected patches at `<image>`, projected embedder states at `<tor>`.
+
+        Without ``traversal_ids`` it uses the bare-`<tor>` prompts :meth:`generate` prepared."""
+        if self.traversal is None:
+            return super().embed(images, input_ids)
+        if traversal_ids is None:
+            if self._generation_traversal is None:
+                raise ValueError("Meteor.embed needs traversal_ids and traversal_mask "
+                                 "(from training_inputs or traversal_inputs)")
+            traversal_ids, traversal_mask = self._generation_traversal
+        patches = self.vision(images)
+        embeds = splice_image_features(self.lm.get_input_embeddings()(input_ids), input_ids, self.image_token_id,
+                                       self._backbone_image_features(patches))
+        tor = self._traverse(patches, traversal_ids, traversal_mask)
+        embeds[token_mask(input_ids, self.tor_token_id, self.num_tor, TOR_TOKEN)] = (
+            tor.reshape(-1, tor.shape[-1]).to(embeds.dtype))
+        return embeds
+
+    def forward(self, images, input_ids, attention_mask, labels=None, traversal_ids=None, traversal_mask=None):
+        embeds = self.embed(images, input_ids, traversal_ids, traversal_mask)
+        return self.lm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels)
+
+    # ---- inference ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, images: torch.Tensor, records: list[Record], max_new_tokens: int = 128,
+                 **kwargs) -> list[str]:
+        """The baseline's generation, the embedder reading bare `<tor>`; `<image>`/`<tor>` are suppressed."""
+        kwargs["suppress_tokens"] = sorted({*(kwargs.get("suppress_tokens") or ()), self.image_token_id,
+                                            self.tor_token_id})
+        if self.traversal is None:
+            return super().generate(images, records, max_new_tokens, **kwargs)
+        inputs = self.traversal_inputs(records, with_rationale=False)
+        self._generation_traversal = (inputs["traversal_ids"].to(images.device),
+                                      inputs["traversal_mask"].to(images.device))
+        try:
+            return super().generate(images, records, max_new_tokens, **kwargs)
+        finally:
+            self._generation_traversal = None

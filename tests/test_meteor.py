@@ -1,0 +1,237 @@
+"""Meteor: `<tor>` prompts and splicing, the two training steps, generation, ablations, export."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import TINY_TEST_CONFIG, make_image, make_record
+from transformers import MambaConfig, MambaModel
+
+import mmreason.models.registry  # noqa: F401  (the built-in families, before Meteor joins them below)
+from mmreason.data.schema import validate_record
+from mmreason.export import load_export, save_export
+from mmreason.layers.mamba import MambaStack
+from mmreason.models.baseline import IGNORE_INDEX, VisionLanguageModel
+from mmreason.models.meteor import CausalTransformerEmbedder, Meteor
+from mmreason.text.tor import RationaleTooShort
+from mmreason.zoo import merge_config, register_family
+
+register_family("meteor")(Meteor)  # load_export finds the family by name
+
+N = 3
+WIDTH = TINY_TEST_CONFIG["language"]["config"]["hidden_size"]
+TINY_METEOR = merge_config(TINY_TEST_CONFIG, {
+    "traversal": {"embedder": "mamba", "num_tor": N, "placement": "even",
+                  "mamba": {"hidden_size": 16, "state_size": 4, "num_hidden_layers": 2, "expand": 2}},
+    "step": 1,
+})
+
+
+def _records(n=4):
+    return [validate_record(make_record(i)) for i in range(n)]
+
+
+def _images(model, n=4):
+    return torch.stack([model.preprocess(make_image(i)) for i in range(n)])
+
+
+def _meteor(tokenizer, **overrides):
+    torch.manual_seed(0)
+    return Meteor(merge_config(TINY_METEOR, overrides), tokenizer=tokenizer)
+
+
+def _forward_inputs(model, records):
+    inputs = model.training_inputs(records)
+    assert inputs.pop("rows").tolist() == list(range(len(records)))
+    return inputs
+
+
+def _train(model, images, records, steps, lr=3e-3):
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        out = model.batch_loss(images, records)
+        out["loss"].backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(float(out["loss"]))
+    return losses
+
+
+@pytest.fixture
+def model(tiny_tokenizer):
+    return _meteor(tiny_tokenizer)
+
+
+def test_both_prompts_hold_n_tor_and_labels_skip_them(model):
+    tok, records = model.tokenizer, _records(2)
+    for step in (1, 2):
+        model.step = step
+        inputs = model.training_inputs(records)
+        for ids, labels, traversal in zip(inputs["input_ids"], inputs["labels"], inputs["traversal_ids"]):
+            assert int((ids == model.tor_token_id).sum()) == int((traversal == model.tor_token_id).sum()) == N
+            assert int((ids == model.image_token_id).sum()) == int((traversal == model.image_token_id).sum()) == 16
+            assert ids[1 : 1 + N].tolist() == [model.tor_token_id] * N  # right after BOS
+            placeholders = (ids == model.tor_token_id) | (ids == model.image_token_id)
+            assert bool((labels[placeholders] == IGNORE_INDEX).all())
+            target = tok.decode([t for t in labels.tolist() if t != IGNORE_INDEX])
+            text = tok.decode(traversal[traversal != tok.pad_token_id])
+            if step == 1:  # the rationale, with <tor> spread through it, and the rationale as target
+                assert "<tor> i see a" in text and text.endswith("left. <tor>")
+                assert target.startswith("<think> i see")
+            else:  # bare <tor> and the answer as target
+                assert text.endswith("solution : <tor> <tor> <tor>") and "i see" not in text
+                assert target.startswith("<answer>")
+    generation = model.generation_inputs(records)["input_ids"]
+    assert ((generation == model.tor_token_id).sum(1) == N).all()
+
+
+def test_embeddings_replaced_exactly_at_tor_and_image_positions(model):
+    images, records = _images(model, 2), _records(2)
+    inputs = _forward_inputs(model, records)
+    ids = inputs["input_ids"]
+    with torch.no_grad():
+        embeds = model.embed(images, ids, inputs["traversal_ids"], inputs["traversal_mask"])
+        plain = model.lm.get_input_embeddings()(ids)
+        patches = model.projector(model.vision(images)).reshape(-1, WIDTH)
+        tor = model.tor_features(images, records, with_rationale=True).reshape(-1, WIDTH)
+    image_at, tor_at = ids == model.image_token_id, ids == model.tor_token_id
+    elsewhere = ~(image_at | tor_at)
+    assert torch.equal(embeds[elsewhere], plain[elsewhere])
+    assert torch.allclose(embeds[image_at], patches, atol=1e-6)
+    assert torch.allclose(embeds[tor_at], tor, atol=1e-6)
+    assert not torch.isclose(embeds[~elsewhere], plain[~elsewhere]).all(-1).any()
+    broken = ids.clone()
+    broken[0, 1] = model.tokenizer.convert_tokens_to_ids("red")
+    with pytest.raises(ValueError, match=r"exactly 3 <tor> tokens, found \[2, 3\]"):
+        model.embed(images, broken, inputs["traversal_ids"], inputs["traversal_mask"])
+
+
+def test_tor_features_with_and_without_the_rationale(model):
+    images, records = _images(model, 2), _records(2)
+    with torch.no_grad():
+        read = model.tor_features(images, records, with_rationale=True)
+        bare = model.tor_features(images, records, with_rationale=False)
+    assert read.shape == bare.shape == (2, N, WIDTH)
+    assert not torch.allclose(read, bare)
+
+
+def test_step_one_trains_the_traversal_and_leaves_the_backbone_frozen(model):
+    images, records = _images(model), _records()
+    backbone = {n: p.detach().clone() for n, p in model.lm.named_parameters()}
+    traversal = {n: p.detach().clone() for n, p in model.named_parameters() if not n.startswith("lm.")}
+    assert not any(p.requires_grad for p in model.lm.parameters())
+    losses = _train(model, images, records, steps=15)
+    assert losses[-1] < 0.6 * losses[0]
+    assert all(torch.equal(p, backbone[n]) for n, p in model.lm.named_parameters())
+    changed = {n for n, p in model.named_parameters() if n in traversal and not torch.equal(p, traversal[n])}
+    for prefix in ("traversal.", "traversal_projector.", "tor_projector.", "vision.", "projector."):
+        assert any(n.startswith(prefix) for n in changed), prefix
+
+
+def test_step_two_trains_everything_on_the_answer(model):
+    model.step = 2
+    assert all(p.requires_grad for p in model.parameters())
+    assert model.output_format == model.config["output_format"] == "answer" and model.config["step"] == 2
+    losses = _train(model, _images(model), _records(), steps=15)
+    assert losses[-1] < 0.3 * losses[0]
+    with pytest.raises(ValueError, match=r"step must be one of \(1, 2\)"):
+        model.step = 3
+
+
+def test_too_short_rationales_are_skipped_and_counted_in_step_one(model):
+    records = _records(3)
+    records[1].rationale = "i see a circle"  # 4 words: 3 <tor> evenly need at least 6
+    out = model.batch_loss(_images(model, 3), records)
+    assert out["skipped"] == 1 and torch.isfinite(out["loss"])
+    inputs = model.training_inputs(records, skip_too_long=True)
+    assert inputs["rows"].tolist() == [0, 2] and len(inputs["traversal_ids"]) == 2
+    with pytest.raises(RationaleTooShort, match="every rationale of the batch is too short"):
+        model.batch_loss(_images(model, 1), records[1:2])
+    with pytest.raises(RationaleTooShort, match="4 words"):
+        model.tor_features(_images(model, 3), records, with_rationale=True)
+    model.step = 2  # bare <tor>: nothing to skip
+    assert model.batch_loss(_images(model, 3), records)["skipped"] == 0
+
+
+def test_generation_never_emits_image_or_tor(model):
+    model.eval()
+    images, records = _images(model, 2), _records(2)
+    settings = dict(max_new_tokens=40, min_new_tokens=40, do_sample=True, temperature=50.0)
+    torch.manual_seed(0)
+    texts = model.generate(images, records, **settings)
+    assert len(texts) == 2 and not any("<image>" in t or "<tor>" in t for t in texts)
+    # the same near-uniform sampling without the suppression does emit them
+    inputs = model.generation_inputs(records)
+    with torch.no_grad():
+        embeds = model.embed(images, inputs["input_ids"], **model.traversal_inputs(records, with_rationale=False))
+    torch.manual_seed(0)
+    raw = model.lm.generate(inputs_embeds=embeds, attention_mask=inputs["attention_mask"],
+                            pad_token_id=model.tokenizer.pad_token_id, **settings)
+    assert bool(((raw == model.tor_token_id) | (raw == model.image_token_id)).any())
+    assert model.answer_batch(images, records, max_new_tokens=4) == model.answer_batch(
+        images, records, max_new_tokens=4)
+
+
+def test_transformer_embedder_builds_trains_and_generates(tiny_tokenizer):
+    model = _meteor(tiny_tokenizer, traversal={"embedder": "transformer", "transformer": {"num_heads": 2}})
+    assert isinstance(model.traversal, CausalTransformerEmbedder)
+    images, records = _images(model, 2), _records(2)
+    out = model.batch_loss(images, records)
+    out["loss"].backward()
+    assert model.traversal.embeddings.weight.grad is not None
+    model.eval()
+    assert len(model.answer_batch(images, records, max_new_tokens=3)) == 2
+    assert model.tor_features(images, records, with_rationale=False).shape == (2, N, WIDTH)
+
+
+def test_no_embedder_is_the_baseline(tiny_tokenizer):
+    meteor = _meteor(tiny_tokenizer, traversal={"embedder": "none"})
+    baseline = VisionLanguageModel(TINY_TEST_CONFIG, tokenizer=tiny_tokenizer)
+    baseline.load_state_dict(meteor.state_dict())  # strict: exactly the baseline's parts
+    images, records = _images(meteor, 2), _records(2)
+    inputs = _forward_inputs(meteor, records)
+    assert all(torch.equal(v, baseline.training_inputs(records)[k]) for k, v in inputs.items())
+    assert torch.equal(meteor(images, **inputs).logits, baseline(images, **inputs).logits)
+    with pytest.raises(ValueError, match="traversal.embedder 'none'"):
+        meteor.tor_features(images, records, with_rationale=False)
+
+
+def test_export_round_trip_gives_identical_logits_and_predictions(model, tmp_path):
+    model.step = 2
+    model.eval()
+    images, records = _images(model, 2), _records(2)
+    loaded = load_export(save_export(model, tmp_path / "export"))
+    assert isinstance(loaded, Meteor) and loaded.step == 2 and loaded.num_tor == N
+    inputs = _forward_inputs(model, records)
+    assert torch.equal(model(images, **inputs).logits, loaded(images, **inputs).logits)
+    make_image(0).save(tmp_path / "x.png")
+    predictions = [m.predict(str(tmp_path / "x.png"), "is there a red circle?", max_new_tokens=5)
+                   for m in (model, loaded)]
+    assert predictions[0] == predictions[1] and set(predictions[0]) == {"text", "rationale", "answer"}
+
+
+def test_a_mamba_checkpoint_folder_loads_by_name_and_exports_without_it(tiny_tokenizer, tmp_path):
+    torch.manual_seed(1)
+    checkpoint = MambaModel(MambaConfig(vocab_size=30, hidden_size=16, state_size=4, num_hidden_layers=1))
+    checkpoint.save_pretrained(tmp_path / "mamba")
+    model = _meteor(tiny_tokenizer, traversal={"path": str(tmp_path / "mamba")})
+    assert isinstance(model.traversal, MambaStack)
+    assert model.traversal.embeddings.num_embeddings == len(tiny_tokenizer)
+    assert torch.equal(model.traversal.layers[0].mixer.in_proj.weight, checkpoint.layers[0].mixer.in_proj.weight)
+    assert torch.equal(model.traversal.embeddings.weight[:30], checkpoint.embeddings.weight[:30])
+    assert model.config["traversal"]["path"] is None
+    assert model.config["traversal"]["mamba"]["num_hidden_layers"] == 1
+    folder = save_export(model, tmp_path / "export")
+    (tmp_path / "mamba" / "model.safetensors").unlink()
+    loaded = load_export(folder)
+    assert torch.equal(loaded.traversal.layers[0].mixer.A_log, model.traversal.layers[0].mixer.A_log)
+
+
+def test_bad_traversal_config_names_the_choices(tiny_tokenizer):
+    with pytest.raises(ValueError, match=r"embedder must be one of \('mamba', 'transformer', 'none'\)"):
+        _meteor(tiny_tokenizer, traversal={"embedder": "bert"})
+    with pytest.raises(ValueError, match="placement must be one of"):
+        _meteor(tiny_tokenizer, traversal={"placement": "middle"})
+    with pytest.raises(ValueError, match="num_tor must be >= 1"):
+        _meteor(tiny_tokenizer, traversal={"num_tor": 1})
