@@ -25,6 +25,8 @@ TINY_METEOR = merge_config(TINY_TEST_CONFIG, {
                   "mamba": {"hidden_size": 16, "state_size": 4, "num_hidden_layers": 2, "expand": 2}},
     "step": 1,
 })
+DISTINCT_RATIONALES = ("i see a red circle at the left .", "i see a blue square at the right .",
+                       "i see two red shapes at the left .", "i see one blue circle at the right .")
 
 
 def _records(n=4):
@@ -54,7 +56,7 @@ def _train(model, images, records, steps, lr=3e-3):
         out["loss"].backward()
         optimizer.step()
         optimizer.zero_grad()
-        losses.append(float(out["loss"]))
+        losses.append(out["loss"].item())
     return losses
 
 
@@ -116,15 +118,23 @@ def test_tor_features_with_and_without_the_rationale(model):
     assert not torch.allclose(read, bare)
 
 
-def test_step_one_trains_the_traversal_and_leaves_the_backbone_frozen(model):
-    images, records = _images(model), _records()
+def test_step_one_trains_the_traversal_into_a_frozen_backbone(tiny_tokenizer):
+    # One image, one question, four rationales: only the <tor> features tell the targets apart. A random
+    # frozen backbone cannot use them, so it comes from a joint run; the traversal parts start fresh.
+    records = [validate_record({**make_record(0), "rationale": r}) for r in DISTINCT_RATIONALES]
+    joint = _meteor(tiny_tokenizer)
+    joint.lm.requires_grad_(True)
+    images = _images(joint, 1).expand(len(records), -1, -1, -1)
+    _train(joint, images, records, steps=80)
+    model = _meteor(tiny_tokenizer)
+    model.lm.load_state_dict(joint.lm.state_dict())
     backbone = {n: p.detach().clone() for n, p in model.lm.named_parameters()}
-    traversal = {n: p.detach().clone() for n, p in model.named_parameters() if not n.startswith("lm.")}
+    others = {n: p.detach().clone() for n, p in model.named_parameters() if not n.startswith("lm.")}
     assert not any(p.requires_grad for p in model.lm.parameters())
-    losses = _train(model, images, records, steps=15)
-    assert losses[-1] < 0.6 * losses[0]
+    losses = _train(model, images, records, steps=20)
+    assert losses[-1] < 0.75 * losses[0]
     assert all(torch.equal(p, backbone[n]) for n, p in model.lm.named_parameters())
-    changed = {n for n, p in model.named_parameters() if n in traversal and not torch.equal(p, traversal[n])}
+    changed = {n for n, p in model.named_parameters() if n in others and not torch.equal(p, others[n])}
     for prefix in ("traversal.", "traversal_projector.", "tor_projector.", "vision.", "projector."):
         assert any(n.startswith(prefix) for n in changed), prefix
 
@@ -133,8 +143,8 @@ def test_step_two_trains_everything_on_the_answer(model):
     model.step = 2
     assert all(p.requires_grad for p in model.parameters())
     assert model.output_format == model.config["output_format"] == "answer" and model.config["step"] == 2
-    losses = _train(model, _images(model), _records(), steps=15)
-    assert losses[-1] < 0.3 * losses[0]
+    losses = _train(model, _images(model), _records(), steps=20)
+    assert losses[-1] < 0.4 * losses[0]
     with pytest.raises(ValueError, match=r"step must be one of \(1, 2\)"):
         model.step = 3
 
@@ -157,20 +167,17 @@ def test_too_short_rationales_are_skipped_and_counted_in_step_one(model):
 def test_generation_never_emits_image_or_tor(model):
     model.eval()
     images, records = _images(model, 2), _records(2)
-    settings = dict(max_new_tokens=40, min_new_tokens=40, do_sample=True, temperature=50.0)
-    torch.manual_seed(0)
-    texts = model.generate(images, records, **settings)
-    assert len(texts) == 2 and not any("<image>" in t or "<tor>" in t for t in texts)
-    # the same near-uniform sampling without the suppression does emit them
+    with torch.no_grad():  # make <image> and <tor> the backbone's favourite outputs (tied embeddings)
+        model.lm.get_output_embeddings().weight[[model.image_token_id, model.tor_token_id]] *= 1000
     inputs = model.generation_inputs(records)
     with torch.no_grad():
         embeds = model.embed(images, inputs["input_ids"], **model.traversal_inputs(records, with_rationale=False))
-    torch.manual_seed(0)
-    raw = model.lm.generate(inputs_embeds=embeds, attention_mask=inputs["attention_mask"],
-                            pad_token_id=model.tokenizer.pad_token_id, **settings)
-    assert bool(((raw == model.tor_token_id) | (raw == model.image_token_id)).any())
-    assert model.answer_batch(images, records, max_new_tokens=4) == model.answer_batch(
-        images, records, max_new_tokens=4)
+        raw = model.lm.generate(inputs_embeds=embeds, attention_mask=inputs["attention_mask"], max_new_tokens=8,
+                                do_sample=False, pad_token_id=model.tokenizer.pad_token_id)
+    assert bool(((raw == model.tor_token_id) | (raw == model.image_token_id)).any())  # unsuppressed: they come
+    texts = model.generate(images, records, max_new_tokens=8) + [model.predict(make_image(0), "is there a red circle?",
+                                                                               max_new_tokens=8)["text"]]
+    assert len(texts) == 3 and not any("<image>" in t or "<tor>" in t for t in texts)
 
 
 def test_transformer_embedder_builds_trains_and_generates(tiny_tokenizer):

@@ -86,7 +86,11 @@ class VisionLanguageModel(nn.Module):
 
     # ---- inputs -------------------------------------------------------------------------------
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        features = self.projector(self.vision(images))
+        return self.project_patches(self.vision(images))
+
+    def project_patches(self, patches: torch.Tensor) -> torch.Tensor:
+        """Vision patch tokens → backbone-width image features (families reusing the patches call this)."""
+        features = self.projector(patches)
         if self.image_position_codes is not None:
             features = features + self.image_position_codes.to(features.dtype)
         return features
@@ -188,7 +192,8 @@ class VisionLanguageModel(nn.Module):
         ``extra`` goes to transformers' ``generate`` unchanged (e.g. ``min_new_tokens``).
         """
         inputs = {k: v.to(images.device) for k, v in self.generation_inputs(records).items()}
-        embeds, mask = self.embed(images, inputs["input_ids"]), inputs["attention_mask"]
+        ids, mask = inputs.pop("input_ids"), inputs.pop("attention_mask")
+        embeds = self.embed(images, ids, **inputs)  # a family's extra inputs (e.g. Meteor's traversal) go along
         sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else {
             "do_sample": False}
         if num_return_sequences > 1:

@@ -32,8 +32,9 @@ Training (``step``; upstream released no training code, so this is our reading):
   target is the answer (the baseline's ``answer`` target).
 
 With a traversal embedder the step picks the target (``output_format`` follows
-it); ``embedder: none`` is the baseline VLM unchanged (the "no Mamba" ablation).
-The backbone never generates `<image>` or `<tor>`: generation suppresses both.
+it). ``embedder: none`` is the baseline VLM (same parts, prompts and logits: the
+"no Mamba" ablation); ``transformer`` is the embedder ablation. The backbone
+never generates `<image>` or `<tor>`: generation suppresses both, in every mode.
 Mamba computes in float32 whatever the autocast (see :mod:`mmreason.layers.mamba`).
 """
 
@@ -150,7 +151,6 @@ class Meteor(VisionLanguageModel):
             raise ValueError(f"traversal.num_tor must be >= 1 (>= 2 for placement 'even'), got {self.num_tor}")
         self.placement_rng = random.Random(spec["seed"])
         self.tor_token_id = self.tokenizer.convert_tokens_to_ids(TOR_TOKEN)
-        self._generation_traversal: tuple[torch.Tensor, torch.Tensor] | None = None
         self.traversal = self._build_traversal(spec)
         if self.traversal is not None:
             width = self.traversal.embeddings.embedding_dim
@@ -206,7 +206,8 @@ class Meteor(VisionLanguageModel):
                        skip_too_short: bool = False) -> list[list[int] | None]:
         """Embedder prompt ids (image tokens expanded); None where a too-short rationale was skipped."""
         texts = [self._traversal_text(r, with_rationale, skip_too_short) for r in records]
-        encoded = iter(self.tokenizer([t for t in texts if t is not None], add_special_tokens=False)["input_ids"])
+        present = [t for t in texts if t is not None]
+        encoded = iter(self.tokenizer(present, add_special_tokens=False)["input_ids"] if present else [])
         out: list[list[int] | None] = []
         for text in texts:
             ids = None if text is None else next(encoded)
@@ -284,28 +285,17 @@ class Meteor(VisionLanguageModel):
         return {**inputs, "traversal_ids": padded["input_ids"], "traversal_mask": padded["attention_mask"],
                 "rows": rows}
 
-    def _backbone_image_features(self, patches: torch.Tensor) -> torch.Tensor:
-        """The baseline's ``encode_images`` from patch tokens already computed (one vision pass)."""
-        features = self.projector(patches)
-        if self.image_position_codes is not None:
-            features = features + self.image_position_codes.to(features.dtype)
-        return features
-
     def embed(self, images: torch.Tensor, input_ids: torch.Tensor, traversal_ids: torch.Tensor | None = None,
               traversal_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Backbone input embeddings: projected patches at `<image>`, projected embedder states at `<tor>`.
-
-        Without ``traversal_ids`` it uses the bare-`<tor>` prompts :meth:`generate` prepared."""
+        """Backbone input embeddings: projected patches at `<image>`, projected embedder states at `<tor>`."""
         if self.traversal is None:
             return super().embed(images, input_ids)
         if traversal_ids is None:
-            if self._generation_traversal is None:
-                raise ValueError("Meteor.embed needs traversal_ids and traversal_mask "
-                                 "(from training_inputs or traversal_inputs)")
-            traversal_ids, traversal_mask = self._generation_traversal
+            raise ValueError("Meteor.embed needs traversal_ids and traversal_mask "
+                             "(from training_inputs, generation_inputs or traversal_inputs)")
         patches = self.vision(images)
         embeds = splice_image_features(self.lm.get_input_embeddings()(input_ids), input_ids, self.image_token_id,
-                                       self._backbone_image_features(patches))
+                                       self.project_patches(patches))
         tor = self._traverse(patches, traversal_ids, traversal_mask)
         embeds[token_mask(input_ids, self.tor_token_id, self.num_tor, TOR_TOKEN)] = (
             tor.reshape(-1, tor.shape[-1]).to(embeds.dtype))
@@ -322,12 +312,11 @@ class Meteor(VisionLanguageModel):
         """The baseline's generation, the embedder reading bare `<tor>`; `<image>`/`<tor>` are suppressed."""
         kwargs["suppress_tokens"] = sorted({*(kwargs.get("suppress_tokens") or ()), self.image_token_id,
                                             self.tor_token_id})
+        return super().generate(images, records, max_new_tokens, **kwargs)
+
+    def generation_inputs(self, records: list[Record]) -> dict[str, torch.Tensor]:
+        """The baseline's left-padded prompts plus the embedder's bare-`<tor>` inputs."""
+        inputs = super().generation_inputs(records)
         if self.traversal is None:
-            return super().generate(images, records, max_new_tokens, **kwargs)
-        inputs = self.traversal_inputs(records, with_rationale=False)
-        self._generation_traversal = (inputs["traversal_ids"].to(images.device),
-                                      inputs["traversal_mask"].to(images.device))
-        try:
-            return super().generate(images, records, max_new_tokens, **kwargs)
-        finally:
-            self._generation_traversal = None
+            return inputs
+        return {**inputs, **self.traversal_inputs(records, with_rationale=False)}
