@@ -50,7 +50,8 @@ def evaluate(model, urls: list[str], batch_size: int = 64, max_new_tokens: int =
                                               [r.rationale for r in batch["records"]])
             else:
                 texts = model.answer_batch(images, batch["records"], max_new_tokens=max_new_tokens)
-            report.add_many(texts, batch["records"])
+            if getattr(model, "answers_questions", True):  # a rationale-only stage has nothing to score
+                report.add_many(texts, batch["records"])
             records += batch["records"]
             bar.update(len(texts))
     baseline = majority_baseline(records)

@@ -200,6 +200,10 @@ def test_pipeline_export_round_trip_predicts_rationale_then_answer(model, tmp_pa
     assert set(after) == {"rationale", "text", "answer", "confidence", "votes"}
     voted = loaded.predict(image, "is there a red circle?", choices=["yes", "no"], votes=3, max_new_tokens=6)
     assert len(voted["votes"]) == 3
+    with pytest.raises(ValueError, match="votes must be at least 1"):
+        loaded.predict(image, "is there a red circle?", votes=0)
+    with pytest.raises(ValueError, match="needs a gold rationale"):
+        loaded.predict(image, "is there a red circle?", rationale_source="gold")
 
 
 def test_answer_stage_is_added_next_to_a_frozen_rationale_stage(model, tmp_path):
@@ -212,8 +216,16 @@ def test_answer_stage_is_added_next_to_a_frozen_rationale_stage(model, tmp_path)
     assert module.model.passes == 2
     torch.testing.assert_close(module.model.stages["rationale"].t5.shared.weight,
                                rationale_only.stages["rationale"].t5.shared.weight)
+    torch.testing.assert_close(module.model.stages["answer"].vision.state_dict(),  # starts from stage 1's encoder
+                               rationale_only.stages["rationale"].vision.state_dict())
     with pytest.raises(ValueError, match="set rationale_from"):
         MCCoTModule(stage="answer")
+    with pytest.raises(ValueError, match="not both"):
+        MCCoTModule(stage="answer", init_from=str(tmp_path / "stage1"), rationale_from=str(tmp_path / "stage1"))
+    with pytest.raises(ValueError, match="use --model.init_args.rationale_from"):
+        MCCoTModule(stage="answer", init_from=str(tmp_path / "stage1"))
+    with pytest.raises(ValueError, match="voting needs an answer stage"):
+        rationale_only.run(_images(rationale_only, 1), _records(1), votes=2)
     with pytest.raises(ValueError, match="stage must be one of"):
         MCCoTModule(stage="both")
 

@@ -137,6 +137,8 @@ class MCCoT(nn.Module):
     def __init__(self, config: dict, tokenizer=None):
         super().__init__()
         self.config = copy.deepcopy(config)
+        # what a stage added later starts from: the original language spec (a pretrained path survives export)
+        self.config.setdefault("init_language", copy.deepcopy(config["language"]))
         if config["vision"].get("from_export"):  # the encoder and the preprocessing its features assume
             exported = read_export_config(config["vision"]["from_export"])["config"]
             self.config["vision"] = {**exported["vision"], "frozen": True, "from_export": config["vision"]["from_export"]}
@@ -168,17 +170,28 @@ class MCCoT(nn.Module):
         return next(iter(self.stages.values())).t5
 
     @property
+    def accepts_cached_features(self) -> bool:
+        """Cached features stand in for images only when every stage's encoder is frozen."""
+        return all(stage.frozen_vision for stage in self.stages.values())
+
+    @property
+    def answers_questions(self) -> bool:
+        return "answer" in self.stages or "direct" in self.stages
+
+    @property
     def vision(self) -> nn.Module:
         """The first stage's image encoder (what ``mmreason data features`` caches)."""
         return next(iter(self.stages.values())).vision
 
     def add_stage(self, name: str) -> MCCoTStage:
-        """A freshly initialised stage (e.g. the answer stage on top of a trained rationale stage)."""
+        """A new stage (e.g. the answer stage next to a trained rationale stage): its language model
+        starts from the pipeline's original one (pretrained weights when that was a path), its vision
+        encoder from the first stage's (the same frozen encoder, so cached features stay valid)."""
         if name not in STAGES or name in self.stages:
             raise ValueError(f"cannot add stage {name!r} to stages {list(self.stages)}")
-        stage = MCCoTStage(self.config, self.tokenizer).to(next(self.parameters()).device)
-        if stage.frozen_vision:  # the same frozen encoder (and so the same cached features) for every stage
-            stage.vision.load_state_dict(self.vision.state_dict())
+        config = {**self.config, "language": self.config["init_language"]}
+        stage = MCCoTStage(config, self.tokenizer).to(next(self.parameters()).device)
+        stage.vision.load_state_dict(self.vision.state_dict())
         self.stages[name] = stage
         self.config["stages"] = list(self.stages)
         return stage
@@ -317,10 +330,15 @@ class MCCoT(nn.Module):
         With ``votes`` > 1, K rationales are sampled per record in one batched call, each is
         answered, and the majority answer wins; ``confidence`` is its share of the K votes.
         """
+        if votes < 1:
+            raise ValueError(f"votes must be at least 1, got {votes}")
+        if votes > 1 and not self.answers_questions:
+            raise ValueError("voting needs an answer stage; this export holds only "
+                             f"{list(self.stages)} (train one with stage: answer, rationale_from: this export)")
         has_rationale = "rationale" in self.stages
         rationales = self.rationales(visual, records, rationale_source, votes, temperature, top_p,
                                      max_new_tokens, sample) if has_rationale else None
-        if "answer" not in self.stages and "direct" not in self.stages:
+        if not self.answers_questions:
             return [{"rationale": q, "text": q, "answer": None, "confidence": None, "votes": []} for q in rationales]
         texts = self.answers(visual, records, rationales, max_answer_tokens)
         k = len(texts) // len(records)
@@ -340,7 +358,10 @@ class MCCoT(nn.Module):
     @torch.no_grad()
     def predict(self, image, question: str, choices: list[str] | None = None, votes: int = 1,
                 **run_kwargs) -> dict:
-        """Rationale then answer for one image (path, bytes or PIL)."""
+        """Rationale then answer for one image (path, bytes or PIL); the rationale is generated."""
+        if run_kwargs.get("rationale_source", "generated") != "generated":
+            raise ValueError("predict generates its rationale; rationale_source "
+                             f"{run_kwargs['rationale_source']!r} needs a gold rationale (use `mmreason eval`)")
         was_training = self.training
         self.eval()
         device = next(self.parameters()).device

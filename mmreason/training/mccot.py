@@ -49,8 +49,14 @@ class MCCoTModule(SFTModule):
 
     def build_model(self):
         h = self.hparams
+        if h.init_from and h.rationale_from:
+            raise ValueError("set init_from (fine-tune a whole export) or rationale_from (add an answer stage to "
+                             "a rationale stage's export), not both")
         if h.init_from:
             model = super().build_model()
+            if h.stage not in model.stages:
+                raise ValueError(f"{h.init_from} holds stages {list(model.stages)}, not {h.stage!r}; to add an "
+                                 "answer stage to a rationale stage use --model.init_args.rationale_from")
         elif h.rationale_from:
             if h.stage != "answer":
                 raise ValueError(f"rationale_from starts the answer stage; this run trains stage {h.stage!r}")
@@ -78,15 +84,16 @@ class MCCoTModule(SFTModule):
         results = self.model.run(batch["images"], records, votes=h.eval_votes, temperature=h.eval_temperature,
                                  rationale_source=h.eval_rationales, max_new_tokens=h.max_new_tokens,
                                  max_answer_tokens=h.max_answer_tokens)
-        if "answer" in self.model.stages or "direct" in self.model.stages:
+        if self.model.answers_questions:
             self.reports.setdefault(stage, AccuracyReport()).add_many([r["text"] for r in results], records)
         if "rationale" in self.model.stages and h.eval_rationales == "generated":
             self.rationale_reports.setdefault(stage, RationaleReport()).add_many(
                 [r["rationale"] for r in results], [rec.rationale for rec in records])
 
     def _eval_epoch_end(self, stage: str):
-        report = self.rationale_reports.pop(stage, None)
-        if report is not None:
+        """Decided from the model and recipe only, so every rank reaches the same collectives."""
+        if "rationale" in self.model.stages and self.hparams.eval_rationales == "generated":
+            report = self.rationale_reports.pop(stage, RationaleReport())
             if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
                 states = [None] * dist.get_world_size()
                 dist.all_gather_object(states, report.state())
@@ -97,5 +104,5 @@ class MCCoTModule(SFTModule):
             metrics = {f"{stage}/rationale_{k}": float(scores[k]) for k in ("bleu1", "bleu4", "rougeL")}
             self.log_dict(metrics, sync_dist=False)
             self.last_metrics.update(metrics)
-        if stage in self.reports:
+        if self.model.answers_questions:
             super()._eval_epoch_end(stage)

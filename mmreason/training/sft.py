@@ -68,10 +68,11 @@ class SFTModule(L.LightningModule):
             datamodule.preprocess.std = self.model.preprocess.std
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int = 0):
-        """The model's visual input: cached vision features when the shards carry them, else
-        uint8 pixels normalised on the device the model runs on."""
-        if isinstance(batch, dict) and "features" in batch:
-            batch["images"] = batch.pop("features")
+        """The model's visual input: cached vision features when the shards carry them and the model
+        takes them (its encoder is frozen), else uint8 pixels normalised on the model's device."""
+        features = batch.pop("features", None) if isinstance(batch, dict) else None
+        if features is not None and getattr(self.model, "accepts_cached_features", False):
+            batch["images"] = features
             batch.pop("pixels", None)
         elif isinstance(batch, dict) and "pixels" in batch:
             batch["images"] = self.model.preprocess.normalize(batch.pop("pixels"))
