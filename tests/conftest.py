@@ -6,8 +6,10 @@ import io
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from mmreason.data.schema import validate_record
 from mmreason.data.writer import ShardSetWriter
 from mmreason.text.prompts import TEMPLATE_WORDS
 from mmreason.text.tokenizer import word_tokenizer
@@ -26,6 +28,16 @@ def make_record(i: int) -> dict:
 def make_image(i: int, size: int = 32) -> Image.Image:
     rng = np.random.default_rng(i)
     return Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
+
+
+def valid_records(n: int = 4) -> list:
+    """``n`` validated Records (the canonical objects models take)."""
+    return [validate_record(make_record(i)) for i in range(n)]
+
+
+def model_images(model, n: int = 4):
+    """``n`` test images preprocessed by ``model``, stacked."""
+    return torch.stack([model.preprocess(make_image(i)) for i in range(n)])
 
 
 def write_shards(folder, prefix: str, counts: list[int]) -> list[str]:

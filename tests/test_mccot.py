@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY_TEST_CONFIG, make_image, make_record
+from conftest import TINY_TEST_CONFIG, make_image, make_record, model_images, valid_records
 
 from mmreason.data.schema import Record, validate_record
 from mmreason.export import load_export, save_export
@@ -27,12 +27,6 @@ MCCOT_TEST_CONFIG = {
 }
 
 
-def _records(n=4):
-    return [validate_record(make_record(i)) for i in range(n)]
-
-
-def _images(model, n=4):
-    return torch.stack([model.preprocess(make_image(i)) for i in range(n)])
 
 
 @pytest.fixture
@@ -80,7 +74,7 @@ def test_hard_vote_averages_the_passes_that_agree_with_the_majority():
 
 
 def test_passes_differ_with_dropout_and_equal_one_pass_without(model):
-    images, records = _images(model), _records()
+    images, records = model_images(model), valid_records()
     stage = model.stages["rationale"]
     ids, mask = model._encoder_inputs(model.stage_inputs("rationale", records), images.device)
     labels = model._labels(model.stage_targets("rationale", records), images.device)
@@ -107,7 +101,7 @@ def test_labels_are_padded_with_ignore_index(model):
 def test_self_consistency_training_learns_a_fixed_batch(model):
     model.passes = 3
     model.set_train_stage("rationale")
-    images, records = _images(model), _records()
+    images, records = model_images(model), valid_records()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
     model.train()
     losses = []
@@ -124,7 +118,7 @@ def test_self_consistency_training_learns_a_fixed_batch(model):
 
 def test_answer_stage_reads_generated_not_gold_rationales(model, monkeypatch):
     model.eval()
-    images, records = _images(model), _records()
+    images, records = model_images(model), valid_records()
     generated = model.rationales(images, records, "generated", max_new_tokens=6)
     seen = []
     original = model._encoder_inputs
@@ -140,7 +134,7 @@ def test_answer_stage_reads_generated_not_gold_rationales(model, monkeypatch):
 
 def test_teacher_forced_rationales_are_the_argmax_given_the_gold_rationale(model):
     model.eval()
-    images, records = _images(model, 2), _records(2)
+    images, records = model_images(model, 2), valid_records(2)
     logits, labels, _ = model.stage_logits("rationale", images, records)
     forced = model.rationales(images, records, "teacher_forced")
     assert len(forced) == 2
@@ -163,7 +157,7 @@ def test_majority_vote_counts_parsed_answers():
 
 def test_voting_samples_k_rationales_in_one_batched_call(model, monkeypatch):
     model.eval()
-    images, records = _images(model, 3), _records(3)
+    images, records = model_images(model, 3), valid_records(3)
     calls = []
     stage = model.stages["rationale"]
     original = stage.generate
@@ -179,7 +173,7 @@ def test_cached_features_give_the_same_loss_as_the_frozen_encoder(tiny_tokenizer
     torch.manual_seed(0)
     model = MCCoT({**MCCOT_TEST_CONFIG, "vision": {**MCCOT_TEST_CONFIG["vision"], "frozen": True}},
                   tokenizer=tiny_tokenizer).eval()
-    images, records = _images(model), _records()
+    images, records = model_images(model), valid_records()
     features = model.stages["answer"].vision(images)
     with torch.no_grad():
         from_images = model.batch_loss(images, records)["loss"]
@@ -225,15 +219,15 @@ def test_answer_stage_is_added_next_to_a_frozen_rationale_stage(model, tmp_path)
     with pytest.raises(ValueError, match="use --model.init_args.rationale_from"):
         MCCoTModule(stage="answer", init_from=str(tmp_path / "stage1"))
     with pytest.raises(ValueError, match="voting needs an answer stage"):
-        rationale_only.run(_images(rationale_only, 1), _records(1), votes=2)
+        rationale_only.run(model_images(rationale_only, 1), valid_records(1), votes=2)
     with pytest.raises(ValueError, match="stage must be one of"):
         MCCoTModule(stage="both")
 
 
 def test_records_without_rationale_are_skipped_when_training_stages_that_need_one(model):
     model.set_train_stage("rationale")
-    records = _records(3) + [validate_record({**make_record(3), "rationale": None})]
-    out = model.batch_loss(_images(model), records)
+    records = valid_records(3) + [validate_record({**make_record(3), "rationale": None})]
+    out = model.batch_loss(model_images(model), records)
     assert out["skipped"] == 1
-    nothing = model.batch_loss(_images(model, 1), records[-1:])
+    nothing = model.batch_loss(model_images(model, 1), records[-1:])
     assert nothing["skipped"] == 1 and nothing["loss"].item() == 0.0 and nothing["loss"].requires_grad

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import TINY_TEST_CONFIG, make_image, make_record
+from conftest import TINY_TEST_CONFIG, make_image, make_record, model_images, valid_records
 
 from mmreason.data.schema import validate_record
 from mmreason.export import ExportError, load_export, save_export
@@ -16,18 +16,11 @@ from mmreason.training.sft import SFTModule
 from mmreason.zoo import merge_config
 
 
-def _records(n=4):
-    return [validate_record(make_record(i)) for i in range(n)]
-
-
 def _inputs(model, records):
     inputs = model.training_inputs(records)
     assert inputs.pop("rows").tolist() == list(range(len(records)))
     return inputs
 
-
-def _images(model, n=4):
-    return torch.stack([model.preprocess(make_image(i)) for i in range(n)])
 
 
 @pytest.fixture
@@ -37,7 +30,7 @@ def model(tiny_tokenizer):
 
 
 def test_labels_cover_only_the_target(model):
-    records = _records(2)
+    records = valid_records(2)
     inputs = model.training_inputs(records)
     tok = model.tokenizer
     for row, labels, mask in zip(inputs["input_ids"], inputs["labels"], inputs["attention_mask"]):
@@ -50,7 +43,7 @@ def test_labels_cover_only_the_target(model):
 
 
 def test_loss_decreases_on_a_fixed_batch(model):
-    images, records = _images(model), _records()
+    images, records = model_images(model), valid_records()
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(25):
@@ -67,7 +60,7 @@ def test_batched_generation_matches_one_at_a_time(model):
     model.eval()
     records = [validate_record({**make_record(0), "question": "is there a red circle at the left?"}),
                validate_record(make_record(1))]  # prompts of different lengths -> left padding
-    images = _images(model, 2)
+    images = model_images(model, 2)
     together = model.answer_batch(images, records, max_new_tokens=6)
     alone = [model.answer_batch(images[i : i + 1], records[i : i + 1], max_new_tokens=6)[0] for i in range(2)]
     assert together == alone
@@ -76,14 +69,14 @@ def test_batched_generation_matches_one_at_a_time(model):
 def test_k_samples_per_prompt(model):
     model.eval()
     torch.manual_seed(0)
-    texts = model.generate(_images(model, 2), _records(2), max_new_tokens=5, do_sample=True, temperature=1.5,
+    texts = model.generate(model_images(model, 2), valid_records(2), max_new_tokens=5, do_sample=True, temperature=1.5,
                            num_return_sequences=3)
     assert len(texts) == 6
     assert len(set(texts)) > 1
 
 
 def test_export_round_trip_gives_identical_logits_and_predicts(model, tmp_path):
-    images, records = _images(model, 2), _records(2)
+    images, records = model_images(model, 2), valid_records(2)
     model.eval()
     folder = save_export(model, tmp_path / "export", recipe={"lr": 1}, metrics={"test/accuracy": 0.5})
     loaded = load_export(folder)
@@ -125,19 +118,19 @@ def test_prompt_that_would_cut_image_tokens_fails_early(tiny_tokenizer):
     config = merge_config(TINY_TEST_CONFIG, {"max_length": 20})
     model = VisionLanguageModel(config, tokenizer=tiny_tokenizer)
     with pytest.raises(PromptTooLong, match=r"needs \d+ tokens \(16 image tokens"):
-        model.training_inputs(_records(1))
+        model.training_inputs(valid_records(1))
     with pytest.raises(PromptTooLong, match=r"needs \d+ tokens \(16 image tokens"):
-        model.generation_inputs(_records(1))
+        model.generation_inputs(valid_records(1))
 
 
 def test_training_skips_and_counts_samples_whose_prompt_is_too_long(model):
-    records = _records(3)
+    records = valid_records(3)
     records[1].question = "is there " * 60 + "a red circle?"
-    out = model.batch_loss(_images(model, 3), records)
+    out = model.batch_loss(model_images(model, 3), records)
     assert out["skipped"] == 1 and torch.isfinite(out["loss"])
     assert model.training_inputs(records, skip_too_long=True)["rows"].tolist() == [0, 2]
     with pytest.raises(PromptTooLong, match="every prompt of the batch exceeds"):
-        model.batch_loss(_images(model, 1), records[1:2])
+        model.batch_loss(model_images(model, 1), records[1:2])
 
 
 def test_shared_prefill_for_k_samples_matches_a_plain_prefill(model):
@@ -145,7 +138,7 @@ def test_shared_prefill_for_k_samples_matches_a_plain_prefill(model):
     records = [validate_record({**make_record(0), "question": "is there a red circle at the left?"}),
                validate_record(make_record(1))]  # different lengths: the shorter row is left-padded
     inputs = model.generation_inputs(records)
-    embeds, mask = model.embed(_images(model, 2), inputs["input_ids"]), inputs["attention_mask"]
+    embeds, mask = model.embed(model_images(model, 2), inputs["input_ids"]), inputs["attention_mask"]
     assert int(mask[1].sum()) < int(mask[0].sum())
     settings = dict(max_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True,
                     pad_token_id=model.tokenizer.pad_token_id)
@@ -156,14 +149,14 @@ def test_shared_prefill_for_k_samples_matches_a_plain_prefill(model):
         shared = model.lm.generate(inputs_embeds=embeds_k, attention_mask=mask_k, past_key_values=cache, **settings)
     for a, b in zip(plain.logits, shared.logits):
         assert torch.allclose(a, b, atol=1e-5)
-    texts = model.generate(_images(model, 2), records, max_new_tokens=6, num_return_sequences=3)
-    assert texts == [t for t in model.generate(_images(model, 2), records, max_new_tokens=6) for _ in range(3)]
+    texts = model.generate(model_images(model, 2), records, max_new_tokens=6, num_return_sequences=3)
+    assert texts == [t for t in model.generate(model_images(model, 2), records, max_new_tokens=6) for _ in range(3)]
 
 
 def test_image_position_codes_survive_export(tiny_tokenizer, tmp_path):
     model = VisionLanguageModel(merge_config(TINY_TEST_CONFIG, {"image_position": "sincos2d"}),
                                 tokenizer=tiny_tokenizer).eval()
-    images, records = _images(model, 2), _records(2)
+    images, records = model_images(model, 2), valid_records(2)
     loaded = load_export(save_export(model, tmp_path / "export"))
     inputs = _inputs(model, records)
     assert loaded.image_position_codes is not None
@@ -176,7 +169,7 @@ def test_fine_tuning_starts_from_an_export_and_refuses_architecture_changes(mode
     folder = save_export(model, tmp_path / "export")
     module = SFTModule(init_from=str(folder), model_config={"output_format": "answer"})
     assert module.model.output_format == "answer" and module.model.training
-    records = _records(1)
+    records = valid_records(1)
     text = module.model.tokenizer.decode(
         [t for t in module.model.training_inputs(records)["labels"][0].tolist() if t != IGNORE_INDEX])
     assert text.startswith("<answer>")

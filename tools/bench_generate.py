@@ -8,10 +8,9 @@ Prints the median time of each and their ratio (goal: batched/sequential <= 0.35
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+from timing import interleaved_medians
 
 from mmreason.data.schema import Record
 from mmreason.zoo import create_model
@@ -40,14 +39,8 @@ def main() -> None:
         for _ in range(args.k):
             model.generate(images, records, **sampling)
 
-    timings = {"batched": [], "sequential": []}
-    batched(), sequential()  # warm-up
-    for _ in range(args.repeats):
-        for name, fn in (("batched", batched), ("sequential", sequential)):
-            start = time.perf_counter()
-            fn()
-            timings[name].append(time.perf_counter() - start)
-    b, s = statistics.median(timings["batched"]), statistics.median(timings["sequential"])
+    medians = interleaved_medians({"batched": batched, "sequential": sequential}, args.repeats)
+    b, s = medians["batched"], medians["sequential"]
     print(f"K={args.k} samples x {args.prompts} prompts x {args.new_tokens} new tokens")
     print(f"batched    median {b:.3f} s")
     print(f"sequential median {s:.3f} s")

@@ -10,11 +10,10 @@ For each batch size it prints the median time of each side and their ratio (goal
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from pathlib import Path
 
 import torch
+from timing import interleaved_medians
 
 from mmreason.data.schema import Record
 from mmreason.export import load_export
@@ -44,14 +43,8 @@ def main() -> None:
             for _ in range(args.votes):
                 model.run(images, records, votes=1, **options)
 
-        timings = {"batched": [], "sequential": []}
-        batched(), sequential()  # warm-up
-        for _ in range(args.repeats):
-            for name, fn in (("batched", batched), ("sequential", sequential)):
-                start = time.perf_counter()
-                fn()
-                timings[name].append(time.perf_counter() - start)
-        b, s = statistics.median(timings["batched"]), statistics.median(timings["sequential"])
+        medians = interleaved_medians({"batched": batched, "sequential": sequential}, args.repeats)
+        b, s = medians["batched"], medians["sequential"]
         print(f"{args.votes} votes x {n} question(s), rationales up to {args.new_tokens} tokens:"
               f" batched {b:.3f} s, sequential {s:.3f} s, ratio {b / s:.3f} (goal <= 0.35)")
 

@@ -11,13 +11,11 @@ rationale's BLEU/ROUGE-L against the gold rationale (when it writes one).
 
 from __future__ import annotations
 
-import torch.distributed as dist
-
 from mmreason.eval.accuracy import AccuracyReport
 from mmreason.eval.rationale import RationaleReport
 from mmreason.export import load_export
 from mmreason.models.mccot import RATIONALE_SOURCES, STAGES
-from mmreason.training.sft import SFTModule
+from mmreason.training.sft import SFTModule, gather_report
 from mmreason.zoo import create_model
 
 
@@ -93,14 +91,7 @@ class MCCoTModule(SFTModule):
     def _eval_epoch_end(self, stage: str):
         """Decided from the model and recipe only, so every rank reaches the same collectives."""
         if "rationale" in self.model.stages and self.hparams.eval_rationales == "generated":
-            report = self.rationale_reports.pop(stage, RationaleReport())
-            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-                states = [None] * dist.get_world_size()
-                dist.all_gather_object(states, report.state())
-                report = RationaleReport()
-                for state in states:
-                    report.merge(RationaleReport.from_state(state))
-            scores = report.to_dict()
+            scores = gather_report(self.rationale_reports.pop(stage, RationaleReport())).to_dict()
             metrics = {f"{stage}/rationale_{k}": float(scores[k]) for k in ("bleu1", "bleu4", "rougeL")}
             self.log_dict(metrics, sync_dist=False)
             self.last_metrics.update(metrics)

@@ -22,6 +22,19 @@ from mmreason.zoo import create_model, merge_config
 FINE_TUNE_OPTIONS = ("output_format", "max_length")
 
 
+def gather_report(report):
+    """Every rank's report (anything with ``state``/``from_state``/``merge``) merged into one; a
+    collective call under DDP, so every rank must reach it."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return report
+    states = [None] * dist.get_world_size()
+    dist.all_gather_object(states, report.state())
+    merged = type(report)()
+    for state in states:
+        merged.merge(type(report).from_state(state))
+    return merged
+
+
 class SFTModule(L.LightningModule):
     """Args:
     model: a registered model name (``mmreason list``).
@@ -122,13 +135,7 @@ class SFTModule(L.LightningModule):
         self._eval_step(batch, "test")
 
     def _eval_epoch_end(self, stage: str):
-        report = self.reports.pop(stage, AccuracyReport())
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            states = [None] * dist.get_world_size()
-            dist.all_gather_object(states, report.state())
-            report = AccuracyReport()
-            for state in states:
-                report.merge(AccuracyReport.from_state(state))
+        report = gather_report(self.reports.pop(stage, AccuracyReport()))
         summary = report.to_dict()
         metrics = {f"{stage}/accuracy": summary["accuracy"], f"{stage}/parse_failure_rate": summary["parse_failure_rate"]}
         metrics.update({f"{stage}/accuracy_{task}": v["accuracy"] for task, v in summary["per_task"].items()})
