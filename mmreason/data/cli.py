@@ -32,7 +32,7 @@ def add_data_arguments(verbs) -> None:
     p.add_argument("--encoder", required=True, help="export folder whose vision encoder computes the features")
     p.add_argument("--data", required=True, help="source shard folder (from `mmreason data synth|convert`)")
     p.add_argument("--out", required=True)
-    p.add_argument("--splits", nargs="+", default=["train", "val", "test", "heldout"])
+    p.add_argument("--splits", nargs="+", default=None, help="default: train val test heldout")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default=None, help="e.g. cuda or cpu (default: cuda when available)")
 
@@ -59,8 +59,9 @@ def run_data_verb(args: argparse.Namespace) -> None:
     elif args.data_verb == "features":
         from mmreason.data.features import write_feature_shards
 
-        report = write_feature_shards(args.encoder, args.data, args.out, splits=args.splits,
-                                      batch_size=args.batch_size, device=args.device)
+        splits = {"splits": args.splits} if args.splits else {}
+        report = write_feature_shards(args.encoder, args.data, args.out, batch_size=args.batch_size,
+                                      device=args.device, **splits)
     else:
         from mmreason.data.convert import convert
 

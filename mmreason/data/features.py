@@ -31,11 +31,11 @@ from mmreason.data.shards import (
     resolve_shards,
     shard_sizes,
 )
+from mmreason.data.synth import SPLITS
 from mmreason.data.writer import write_shard
 from mmreason.export import load_export
 
 FEATURES_FILE = "features.json"
-SPLITS = ("train", "val", "test", "heldout")
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:

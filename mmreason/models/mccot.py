@@ -79,8 +79,6 @@ class MCCoTStage(nn.Module):
         vision = config["vision"]
         self.vision = VisionEncoder(vision["name"], vision.get("overrides"), vision.get("pretrained", False),
                                     vision.get("weights_file"), vision.get("stem", "patch"))
-        if vision.get("from_export"):  # a trained encoder, frozen (its features may be cached in shards)
-            self.vision.load_state_dict(load_export(vision["from_export"]).vision.state_dict())
         self.frozen_vision = bool(vision.get("frozen", False))
         if self.frozen_vision:
             self.vision.requires_grad_(False)
@@ -160,6 +158,10 @@ class MCCoT(nn.Module):
         self.alpha = float(consistency.get("alpha", 0.5))
         self.vote = consistency.get("vote", "soft")
         self.stages = nn.ModuleDict({name: MCCoTStage(config, self.tokenizer) for name in stages})
+        if config["vision"].get("from_export"):  # a trained encoder, frozen, read once for every stage
+            trained = load_export(config["vision"]["from_export"]).vision.state_dict()
+            for stage in self.stages.values():
+                stage.vision.load_state_dict(trained)
         self.train_stage = config.get("train_stage", stages[-1])
         if self.train_stage not in self.stages:
             raise ValueError(f"train_stage {self.train_stage!r} is not one of this model's stages {stages}")
