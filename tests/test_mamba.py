@@ -105,6 +105,25 @@ def test_parallel_scan_equals_the_sequential_loop(chunk_size):
     torch.testing.assert_close(final_state, expected_state, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("chunk_size", [1, 3, 8, None])
+def test_the_hand_written_scan_gradient_equals_autograd_through_the_loop(chunk_size):
+    torch.manual_seed(2)
+    batch, length, channels, state_size = 2, 11, 3, 4  # 11 tokens: several chunks, the last one padded
+    leaves = [F.softplus(torch.randn(batch, length, channels, dtype=torch.float64)),  # dt
+              -torch.rand(channels, state_size, dtype=torch.float64) * 5,  # A
+              torch.randn(batch, length, channels, dtype=torch.float64),  # x
+              torch.randn(batch, length, state_size, dtype=torch.float64),  # B
+              torch.randn(batch, length, state_size, dtype=torch.float64)]  # C
+    for leaf in leaves:
+        leaf.requires_grad_(True)
+    dt, A, x, B, C = leaves
+    weights = torch.randn(batch, length, channels, dtype=torch.float64)
+    ours = torch.autograd.grad((selective_scan(x, dt, A, B, C, chunk_size=chunk_size)[0] * weights).sum(), leaves)
+    loop = torch.autograd.grad((sequential_scan(x, dt, A, B, C)[0] * weights).sum(), leaves)
+    for name, mine, expected in zip(("dt", "A", "x", "B", "C"), ours, loop):
+        torch.testing.assert_close(mine, expected, atol=1e-10, rtol=1e-8, msg=name)
+
+
 @pytest.mark.parametrize("prompt_length", [0, 2, 10])
 def test_step_by_step_decoding_equals_the_full_forward(prompt_length):
     _, stack = reference_and_stack()

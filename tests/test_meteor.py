@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
 import pytest
 import torch
-from conftest import TINY_TEST_CONFIG, make_image, make_record
+from conftest import TINY_TEST_CONFIG, make_image, make_record, model_images, valid_records, write_shards
+from PIL import Image
 from transformers import MambaConfig, MambaModel
 
-import mmreason.models.registry  # noqa: F401  (the built-in families, before Meteor joins them below)
+import mmreason.models.registry  # noqa: F401  (load_export finds the families by name)
 from mmreason.data.schema import validate_record
 from mmreason.export import load_export, save_export
 from mmreason.layers.mamba import MambaStack
 from mmreason.models.baseline import IGNORE_INDEX, VisionLanguageModel
 from mmreason.models.meteor import CausalTransformerEmbedder, Meteor
 from mmreason.text.tor import RationaleTooShort
-from mmreason.zoo import merge_config, register_family
+from mmreason.zoo import merge_config
 
-register_family("meteor")(Meteor)  # load_export finds the family by name
-
+ROOT = Path(__file__).resolve().parents[1]
 N = 3
 WIDTH = TINY_TEST_CONFIG["language"]["config"]["hidden_size"]
 TINY_METEOR = merge_config(TINY_TEST_CONFIG, {
@@ -27,14 +32,6 @@ TINY_METEOR = merge_config(TINY_TEST_CONFIG, {
 })
 DISTINCT_RATIONALES = ("i see a red circle at the left .", "i see a blue square at the right .",
                        "i see two red shapes at the left .", "i see one blue circle at the right .")
-
-
-def _records(n=4):
-    return [validate_record(make_record(i)) for i in range(n)]
-
-
-def _images(model, n=4):
-    return torch.stack([model.preprocess(make_image(i)) for i in range(n)])
 
 
 def _meteor(tokenizer, **overrides):
@@ -66,7 +63,7 @@ def model(tiny_tokenizer):
 
 
 def test_both_prompts_hold_n_tor_and_labels_skip_them(model):
-    tok, records = model.tokenizer, _records(2)
+    tok, records = model.tokenizer, valid_records(2)
     for step in (1, 2):
         model.step = step
         inputs = model.training_inputs(records)
@@ -89,7 +86,7 @@ def test_both_prompts_hold_n_tor_and_labels_skip_them(model):
 
 
 def test_embeddings_replaced_exactly_at_tor_and_image_positions(model):
-    images, records = _images(model, 2), _records(2)
+    images, records = model_images(model, 2), valid_records(2)
     inputs = _forward_inputs(model, records)
     ids = inputs["input_ids"]
     with torch.no_grad():
@@ -110,7 +107,7 @@ def test_embeddings_replaced_exactly_at_tor_and_image_positions(model):
 
 
 def test_tor_features_with_and_without_the_rationale(model):
-    images, records = _images(model, 2), _records(2)
+    images, records = model_images(model, 2), valid_records(2)
     with torch.no_grad():
         read = model.tor_features(images, records, with_rationale=True)
         bare = model.tor_features(images, records, with_rationale=False)
@@ -123,50 +120,81 @@ def test_step_one_trains_the_traversal_into_a_frozen_backbone(tiny_tokenizer):
     # frozen backbone cannot use them, so it comes from a joint run; the traversal parts start fresh.
     records = [validate_record({**make_record(0), "rationale": r}) for r in DISTINCT_RATIONALES]
     joint = _meteor(tiny_tokenizer)
-    joint.lm.requires_grad_(True)
-    images = _images(joint, 1).expand(len(records), -1, -1, -1)
+    joint.requires_grad_(True)
+    images = model_images(joint, 1).expand(len(records), -1, -1, -1)
     _train(joint, images, records, steps=80)
     model = _meteor(tiny_tokenizer)
-    model.lm.load_state_dict(joint.lm.state_dict())
-    backbone = {n: p.detach().clone() for n, p in model.lm.named_parameters()}
-    others = {n: p.detach().clone() for n, p in model.named_parameters() if not n.startswith("lm.")}
-    assert not any(p.requires_grad for p in model.lm.parameters())
+    backbone_parts = ("vision", "projector", "lm")
+    for part in backbone_parts:
+        getattr(model, part).load_state_dict(getattr(joint, part).state_dict())
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    assert not any(p.requires_grad for part in backbone_parts for p in getattr(model, part).parameters())
     losses = _train(model, images, records, steps=20)
     assert losses[-1] < 0.75 * losses[0]
-    assert all(torch.equal(p, backbone[n]) for n, p in model.lm.named_parameters())
-    changed = {n for n, p in model.named_parameters() if n in others and not torch.equal(p, others[n])}
-    for prefix in ("traversal.", "traversal_projector.", "tor_projector.", "vision.", "projector."):
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert not {n for n in changed if n.split(".")[0] in backbone_parts}  # the backbone VLM is untouched
+    for prefix in ("traversal.", "traversal_projector.", "tor_projector."):
         assert any(n.startswith(prefix) for n in changed), prefix
+
+
+def test_backbone_from_a_baseline_export_and_an_export_without_it(tiny_tokenizer, tmp_path):
+    torch.manual_seed(3)
+    baseline = VisionLanguageModel(TINY_TEST_CONFIG, tokenizer=tiny_tokenizer)
+    source = save_export(baseline, tmp_path / "baseline")
+    model = Meteor(merge_config(TINY_METEOR, {"backbone_from": str(source), "max_length": 300}))
+    assert model.max_length == 300 and model.preprocess.to_dict() == baseline.preprocess.to_dict()
+    assert model.tokenizer.get_vocab() == baseline.tokenizer.get_vocab()
+    for part in ("vision", "projector", "lm"):
+        theirs = getattr(baseline, part).state_dict()
+        assert all(torch.equal(v, theirs[k]) for k, v in getattr(model, part).state_dict().items()), part
+    assert model.config["backbone_from"] is None
+    folder = save_export(model, tmp_path / "meteor")
+    for path in source.iterdir():
+        path.unlink()
+    assert torch.equal(load_export(folder).lm.get_input_embeddings().weight, model.lm.get_input_embeddings().weight)
+    with pytest.raises(ValueError, match="backbone_from must be a baseline export.*'meteor' model"):
+        Meteor(merge_config(TINY_METEOR, {"backbone_from": str(folder)}))
+
+
+def test_step_two_fine_tunes_a_step_one_export(model, tmp_path):
+    from mmreason.training.sft import SFTModule
+
+    folder = save_export(model, tmp_path / "step1")
+    module = SFTModule(init_from=str(folder), model_config={"step": 2})
+    assert module.model.step == 2 and module.model.output_format == "answer"
+    assert all(p.requires_grad for p in module.model.parameters())
+    with pytest.raises(ValueError, match=r"cannot change an exported model's architecture.*'step'"):
+        SFTModule(init_from=str(folder), model_config={"traversal": {"num_tor": 2}})
 
 
 def test_step_two_trains_everything_on_the_answer(model):
     model.step = 2
     assert all(p.requires_grad for p in model.parameters())
     assert model.output_format == model.config["output_format"] == "answer" and model.config["step"] == 2
-    losses = _train(model, _images(model), _records(), steps=20)
+    losses = _train(model, model_images(model), valid_records(), steps=20)
     assert losses[-1] < 0.4 * losses[0]
     with pytest.raises(ValueError, match=r"step must be one of \(1, 2\)"):
         model.step = 3
 
 
 def test_too_short_rationales_are_skipped_and_counted_in_step_one(model):
-    records = _records(3)
+    records = valid_records(3)
     records[1].rationale = "i see a circle"  # 4 words: 3 <tor> evenly need at least 6
-    out = model.batch_loss(_images(model, 3), records)
+    out = model.batch_loss(model_images(model, 3), records)
     assert out["skipped"] == 1 and torch.isfinite(out["loss"])
     inputs = model.training_inputs(records, skip_too_long=True)
     assert inputs["rows"].tolist() == [0, 2] and len(inputs["traversal_ids"]) == 2
     with pytest.raises(RationaleTooShort, match="every rationale of the batch is too short"):
-        model.batch_loss(_images(model, 1), records[1:2])
+        model.batch_loss(model_images(model, 1), records[1:2])
     with pytest.raises(RationaleTooShort, match="4 words"):
-        model.tor_features(_images(model, 3), records, with_rationale=True)
+        model.tor_features(model_images(model, 3), records, with_rationale=True)
     model.step = 2  # bare <tor>: nothing to skip
-    assert model.batch_loss(_images(model, 3), records)["skipped"] == 0
+    assert model.batch_loss(model_images(model, 3), records)["skipped"] == 0
 
 
 def test_generation_never_emits_image_or_tor(model):
     model.eval()
-    images, records = _images(model, 2), _records(2)
+    images, records = model_images(model, 2), valid_records(2)
     with torch.no_grad():  # make <image> and <tor> the backbone's favourite outputs (tied embeddings)
         model.lm.get_output_embeddings().weight[[model.image_token_id, model.tor_token_id]] *= 1000
     inputs = model.generation_inputs(records)
@@ -183,7 +211,7 @@ def test_generation_never_emits_image_or_tor(model):
 def test_transformer_embedder_builds_trains_and_generates(tiny_tokenizer):
     model = _meteor(tiny_tokenizer, traversal={"embedder": "transformer", "transformer": {"num_heads": 2}})
     assert isinstance(model.traversal, CausalTransformerEmbedder)
-    images, records = _images(model, 2), _records(2)
+    images, records = model_images(model, 2), valid_records(2)
     out = model.batch_loss(images, records)
     out["loss"].backward()
     assert model.traversal.embeddings.weight.grad is not None
@@ -196,7 +224,7 @@ def test_no_embedder_is_the_baseline(tiny_tokenizer):
     meteor = _meteor(tiny_tokenizer, traversal={"embedder": "none"})
     baseline = VisionLanguageModel(TINY_TEST_CONFIG, tokenizer=tiny_tokenizer)
     baseline.load_state_dict(meteor.state_dict())  # strict: exactly the baseline's parts
-    images, records = _images(meteor, 2), _records(2)
+    images, records = model_images(meteor, 2), valid_records(2)
     inputs = _forward_inputs(meteor, records)
     assert all(torch.equal(v, baseline.training_inputs(records)[k]) for k, v in inputs.items())
     assert torch.equal(meteor(images, **inputs).logits, baseline(images, **inputs).logits)
@@ -207,7 +235,7 @@ def test_no_embedder_is_the_baseline(tiny_tokenizer):
 def test_export_round_trip_gives_identical_logits_and_predictions(model, tmp_path):
     model.step = 2
     model.eval()
-    images, records = _images(model, 2), _records(2)
+    images, records = model_images(model, 2), valid_records(2)
     loaded = load_export(save_export(model, tmp_path / "export"))
     assert isinstance(loaded, Meteor) and loaded.step == 2 and loaded.num_tor == N
     inputs = _forward_inputs(model, records)
@@ -242,3 +270,40 @@ def test_bad_traversal_config_names_the_choices(tiny_tokenizer):
         _meteor(tiny_tokenizer, traversal={"placement": "middle"})
     with pytest.raises(ValueError, match="num_tor must be >= 1"):
         _meteor(tiny_tokenizer, traversal={"num_tor": 1})
+
+
+def _similarity_tool():
+    spec = importlib.util.spec_from_file_location("meteor_tor_similarity", ROOT / "tools" / "meteor_tor_similarity.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_diagonal_dominance_and_heatmap_by_hand(tmp_path):
+    tool = _similarity_tool()
+    similarity = torch.tensor([[0.9, 0.1, -0.5], [0.3, 0.6, 0.0], [0.2, 0.7, 0.4]])
+    stats = tool.diagonal_dominance(similarity)
+    assert stats["diagonal"] == pytest.approx((0.9 + 0.6 + 0.4) / 3)
+    assert stats["off_diagonal"] == pytest.approx((0.1 - 0.5 + 0.3 + 0.0 + 0.2 + 0.7) / 6)
+    assert stats["dominance"] == pytest.approx(stats["diagonal"] - stats["off_diagonal"])
+    assert stats["rows_peaking_on_diagonal"] == pytest.approx(2 / 3)  # row 3 peaks at column 2
+    tool.heatmap(torch.tensor([[1.0, -1.0], [0.0, 0.5]]), tmp_path / "h.png")
+    image = Image.open(tmp_path / "h.png")
+    cell = tool.CELL
+    assert image.size == (2 * cell, 2 * cell)
+    assert image.getpixel((1, 1)) == (255, 0, 0) and image.getpixel((cell + 1, 1)) == (0, 0, 255)
+    assert image.getpixel((1, cell + 1)) == (255, 255, 255) and image.getpixel((cell + 1, cell + 1)) == (255, 127, 127)
+
+
+def test_similarity_tool_runs_on_an_export(model, tmp_path, monkeypatch, capsys):
+    write_shards(tmp_path / "data", "test-", [3])
+    folder = save_export(model, tmp_path / "export")
+    monkeypatch.setattr(sys, "argv", ["tool", "--model", str(folder), "--data", str(tmp_path / "data"),
+                                      "--out", str(tmp_path / "tor.png")])
+    _similarity_tool().main()
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["samples"] == 3 and -1 <= stats["diagonal"] <= 1
+    assert Image.open(tmp_path / "tor.png").size == (N * 32, N * 32)
+    images, records = model_images(model, 3), valid_records(3)
+    expected = _similarity_tool().tor_similarity(model.eval(), images, records) / 3
+    assert stats["diagonal"] == pytest.approx(float(expected.diagonal().mean()), abs=1e-5)

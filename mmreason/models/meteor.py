@@ -21,7 +21,8 @@ cue is the template's existing ``solution :``)::
 
 Training (``step``; upstream released no training code, so this is our reading):
 
-* step 1 (traversal pre-training): the backbone LM is frozen; the embedder reads
+* step 1 (traversal pre-training): the backbone VLM (vision encoder, its projector and
+  the LM) is frozen, so its inputs and weights stay those it was trained with; the embedder reads
   the rationale with N `<tor>` placed by :func:`insert_tor`, and the backbone,
   given the N injected vectors and the user prompt, must write the whole
   rationale (the baseline's ``cot`` target, ``<think> … </think> <answer> … </answer>``).
@@ -32,7 +33,10 @@ Training (``step``; upstream released no training code, so this is our reading):
   target is the answer (the baseline's ``answer`` target).
 
 With a traversal embedder the step picks the target (``output_format`` follows
-it). ``embedder: none`` is the baseline VLM (same parts, prompts and logits: the
+it). A frozen backbone that cannot already write rationales cannot learn to
+expand them, so ``backbone_from`` starts vision, projector, LM and tokenizer from
+a trained baseline export (a rationale-SFT model, as upstream starts from a
+pretrained LLM). ``embedder: none`` is the baseline VLM (same parts, prompts and logits: the
 "no Mamba" ablation); ``transformer`` is the embedder ablation. The backbone
 never generates `<image>` or `<tor>`: generation suppresses both, in every mode.
 Mamba computes in float32 whatever the autocast (see :mod:`mmreason.layers.mamba`).
@@ -48,6 +52,7 @@ from torch import nn
 from transformers import MambaConfig
 
 from mmreason.data.schema import Record
+from mmreason.export import load_export, read_export_config
 from mmreason.layers.language import resolve_path, splice_image_features
 from mmreason.layers.mamba import MambaStack
 from mmreason.layers.projector import build_projector
@@ -61,6 +66,7 @@ log = logging.getLogger(__name__)
 
 EMBEDDERS = ("mamba", "transformer", "none")
 STEPS = (1, 2)
+BACKBONE_FIELDS = ("vision", "projector", "language", "preprocess", "image_position")  # what its weights assume
 DEFAULT_TRAVERSAL = {
     "embedder": "mamba",
     "mamba": {"hidden_size": 128, "state_size": 16, "num_hidden_layers": 2, "expand": 2},
@@ -72,12 +78,12 @@ DEFAULT_TRAVERSAL = {
 }
 
 # The baseline's tiny VLM + a 2-layer Mamba of width 64, state 4 (fwd+bwd ≈ 0.9 s for 64 prompts of
-# ~130 tokens on one contended core; state 8 tripled that). N = 5: the synthetic short rationales
-# (16+ words) all fit an even placement of 5, while N = 10 would reject about a quarter of them.
+# ~130 tokens on one contended core; state 8 tripled that). N = 10 as upstream: the benchmark's long
+# rationales (107+ words) all fit an even placement of 10 (short ones, 16+ words, would lose a quarter).
 TINY_CONFIG = merge_config(BASELINE_TINY, {
     "step": 1,
     "traversal": {"embedder": "mamba", "mamba": {"hidden_size": 64, "state_size": 4, "num_hidden_layers": 2,
-                                                 "expand": 2}, "num_tor": 5, "placement": "even"},
+                                                 "expand": 2}, "num_tor": 10, "placement": "even"},
 })
 
 
@@ -138,9 +144,22 @@ class Meteor(VisionLanguageModel):
     """
 
     family = "meteor"
+    fine_tune_options = ("step",)
 
     def __init__(self, config: dict, tokenizer=None):
+        backbone_from = config.get("backbone_from")
+        if backbone_from:
+            exported = read_export_config(backbone_from)
+            if exported["family"] != "baseline":
+                raise ValueError(f"backbone_from must be a baseline export, {backbone_from} holds a "
+                                 f"{exported['family']!r} model")
+            fields = {k: exported["config"][k] for k in BACKBONE_FIELDS if k in exported["config"]}
+            config = {**config, **fields, "tokenizer": str(backbone_from), "backbone_from": None}
         super().__init__(config, tokenizer)
+        if backbone_from:  # the export rebuilds from its own weights, without the source folder
+            trained = load_export(backbone_from)
+            for part in ("vision", "projector", "lm"):
+                getattr(self, part).load_state_dict(getattr(trained, part).state_dict())
         spec = merge_config(DEFAULT_TRAVERSAL, config.get("traversal", {}))
         if spec["embedder"] not in EMBEDDERS:
             raise ValueError(f"traversal.embedder must be one of {EMBEDDERS}, got {spec['embedder']!r}")
@@ -181,13 +200,14 @@ class Meteor(VisionLanguageModel):
 
     @step.setter
     def step(self, value: int) -> None:
-        """Step 1 freezes the backbone LM and targets the rationale; step 2 trains all and targets the answer."""
+        """Step 1 freezes the backbone VLM and targets the rationale; step 2 trains all and targets the answer."""
         if value not in STEPS:
             raise ValueError(f"step must be one of {STEPS} (1: traversal pre-training, 2: answering), got {value!r}")
         self._step = self.config["step"] = value
         if self.traversal is not None:
             self.output_format = self.config["output_format"] = "cot" if value == 1 else "answer"
-            self.lm.requires_grad_(value != 1)
+            for part in (self.vision, self.projector, self.lm):
+                part.requires_grad_(value != 1)
 
     # ---- the embedder's inputs --------------------------------------------------------------
     def _traversal_text(self, record: Record, with_rationale: bool, skip_too_short: bool) -> str | None:

@@ -4,10 +4,13 @@ from mmreason.models.baseline import TINY_CONFIG, VisionLanguageModel
 from mmreason.models.mccot import BASE_CONFIG as MCCOT_BASE_CONFIG
 from mmreason.models.mccot import TINY_CONFIG as MCCOT_TINY_CONFIG
 from mmreason.models.mccot import MCCoT
+from mmreason.models.meteor import TINY_CONFIG as METEOR_TINY_CONFIG
+from mmreason.models.meteor import Meteor
 from mmreason.zoo import merge_config, register_family, register_model
 
 register_family("baseline")(VisionLanguageModel)
 register_family("mccot")(MCCoT)
+register_family("meteor")(Meteor)
 
 register_model("baseline-tiny-cot", "baseline", TINY_CONFIG,
                "2.0M-parameter ViT + Llama VLM writing a rationale before its answer (CPU-sized)",
@@ -22,3 +25,6 @@ register_model("mccot-tiny-direct", "mccot", merge_config(MCCOT_TINY_CONFIG, {"s
 register_model("mccot-base", "mccot", MCCOT_BASE_CONFIG,
                "two-stage MC-CoT at upstream scale: FLAN-T5-base + frozen ViT-B/16 (downloads both once)",
                recipe="recipes/mccot/scienceqa-base.yaml")
+register_model("meteor-tiny", "meteor", METEOR_TINY_CONFIG,
+               "Meteor: the tiny VLM as backbone + a 2-layer Mamba (width 64) traversing the rationale with "
+               "10 <tor> (CPU-sized)", recipe="recipes/meteor/synth-tiny-step1.yaml")

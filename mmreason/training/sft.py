@@ -19,7 +19,7 @@ from mmreason.export import load_export
 from mmreason.training.schedule import warmup_cosine
 from mmreason.zoo import create_model, merge_config
 
-FINE_TUNE_OPTIONS = ("output_format", "max_length")
+FINE_TUNE_OPTIONS = ("output_format", "max_length")  # a family adds its own as ``fine_tune_options``
 
 
 def gather_report(report):
@@ -61,11 +61,12 @@ class SFTModule(L.LightningModule):
         if not init_from:
             return create_model(self.hparams.model, **model_config)
         model = load_export(init_from).train()
-        unchangeable = sorted(set(model_config) - set(FINE_TUNE_OPTIONS))
+        allowed = (*FINE_TUNE_OPTIONS, *getattr(model, "fine_tune_options", ()))
+        unchangeable = sorted(set(model_config) - set(allowed))
         if unchangeable:
             raise ValueError(
                 f"model_config {unchangeable} cannot change an exported model's architecture; with init_from "
-                f"only {FINE_TUNE_OPTIONS} may be set"
+                f"only {allowed} may be set"
             )
         for key, value in model_config.items():
             model.config = merge_config(model.config, {key: value})

@@ -1,0 +1,1 @@
+"""Reinforcement learning from verifiable rewards: the GRPO core, rewards and environments."""
