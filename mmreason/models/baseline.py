@@ -28,6 +28,19 @@ log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 IMAGE_POSITIONS = ("none", "sincos2d")
+BACKBONE_FIELDS = ("vision", "projector", "language", "preprocess", "image_position")  # what its weights assume
+
+
+def adopt_backbone(config: dict) -> dict:
+    """``config`` with the architecture fields and tokenizer of the export named by its
+    ``backbone_from`` (whose weights the model then loads); ``backbone_from`` is cleared so
+    the model's own export rebuilds without the source folder."""
+    from mmreason.export import read_export_config  # export → zoo → families: import when used
+
+    source = config["backbone_from"]
+    exported = read_export_config(source)["config"]
+    fields = {k: exported[k] for k in BACKBONE_FIELDS if k in exported}
+    return {**config, **fields, "tokenizer": str(source), "backbone_from": None}
 
 TINY_CONFIG = {
     "vision": {
@@ -54,7 +67,12 @@ class VisionLanguageModel(nn.Module):
     family = "baseline"
 
     def __init__(self, config: dict, tokenizer=None):
+        """``config["backbone_from"]``, an export of this family or one built on it, starts the
+        vision encoder, projector, LM and tokenizer from that export (a family's extra parts stay new)."""
         super().__init__()
+        backbone_from = config.get("backbone_from")
+        if backbone_from:
+            config = adopt_backbone(config)
         self.config = copy.deepcopy(config)
         if config.get("output_format", "cot") not in OUTPUT_FORMATS:
             raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}, got {config['output_format']!r}")
@@ -83,6 +101,18 @@ class VisionLanguageModel(nn.Module):
         codes = sincos_2d(self.num_image_tokens, self.lm.config.hidden_size) if position == "sincos2d" else None
         self.register_buffer("image_position_codes", codes, persistent=False)
         self.image_token_id = self.tokenizer.convert_tokens_to_ids("<image>")
+        if backbone_from:
+            self._load_backbone(backbone_from)
+
+    def _load_backbone(self, folder: str) -> None:
+        from mmreason.export import load_export
+
+        trained = load_export(folder)
+        if not isinstance(trained, VisionLanguageModel):
+            raise ValueError(f"backbone_from needs an export of the baseline VLM or a family built on it; "
+                             f"{folder} holds a {trained.family!r} model")
+        for part in ("vision", "projector", "lm"):
+            getattr(self, part).load_state_dict(getattr(trained, part).state_dict())
 
     # ---- inputs -------------------------------------------------------------------------------
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:

@@ -34,9 +34,9 @@ Training (``step``; upstream released no training code, so this is our reading):
 
 With a traversal embedder the step picks the target (``output_format`` follows
 it). A frozen backbone that cannot already write rationales cannot learn to
-expand them, so ``backbone_from`` starts vision, projector, LM and tokenizer from
-a trained baseline export (a rationale-SFT model, as upstream starts from a
-pretrained LLM). ``embedder: none`` is the baseline VLM (same parts, prompts and logits: the
+expand them, so the tiny recipes start the backbone from a rationale-SFT
+baseline export (``backbone_from``, see the baseline model), as upstream starts
+from a pretrained LLM. ``embedder: none`` is the baseline VLM (same parts, prompts and logits: the
 "no Mamba" ablation); ``transformer`` is the embedder ablation. The backbone
 never generates `<image>` or `<tor>`: generation suppresses both, in every mode.
 Mamba computes in float32 whatever the autocast (see :mod:`mmreason.layers.mamba`).
@@ -52,7 +52,6 @@ from torch import nn
 from transformers import MambaConfig
 
 from mmreason.data.schema import Record
-from mmreason.export import load_export, read_export_config
 from mmreason.layers.language import resolve_path, splice_image_features
 from mmreason.layers.mamba import MambaStack
 from mmreason.layers.projector import build_projector
@@ -66,7 +65,6 @@ log = logging.getLogger(__name__)
 
 EMBEDDERS = ("mamba", "transformer", "none")
 STEPS = (1, 2)
-BACKBONE_FIELDS = ("vision", "projector", "language", "preprocess", "image_position")  # what its weights assume
 DEFAULT_TRAVERSAL = {
     "embedder": "mamba",
     "mamba": {"hidden_size": 128, "state_size": 16, "num_hidden_layers": 2, "expand": 2},
@@ -147,19 +145,7 @@ class Meteor(VisionLanguageModel):
     fine_tune_options = ("step",)
 
     def __init__(self, config: dict, tokenizer=None):
-        backbone_from = config.get("backbone_from")
-        if backbone_from:
-            exported = read_export_config(backbone_from)
-            if exported["family"] != "baseline":
-                raise ValueError(f"backbone_from must be a baseline export, {backbone_from} holds a "
-                                 f"{exported['family']!r} model")
-            fields = {k: exported["config"][k] for k in BACKBONE_FIELDS if k in exported["config"]}
-            config = {**config, **fields, "tokenizer": str(backbone_from), "backbone_from": None}
         super().__init__(config, tokenizer)
-        if backbone_from:  # the export rebuilds from its own weights, without the source folder
-            trained = load_export(backbone_from)
-            for part in ("vision", "projector", "lm"):
-                getattr(self, part).load_state_dict(getattr(trained, part).state_dict())
         spec = merge_config(DEFAULT_TRAVERSAL, config.get("traversal", {}))
         if spec["embedder"] not in EMBEDDERS:
             raise ValueError(f"traversal.embedder must be one of {EMBEDDERS}, got {spec['embedder']!r}")
