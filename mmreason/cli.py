@@ -37,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--choices", nargs="+", default=None, help="options of a multiple-choice question")
     p.add_argument("--max-new-tokens", type=int, default=160)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--out", default=None, help="save a PNG of what the model looked at (a crop policy's boxes)")
     _pipeline_arguments(p)
 
     p = verbs.add_parser("eval", help="score an export folder on shards, per task")

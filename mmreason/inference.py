@@ -16,8 +16,10 @@ from tqdm import tqdm
 
 from mmreason.data.shards import eval_stream, resolve_shards
 from mmreason.eval.accuracy import AccuracyReport, format_table, majority_baseline
+from mmreason.eval.crops import CropReport
 from mmreason.eval.rationale import RationaleReport
 from mmreason.export import load_export
+from mmreason.overlay import draw_crops
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,7 @@ def evaluate(model, urls: list[str], batch_size: int = 64, max_new_tokens: int =
         stream.max_samples = limit
         total = min(limit, total) if total else limit
     report, rationale_report, records, confidences = AccuracyReport(), RationaleReport(), [], []
+    crops = CropReport() if hasattr(model, "rollout") else None  # a crop-action policy: where it looked
     device = next(model.parameters()).device
     with tqdm(total=total, desc="eval", unit="sample") as bar:
         for batch in torch.utils.data.DataLoader(stream, batch_size=None, num_workers=1):
@@ -50,6 +53,8 @@ def evaluate(model, urls: list[str], batch_size: int = 64, max_new_tokens: int =
                                               [r.rationale for r in batch["records"]])
             else:
                 texts = model.answer_batch(images, batch["records"], max_new_tokens=max_new_tokens)
+            if crops is not None:
+                crops.add_many(texts, batch["records"], model.preprocess.image_size)
             if getattr(model, "answers_questions", True):  # a rationale-only stage has nothing to score
                 report.add_many(texts, batch["records"])
             records += batch["records"]
@@ -63,6 +68,9 @@ def evaluate(model, urls: list[str], batch_size: int = 64, max_new_tokens: int =
                          f"ROUGE-L {scores['rougeL']:.3f} (n={scores['n']})")
     if confidences:
         out["report"]["mean_confidence"] = sum(confidences) / len(confidences)
+    if crops is not None:
+        out["report"]["crops"] = summary = crops.to_dict()
+        out["table"] += "\n\ncrops: " + ", ".join(f"{k} {v:.3f}" for k, v in summary.items() if v is not None)
     return out
 
 
@@ -80,12 +88,20 @@ def predict_command(args) -> None:
     model = load_export(args.model)
     out = model.predict(args.image, args.question, choices=args.choices, max_new_tokens=args.max_new_tokens,
                         **_pipeline_options(args))
+    if args.out:
+        if "crops" not in out:
+            raise SystemExit(f"--out draws what a model looked at; a {model.family!r} model reports nothing to draw")
+        draw_crops(model.preprocess.open_rgb(args.image), out["crops"], out["input_size"], args.out)
     if args.json:
         print(json.dumps(out))
     else:
         if out["rationale"] is not None:
             print(f"rationale: {out['rationale']}")
+        for i, box in enumerate(out.get("crops", []), 1):
+            print(f"crop {i}: {box}")
         print(f"answer: {out['answer']}")
+        if args.out:
+            print(f"overlay: {args.out}")
         if out.get("confidence") is not None and args.votes > 1:
             print(f"confidence: {out['confidence']:.2f} ({args.votes} votes: {out['votes']})")
 

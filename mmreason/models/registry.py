@@ -6,11 +6,14 @@ from mmreason.models.mccot import TINY_CONFIG as MCCOT_TINY_CONFIG
 from mmreason.models.mccot import MCCoT
 from mmreason.models.meteor import TINY_CONFIG as METEOR_TINY_CONFIG
 from mmreason.models.meteor import Meteor
+from mmreason.models.virl import TINY_CONFIG as VIRL_TINY_CONFIG
+from mmreason.models.virl import VisualRationalePolicy
 from mmreason.zoo import merge_config, register_family, register_model
 
 register_family("baseline")(VisionLanguageModel)
 register_family("mccot")(MCCoT)
 register_family("meteor")(Meteor)
+register_family("virl")(VisualRationalePolicy)
 
 register_model("baseline-tiny-cot", "baseline", TINY_CONFIG,
                "2.0M-parameter ViT + Llama VLM writing a rationale before its answer (CPU-sized)",
@@ -28,3 +31,6 @@ register_model("mccot-base", "mccot", MCCOT_BASE_CONFIG,
 register_model("meteor-tiny", "meteor", METEOR_TINY_CONFIG,
                "Meteor: the tiny VLM as backbone + a 2-layer Mamba (width 64) traversing the rationale with "
                "10 <tor> (CPU-sized)", recipe="recipes/meteor/synth-tiny-step1.yaml")
+register_model("virl-tiny", "virl", VIRL_TINY_CONFIG,
+               "the tiny VLM as a policy that crops its image while reasoning (<crop> actions, CPU-sized)",
+               recipe="recipes/virl/synth-tiny-sft.yaml")

@@ -35,10 +35,14 @@ def user_prompt(question: str, choices: list[str] | None = None) -> str:
     return f"<image> question : {question.strip()}{format_choices(choices)} answer :"
 
 
+def answer_tag(answer: str) -> str:
+    return f"<answer> {answer.strip()} </answer>"
+
+
 def target_text(record: Record, output_format: str) -> str:
     if output_format not in OUTPUT_FORMATS:
         raise ValueError(f"unknown output_format {output_format!r}; expected one of {OUTPUT_FORMATS}")
-    answer = f"<answer> {record.answer.strip()} </answer>"
+    answer = answer_tag(record.answer)
     if output_format == "cot" and record.rationale:
         return f"<think> {record.rationale.strip()} </think> {answer}"
     return answer

@@ -1,0 +1,270 @@
+"""ViRL-style policy: the baseline VLM that can crop its image while it reasons.
+
+While writing its ``<think>`` part the policy may emit ``<crop> x0 , y0 , x1 , y1 </crop>``
+(pixel coordinates of the model's input image). Generation then pauses; the box is
+parsed, clamped to the image and to ``crop.min_size``, the crop is resized to the
+input size, encoded by the same vision encoder, pooled to ``crop.tokens`` tokens,
+projected, and appended to the context as that many ``<image>`` tokens; generation
+continues (multi-turn, at most ``crop.max_actions`` actions, after which ``<crop>`` is
+suppressed). Appended image tokens are never trained on (``policy_mask`` is False there).
+
+The supervised stage writes the benchmark's ground-truth visual rationale this way:
+for each rationale step, its box as a crop action (with the crop's image tokens),
+then the step's text; then the answer. Everything is a :class:`Trajectory` (prompt,
+completion, which completion tokens the policy wrote, crop boxes), so supervised
+loss, GRPO log-probabilities and generation share one embedding path.
+(Design ours, after ViRL's description; papers.md §3.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from mmreason.data.schema import Record
+from mmreason.eval.answers import extract_answer_span
+from mmreason.eval.crops import record_boxes
+from mmreason.models.baseline import TINY_CONFIG as BASELINE_TINY
+from mmreason.models.baseline import VisionLanguageModel, split_rationale
+from mmreason.rl.crop import CROP_CLOSE, CROP_OPEN, clamp_box, crop_and_resize, crop_text, parse_box
+from mmreason.rl.grpo import token_log_probs
+from mmreason.text.prompts import answer_tag
+from mmreason.zoo import merge_config
+
+DEFAULT_CROP = {"max_actions": 3, "min_size": 8, "tokens": 16}
+TINY_CONFIG = merge_config(BASELINE_TINY, {"crop": DEFAULT_CROP})
+
+
+@dataclass
+class Trajectory:
+    """One prompt and its completion as token ids; the image tokens of crops are in ``completion``."""
+
+    image_index: int  # row of the image batch
+    prompt: list[int]
+    completion: list[int] = field(default_factory=list)
+    policy_mask: list[bool] = field(default_factory=list)  # completion tokens the policy wrote
+    crops: list[list[int]] = field(default_factory=list)  # clamped boxes whose tokens were appended
+    actions: list[list[float] | None] = field(default_factory=list)  # every action as parsed (None: malformed)
+    action_spans: list[tuple[int, int]] = field(default_factory=list)  # completion [start, end) of each action
+    done: bool = False
+
+    def extend(self, tokens: list[int], written_by_policy: bool) -> None:
+        self.completion += tokens
+        self.policy_mask += [written_by_policy] * len(tokens)
+
+
+class VisualRationalePolicy(VisionLanguageModel):
+    """Extra config: ``crop`` = {max_actions, min_size (px), tokens (per crop, a square number)}."""
+
+    family = "virl"
+
+    def __init__(self, config: dict, tokenizer=None):
+        super().__init__(config, tokenizer)
+        spec = merge_config(DEFAULT_CROP, config.get("crop", {}))
+        self.max_actions, self.min_size = int(spec["max_actions"]), int(spec["min_size"])
+        self.crop_tokens = int(spec["tokens"])
+        side = round(self.crop_tokens ** 0.5)
+        if side * side != self.crop_tokens or self.crop_tokens > self.num_image_tokens:
+            raise ValueError(f"crop.tokens must be a square number ≤ the image's {self.num_image_tokens} tokens, "
+                             f"got {self.crop_tokens}")
+        self.crop_open_id, self.crop_close_id = self.tokenizer.convert_tokens_to_ids([CROP_OPEN, CROP_CLOSE])
+
+    # ---- crops --------------------------------------------------------------------------------
+    def encode_crops(self, images: torch.Tensor, image_index: list[int], boxes: list[list[int]]) -> torch.Tensor:
+        """(n, crop.tokens, backbone width): each box of ``images[image_index[i]]`` cropped, resized to
+        the input size, encoded, average-pooled on the patch grid and projected."""
+        size = images.shape[-1]
+        crops = crop_and_resize(images[image_index], boxes, size)
+        patches = self.vision(crops)
+        grid = round(patches.shape[1] ** 0.5)
+        side = round(self.crop_tokens ** 0.5)
+        pooled = F.adaptive_avg_pool2d(patches.transpose(1, 2).unflatten(2, (grid, grid)), side)
+        return self.projector(pooled.flatten(2).transpose(1, 2))
+
+    def _clamp(self, box: list[float], images: torch.Tensor) -> list[int]:
+        return clamp_box(box, images.shape[-1], images.shape[-2], self.min_size)
+
+    def _crop_ids(self, box: list[int]) -> list[int]:
+        return self.tokenizer(crop_text(box), add_special_tokens=False)["input_ids"]
+
+    # ---- trajectories ---------------------------------------------------------------------------
+    def gold_trajectory(self, record: Record, image_index: int, images: torch.Tensor) -> Trajectory | None:
+        """The ground-truth visual rationale: per step, its crop action (when it has a box) then its
+        text; then the answer and EOS. None when the prompt does not fit ``max_length``."""
+        prompt = self._prompt_ids([record], skip_too_long=True)[0]
+        if prompt is None:
+            return None
+        trajectory = Trajectory(image_index, prompt)
+        trajectory.extend(self.tokenizer.convert_tokens_to_ids(["<think>"]), True)
+        boxes = iter(record_boxes(record, images.shape[-1], images.shape[-2]))
+        for step in record.steps or []:
+            box = next(boxes) if step.box is not None else None
+            if box is not None and len(trajectory.crops) < self.max_actions:
+                box = self._clamp(box, images)
+                start = len(trajectory.completion)
+                trajectory.extend(self._crop_ids(box), True)
+                self._act(trajectory, start, box, box)
+            trajectory.extend(self._ids(step.text), True)
+        if not record.steps and record.rationale:
+            trajectory.extend(self._ids(record.rationale), True)
+        trajectory.extend(self._ids(f"</think> {answer_tag(record.answer)}") + [self.tokenizer.eos_token_id], True)
+        if len(prompt) + len(trajectory.completion) > self.max_length:
+            return None
+        return trajectory
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _act(self, trajectory: Trajectory, start: int, parsed: list[float] | None, box: list[int] | None) -> None:
+        """Record the action written at ``completion[start:]``; a valid box appends its image tokens."""
+        trajectory.action_spans.append((start, len(trajectory.completion)))
+        trajectory.actions.append(parsed)
+        if box is not None:
+            trajectory.crops.append(box)
+            trajectory.extend([self.image_token_id] * self.crop_tokens, False)
+
+    # ---- the shared forward -----------------------------------------------------------------------
+    def trajectory_embeddings(self, images: torch.Tensor, trajectories: list[Trajectory],
+                              left: bool) -> dict[str, torch.Tensor]:
+        """Padded input embeddings and attention mask of prompt + completion per trajectory: the
+        image's features at its first image tokens, each crop's features at the image tokens after it."""
+        rows = [t.prompt + t.completion for t in trajectories]
+        padded = self._pad(rows, None, left=left)
+        ids = padded["input_ids"].to(images.device)
+        embeds = self.lm.get_input_embeddings()(ids)
+        image_features = self.project_patches(self.vision(images))
+        boxes = [box for t in trajectories for box in t.crops]
+        crop_features = iter(self.encode_crops(images, [t.image_index for t in trajectories for _ in t.crops], boxes)
+                             if boxes else [])
+        for row, trajectory in enumerate(trajectories):
+            parts = [image_features[trajectory.image_index]] + [next(crop_features) for _ in trajectory.crops]
+            at = ids[row] == self.image_token_id
+            features = torch.cat(parts)
+            if len(features) != int(at.sum()):
+                raise ValueError(f"trajectory {row} holds {int(at.sum())} image tokens for {len(features)} "
+                                 "image and crop features; image tokens belong to the image and its crops only")
+            embeds[row, at] = features.to(embeds.dtype)
+        return {"inputs_embeds": embeds, "attention_mask": padded["attention_mask"].to(images.device)}
+
+    def completion_logits(self, images: torch.Tensor, trajectories: list[Trajectory]
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(R, T, V) logits predicting each completion token, the (R, T) tokens and the (R, T)
+        policy mask, right-padded (mask False on padding and on crop image tokens)."""
+        inputs = self.trajectory_embeddings(images, trajectories, left=False)
+        logits = self.lm(**inputs).logits
+        width = max(len(t.completion) for t in trajectories)
+        tokens = torch.full((len(trajectories), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(trajectories), width), dtype=torch.bool)
+        positions = torch.zeros((len(trajectories), width), dtype=torch.long)
+        for row, t in enumerate(trajectories):
+            n, start = len(t.completion), len(t.prompt)
+            tokens[row, :n] = torch.tensor(t.completion)
+            mask[row, :n] = torch.tensor(t.policy_mask)
+            positions[row, :n] = torch.arange(start - 1, start - 1 + n)  # the logits predicting each token
+        device = logits.device
+        gathered = logits.gather(1, positions.to(device)[..., None].expand(-1, -1, logits.shape[-1]))
+        return gathered, tokens.to(device), mask.to(device)
+
+    def completion_log_probs(self, images: torch.Tensor, trajectories: list[Trajectory]
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(R, T) log-probabilities of the completion tokens and the (R, T) policy mask."""
+        logits, tokens, mask = self.completion_logits(images, trajectories)
+        return token_log_probs(logits, tokens), mask
+
+    def batch_loss(self, images: torch.Tensor, records: list[Record]) -> dict[str, torch.Tensor]:
+        """Supervised loss on the gold visual rationales (crop image tokens excluded); samples over
+        ``max_length`` are skipped and counted."""
+        trajectories = [self.gold_trajectory(r, i, images) for i, r in enumerate(records)]
+        kept = [t for t in trajectories if t is not None]
+        if not kept:
+            raise ValueError(f"every sample of the batch exceeds max_length={self.max_length}")
+        logits, tokens, mask = self.completion_logits(images, kept)
+        n_tokens = mask.sum()
+        loss = -(token_log_probs(logits, tokens) * mask).sum() / n_tokens.clamp(min=1)
+        accuracy = ((logits.argmax(-1) == tokens) & mask).sum() / n_tokens.clamp(min=1)
+        return {"loss": loss, "token_accuracy": accuracy, "target_tokens": n_tokens,
+                "tokens": torch.tensor(sum(len(t.prompt) + len(t.completion) for t in kept)),
+                "skipped": len(records) - len(kept)}
+
+    # ---- generation with crop actions ----------------------------------------------------------
+    @torch.no_grad()
+    def rollout(self, images: torch.Tensor, records: list[Record], samples: int = 1, max_new_tokens: int = 128,
+                do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0) -> list[Trajectory]:
+        """``samples`` trajectories per record (adjacent), generated together: every turn generates
+        until EOS or ``</crop>`` for all unfinished rows at once, then crops, encodes and goes on."""
+        prompts = self._prompt_ids(records)
+        trajectories = [Trajectory(i, prompts[i]) for i in range(len(records)) for _ in range(samples)]
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else {
+            "do_sample": False}
+        for turn in range(self.max_actions + 1):
+            active = [t for t in trajectories if not t.done]
+            budget = max_new_tokens - min(len(t.completion) for t in active) if active else 0
+            if budget <= 0:
+                break
+            inputs = self.trajectory_embeddings(images, active, left=True)
+            suppress = [self.image_token_id, self.tokenizer.pad_token_id, self.tokenizer.bos_token_id]
+            if turn == self.max_actions:
+                suppress.append(self.crop_open_id)
+            output = self.lm.generate(**inputs, max_new_tokens=budget, suppress_tokens=suppress,
+                                      eos_token_id=[self.tokenizer.eos_token_id, self.crop_close_id],
+                                      pad_token_id=self.tokenizer.pad_token_id, **sampling)
+            for trajectory, row in zip(active, output.tolist()):
+                self._continue(trajectory, row, images, max_new_tokens)
+        return trajectories
+
+    def _continue(self, trajectory: Trajectory, generated: list[int], images: torch.Tensor,
+                  max_new_tokens: int) -> None:
+        """Append one turn's tokens; a closed crop action becomes image tokens, anything else ends."""
+        room = max_new_tokens - sum(trajectory.policy_mask)
+        tokens = []
+        for token in generated[:room]:
+            tokens.append(token)
+            if token in (self.tokenizer.eos_token_id, self.crop_close_id):
+                break
+        trajectory.extend(tokens, True)
+        if not tokens or tokens[-1] != self.crop_close_id or len(trajectory.actions) >= self.max_actions:
+            trajectory.done = True
+            return
+        since = trajectory.action_spans[-1][1] if trajectory.action_spans else 0
+        opened = _last_index(trajectory.completion, self.crop_open_id, since)
+        start = len(trajectory.completion) - 1 if opened is None else opened
+        parsed = None if opened is None else parse_box(self.tokenizer.decode(trajectory.completion[opened + 1 : -1]))
+        self._act(trajectory, start, parsed, None if parsed is None else self._clamp(parsed, images))
+
+    def completion_text(self, trajectory: Trajectory) -> str:
+        """What the policy wrote (crop image tokens and EOS dropped)."""
+        written = [t for t, mine in zip(trajectory.completion, trajectory.policy_mask) if mine]
+        return self.clean_output(self.tokenizer.decode(written, skip_special_tokens=False))
+
+    def generate(self, images: torch.Tensor, records: list[Record], max_new_tokens: int = 128,
+                 do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+                 num_return_sequences: int = 1, **extra) -> list[str]:
+        if extra:
+            raise ValueError(f"the crop-action policy does not take generation options {sorted(extra)}")
+        trajectories = self.rollout(images, records, num_return_sequences, max_new_tokens, do_sample,
+                                    temperature, top_p)
+        return [self.completion_text(t) for t in trajectories]
+
+    @torch.no_grad()
+    def predict(self, image, question: str, choices: list[str] | None = None, max_new_tokens: int = 128,
+                **generate_kwargs) -> dict:
+        """Answer one image: {text, rationale, answer, crops (boxes in the model input's pixels), input_size}."""
+        was_training = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        pixels = self.preprocess(image).unsqueeze(0).to(device)
+        trajectory = self.rollout(pixels, [Record(question=question, answer="", choices=choices)],
+                                  max_new_tokens=max_new_tokens, **generate_kwargs)[0]
+        self.train(was_training)
+        text = self.completion_text(trajectory)
+        return {"text": text, "rationale": split_rationale(text), "answer": extract_answer_span(text),
+                "crops": trajectory.crops, "input_size": self.preprocess.image_size}
+
+
+def _last_index(items: list[int], value: int, since: int = 0) -> int | None:
+    for i in range(len(items) - 1, since - 1, -1):
+        if items[i] == value:
+            return i
+    return None
