@@ -39,6 +39,8 @@ class GRPOModule(L.LightningModule):
         num_iterations policy updates per rollout batch).
     temperature, top_p, max_new_tokens: rollout sampling.
     lr, weight_decay, warmup_steps, min_lr_ratio: AdamW with warm-up + cosine over optimizer steps.
+
+    ``trainer.max_steps`` counts optimizer steps, as Lightning does: μ per rollout batch.
     """
 
     def __init__(self, init_from: str, rewards: dict[str, float] | None = None, step_credit: dict | None = None,
@@ -83,7 +85,7 @@ class GRPOModule(L.LightningModule):
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=self.hparams.lr,
                                       weight_decay=self.hparams.weight_decay, betas=(0.9, 0.99))
-        total = int(self.trainer.estimated_stepping_batches) * self.config.num_iterations
+        total = int(self.trainer.estimated_stepping_batches)  # max_steps counts optimizer steps: μ per batch
         schedule = functools.partial(warmup_cosine, warmup_steps=self.hparams.warmup_steps, total_steps=total,
                                      min_ratio=self.hparams.min_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)}
