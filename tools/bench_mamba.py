@@ -5,7 +5,8 @@
 
 Without the CUDA kernels (mamba-ssm), Mamba's cost on CPU is the selective scan.
 All times are forward + backward in float32 on the CPU, the median of --repeats
-after one warm-up, from ``torch.manual_seed(0)``.
+rounds after one warm-up, the compared sides interleaved within each round (so
+machine noise hits them alike), from ``torch.manual_seed(0)``.
 
 1. Scan speed, one Mamba-130M-like mixer (hidden 768, state 16, expand 2, conv 4,
    dt_rank auto), batch --batch: our `MambaBlock` (chunked parallel scan) vs
@@ -25,12 +26,10 @@ from __future__ import annotations
 
 import argparse
 import functools
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
 import transformers
+from timing import interleaved_medians
 from torch import nn
 from transformers import MambaConfig
 from transformers.models.mamba.modeling_mamba import MambaMixer
@@ -44,17 +43,6 @@ def fwd_bwd(module: nn.Module, *inputs: torch.Tensor, **kwargs) -> torch.Tensor:
     output = module(*inputs, **kwargs)
     output.sum().backward()
     return output.detach()
-
-
-def median_time(step: Callable[[], torch.Tensor], repeats: int) -> tuple[float, torch.Tensor]:
-    """Median seconds of `step` over `repeats` runs after one warm-up, and its last output."""
-    output = step()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        output = step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), output
 
 
 def mamba_config(hidden: int, layers: int = 1, **overrides) -> MambaConfig:
@@ -84,14 +72,14 @@ def bench_scan(args: argparse.Namespace) -> None:
     ours_times, differences, skipped = {}, {}, []
     for length in args.lengths:
         x = torch.randn(args.batch, length, args.hidden)
-        ours_times[length], reference = median_time(functools.partial(fwd_bwd, ours, x), args.repeats)
-        times = {}
-        for name, mixer in (("mambapy", mambapy), ("sequential", sequential)):
-            if mixer is None or (name == "sequential" and length > args.sequential_max):
-                times[name] = None
-                continue
-            times[name], output = median_time(functools.partial(fwd_bwd, mixer, x), args.repeats)
-            differences[name] = max(differences.get(name, 0.0), (output - reference).abs().max().item())
+        sides = {"ours": ours, "mambapy": mambapy,
+                 "sequential": sequential if length <= args.sequential_max else None}
+        sides = {name: functools.partial(fwd_bwd, mixer, x) for name, mixer in sides.items() if mixer is not None}
+        times = {"mambapy": None, "sequential": None, **interleaved_medians(sides, args.repeats)}
+        ours_times[length] = times["ours"]
+        reference = sides["ours"]()
+        for name in sides.keys() - {"ours"}:
+            differences[name] = max(differences.get(name, 0.0), (sides[name]() - reference).abs().max().item())
         if length > args.sequential_max:
             skipped.append(length)
         ratios = [f"{times[name] / ours_times[length]:.2f}" if times[name] is not None else "—"
@@ -140,8 +128,9 @@ def bench_embedder(args: argparse.Namespace) -> None:
     ratios = {}
     for length in args.embedder_lengths:
         x = torch.randn(1, length, args.hidden)
-        mamba_time, _ = median_time(functools.partial(fwd_bwd, mamba, x), args.repeats)
-        transformer_time, _ = median_time(functools.partial(fwd_bwd, transformer, x), args.repeats)
+        times = interleaved_medians({"mamba": functools.partial(fwd_bwd, mamba, x),
+                                     "transformer": functools.partial(fwd_bwd, transformer, x)}, args.repeats)
+        mamba_time, transformer_time = times["mamba"], times["transformer"]
         ratios[length] = transformer_time / mamba_time
         print(f"{length:>6} {fmt(mamba_time):>9} {fmt(transformer_time):>11} {ratios[length]:>17.2f}", flush=True)
     lengths = sorted(ratios)
