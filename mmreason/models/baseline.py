@@ -156,7 +156,7 @@ class VisionLanguageModel(nn.Module):
         kept = [i for i, p in enumerate(prompts) if p is not None]
         if not kept:
             raise PromptTooLong(f"every prompt of the batch exceeds max_length={self.max_length}")
-        targets = self.tokenizer([target_text(records[i], self.output_format) for i in kept],
+        targets = self.tokenizer([self.target_text(records[i]) for i in kept],
                                  add_special_tokens=False)["input_ids"]
         rows, labels = [], []
         for i, t in zip(kept, targets):
@@ -165,6 +165,10 @@ class VisionLanguageModel(nn.Module):
             rows.append(p + t)
             labels.append([IGNORE_INDEX] * len(p) + t)
         return {**self._pad(rows, labels, left=False), "rows": torch.tensor(kept)}
+
+    def target_text(self, record: Record) -> str:
+        """What the model learns to write for ``record`` (families add their own tokens)."""
+        return target_text(record, self.output_format)
 
     def generation_inputs(self, records: list[Record]) -> dict[str, torch.Tensor]:
         return self._pad(self._prompt_ids(records), None, left=True)
@@ -221,6 +225,15 @@ class VisionLanguageModel(nn.Module):
 
         ``extra`` goes to transformers' ``generate`` unchanged (e.g. ``min_new_tokens``).
         """
+        output = self.generate_ids(images, records, max_new_tokens, do_sample, temperature, top_p,
+                                   num_return_sequences, **extra)
+        return self.tokenizer.batch_decode(output, skip_special_tokens=False, clean_up_tokenization_spaces=True)
+
+    @torch.no_grad()
+    def generate_ids(self, images: torch.Tensor, records: list[Record], max_new_tokens: int = 128,
+                     do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+                     num_return_sequences: int = 1, **extra) -> torch.Tensor:
+        """:meth:`generate` as token ids: (B×K, new tokens), padded after EOS."""
         inputs = {k: v.to(images.device) for k, v in self.generation_inputs(records).items()}
         ids, mask = inputs.pop("input_ids"), inputs.pop("attention_mask")
         embeds = self.embed(images, ids, **inputs)  # a family's extra inputs (e.g. Meteor's traversal) go along
@@ -228,12 +241,11 @@ class VisionLanguageModel(nn.Module):
             "do_sample": False}
         if num_return_sequences > 1:
             extra["past_key_values"], embeds, mask = self.shared_prefill(embeds, mask, num_return_sequences)
-        output = self.lm.generate(
+        return self.lm.generate(
             inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
             pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
             bos_token_id=self.tokenizer.bos_token_id, **sampling, **extra,
         )
-        return self.tokenizer.batch_decode(output, skip_special_tokens=False, clean_up_tokenization_spaces=True)
 
     def answer_batch(self, images: torch.Tensor, records: list[Record], **generate_kwargs) -> list[str]:
         """Generated texts ready for scoring: one per record (or K per record when sampling K)."""

@@ -110,7 +110,8 @@ class SFTModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def training_step(self, batch, batch_idx):
-        out = self.model.batch_loss(batch["images"], batch["records"])
+        masks = {"masks": batch.get("masks")} if getattr(self.model, "uses_masks", False) else {}
+        out = self.model.batch_loss(batch["images"], batch["records"], **masks)
         now = time.perf_counter()
         n = len(batch["records"])
         self.log("train/loss", out["loss"], prog_bar=True)
