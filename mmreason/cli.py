@@ -15,10 +15,13 @@ LIGHTNING_VERBS = {
 
 
 def _pipeline_arguments(p: argparse.ArgumentParser) -> None:
-    """Options of families that write a rationale and then answer from it (mccot)."""
+    """Options of families that sample several answers: pipelines (mccot) and segmentation (star)."""
     p.add_argument("--votes", type=int, default=1,
                    help="sample this many rationales, answer each, majority-vote (pipeline families)")
-    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature with --votes > 1")
+    p.add_argument("--samples", type=int, default=1,
+                   help="segmentation: sample this many answers and aggregate their masks (test-time scaling)")
+    p.add_argument("--temperature", type=float, default=0.7,
+                   help="sampling temperature with --votes or --samples > 1")
     p.add_argument("--rationales", default="generated", choices=("generated", "teacher_forced", "gold"),
                    help="what the answer stage reads: generated (default), upstream's teacher-forced argmax, "
                         "or the gold rationale (eval only)")
@@ -37,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--choices", nargs="+", default=None, help="options of a multiple-choice question")
     p.add_argument("--max-new-tokens", type=int, default=160)
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--out", default=None, help="save a PNG of what the model looked at (a crop policy's boxes)")
+    p.add_argument("--out", default=None,
+                   help="save a PNG of what the model found: a crop policy's boxes, a segmentation's mask")
     _pipeline_arguments(p)
 
     p = verbs.add_parser("eval", help="score an export folder on shards, per task")

@@ -18,8 +18,10 @@ from mmreason.data.shards import eval_stream, resolve_shards
 from mmreason.eval.accuracy import AccuracyReport, format_table, majority_baseline
 from mmreason.eval.crops import CropReport
 from mmreason.eval.rationale import RationaleReport
+from mmreason.eval.segmentation import SegmentationReport, score_segments, with_text_answers
 from mmreason.export import load_export
-from mmreason.overlay import draw_crops
+from mmreason.models.star import strip_seg
+from mmreason.overlay import draw_crops, draw_mask
 
 log = logging.getLogger(__name__)
 
@@ -29,16 +31,19 @@ def evaluate(model, urls: list[str], batch_size: int = 64, max_new_tokens: int =
     """Greedy answers for every sample of ``urls``: the accuracy report with the majority baseline,
     and for pipeline families the rationale scores and the mean vote share (``pipeline_options``
     go to their ``run``: ``votes``, ``temperature``, ``rationale_source``)."""
-    pipeline = hasattr(model, "run")
+    pipeline, segmenter = hasattr(model, "run"), hasattr(model, "segment")
+    segment_options = {k: pipeline_options.pop(k) for k in ("samples", "temperature")
+                       if segmenter and k in pipeline_options}
     if pipeline_options and not pipeline:
-        raise ValueError(f"{sorted(pipeline_options)} apply to pipeline families (e.g. mccot), "
-                         f"not to a {model.family!r} model")
+        raise ValueError(f"{sorted(pipeline_options)} apply to pipeline families (e.g. mccot; --samples to "
+                         f"segmentation families), not to a {model.family!r} model")
     stream, total = eval_stream(urls, model.preprocess, batch_size)
     if limit is not None:
         stream.max_samples = limit
         total = min(limit, total) if total else limit
     report, rationale_report, records, confidences = AccuracyReport(), RationaleReport(), [], []
     crops = CropReport() if hasattr(model, "rollout") else None  # a crop-action policy: where it looked
+    segments = SegmentationReport()
     device = next(model.parameters()).device
     with tqdm(total=total, desc="eval", unit="sample") as bar:
         for batch in torch.utils.data.DataLoader(stream, batch_size=None, num_workers=1):
@@ -51,6 +56,10 @@ def evaluate(model, urls: list[str], batch_size: int = 64, max_new_tokens: int =
                 if pipeline_options.get("rationale_source", "generated") != "gold" and results[0]["rationale"] is not None:
                     rationale_report.add_many([r["rationale"] for r in results],
                                               [r.rationale for r in batch["records"]])
+            elif segmenter:
+                results = model.segment(images, batch["records"], max_new_tokens=max_new_tokens, **segment_options)
+                score_segments(segments, results, batch)
+                texts, batch["records"] = with_text_answers([strip_seg(r["text"]) for r in results], batch["records"])
             else:
                 texts = model.answer_batch(images, batch["records"], max_new_tokens=max_new_tokens)
             if crops is not None:
@@ -58,7 +67,7 @@ def evaluate(model, urls: list[str], batch_size: int = 64, max_new_tokens: int =
             if getattr(model, "answers_questions", True):  # a rationale-only stage has nothing to score
                 report.add_many(texts, batch["records"])
             records += batch["records"]
-            bar.update(len(texts))
+            bar.update(len(batch["pixels"]))
     baseline = majority_baseline(records)
     out = {"report": report.to_dict(baseline), "table": format_table(report, baseline)}
     if rationale_report.predictions:
@@ -68,6 +77,10 @@ def evaluate(model, urls: list[str], batch_size: int = 64, max_new_tokens: int =
                          f"ROUGE-L {scores['rougeL']:.3f} (n={scores['n']})")
     if confidences:
         out["report"]["mean_confidence"] = sum(confidences) / len(confidences)
+    if segments.n:
+        out["report"]["segmentation"] = summary = segments.to_dict()
+        out["table"] += (f"\n\nsegmentation (n={summary['n']}): gIoU {summary['giou']:.4f}, cIoU {summary['ciou']:.4f}; "
+                         + ", ".join(f"{g} {v['giou']:.3f}" for g, v in summary["per_group"].items()))
     if crops is not None:
         out["report"]["crops"] = summary = crops.to_dict()
         out["table"] += "\n\ncrops: " + ", ".join(f"{k} {v:.3f}" for k, v in summary.items() if v is not None)
@@ -89,9 +102,14 @@ def predict_command(args) -> None:
     out = model.predict(args.image, args.question, choices=args.choices, max_new_tokens=args.max_new_tokens,
                         **_pipeline_options(args))
     if args.out:
-        if "crops" not in out:
-            raise SystemExit(f"--out draws what a model looked at; a {model.family!r} model reports nothing to draw")
-        draw_crops(model.preprocess.open_rgb(args.image), out["crops"], out["input_size"], args.out)
+        picture = model.preprocess.open_rgb(args.image)
+        if "crops" in out:
+            draw_crops(picture, out["crops"], out["input_size"], args.out)
+        elif "mask" in out:
+            draw_mask(picture, out.pop("mask"), args.out)
+        else:
+            raise SystemExit(f"--out draws what a model found; a {model.family!r} model reports nothing to draw")
+    out.pop("mask", None)  # a tensor: the overlay shows it
     if args.json:
         print(json.dumps(out))
     else:
@@ -111,6 +129,8 @@ def _pipeline_options(args) -> dict:
     options = {}
     if args.votes != 1:
         options.update(votes=args.votes, temperature=args.temperature)
+    if args.samples != 1:
+        options.update(samples=args.samples, temperature=args.temperature)
     if args.rationales != "generated":
         options["rationale_source"] = args.rationales
     return options

@@ -177,6 +177,7 @@ def collate(samples: list[dict]) -> dict:
         "pixels": torch.stack([s["pixels"] for s in samples]),
         "records": [s["record"] for s in samples],
         "masks": torch.stack(masks) if all(m is not None for m in masks) else masks,
+        "orig_sizes": [s.get("orig_size") for s in samples],
         "skipped": SKIPPED.take(),
     }
     if all(f is not None for f in features):

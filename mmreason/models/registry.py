@@ -6,6 +6,8 @@ from mmreason.models.mccot import TINY_CONFIG as MCCOT_TINY_CONFIG
 from mmreason.models.mccot import MCCoT
 from mmreason.models.meteor import TINY_CONFIG as METEOR_TINY_CONFIG
 from mmreason.models.meteor import Meteor
+from mmreason.models.star import TINY_CONFIG as STAR_TINY_CONFIG
+from mmreason.models.star import ReasoningSegmenter
 from mmreason.models.virl import TINY_CONFIG as VIRL_TINY_CONFIG
 from mmreason.models.virl import VisualRationalePolicy
 from mmreason.zoo import merge_config, register_family, register_model
@@ -14,6 +16,7 @@ register_family("baseline")(VisionLanguageModel)
 register_family("mccot")(MCCoT)
 register_family("meteor")(Meteor)
 register_family("virl")(VisualRationalePolicy)
+register_family("star")(ReasoningSegmenter)
 
 register_model("baseline-tiny-cot", "baseline", TINY_CONFIG,
                "2.0M-parameter ViT + Llama VLM writing a rationale before its answer (CPU-sized)",
@@ -34,3 +37,6 @@ register_model("meteor-tiny", "meteor", METEOR_TINY_CONFIG,
 register_model("virl-tiny", "virl", VIRL_TINY_CONFIG,
                "the tiny VLM as a policy that crops its image while reasoning (<crop> actions, CPU-sized)",
                recipe="recipes/virl/synth-tiny-sft.yaml")
+register_model("star-tiny", "star", STAR_TINY_CONFIG,
+               "the tiny VLM answering segmentation questions with a <seg> token and a SAM-style mask decoder "
+               "(LISA; StAR test-time scaling)", recipe="recipes/star/synth-tiny.yaml")

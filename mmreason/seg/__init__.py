@@ -1,0 +1,1 @@
+"""Reasoning segmentation: test-time scaling and mask-level helpers."""

@@ -1,0 +1,37 @@
+"""Supervised training of the reasoning-segmentation family: the SFT loop, scored by masks.
+
+Training is :class:`~mmreason.training.sft.SFTModule`'s (the model's loss adds the mask
+terms; the batch's masks reach it). Validation and test segment greedily and report
+gIoU / cIoU (LISA semantics) overall and per question type, with answer accuracy.
+"""
+
+from __future__ import annotations
+
+from mmreason.eval.accuracy import AccuracyReport
+from mmreason.eval.segmentation import SegmentationReport, score_segments, with_text_answers
+from mmreason.models.star import strip_seg
+from mmreason.training.sft import SFTModule, gather_report
+
+
+class SegmentationModule(SFTModule):
+    """:class:`SFTModule` whose evaluation also scores the masks (``val/giou``, ``val/ciou``, per type)."""
+
+    def _eval_step(self, batch, stage: str):
+        results = self.model.segment(batch["images"], batch["records"], max_new_tokens=self.hparams.max_new_tokens)
+        texts, records = with_text_answers([strip_seg(r["text"]) for r in results], batch["records"])
+        self.reports.setdefault(stage, AccuracyReport()).add_many(texts, records)
+        score_segments(self.segment_reports.setdefault(stage, SegmentationReport()), results, batch)
+
+    @property
+    def segment_reports(self) -> dict[str, SegmentationReport]:
+        if not hasattr(self, "_segment_reports"):
+            self._segment_reports = {}
+        return self._segment_reports
+
+    def _eval_epoch_end(self, stage: str):
+        super()._eval_epoch_end(stage)
+        summary = gather_report(self.segment_reports.pop(stage, SegmentationReport())).to_dict()
+        metrics = {f"{stage}/giou": summary["giou"], f"{stage}/ciou": summary["ciou"]}
+        metrics.update({f"{stage}/giou_{group}": v["giou"] for group, v in summary["per_group"].items()})
+        self.log_dict(metrics, prog_bar=False, sync_dist=False)
+        self.last_metrics.update(metrics)
