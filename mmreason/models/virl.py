@@ -86,9 +86,6 @@ class VisualRationalePolicy(VisionLanguageModel):
     def _clamp(self, box: list[float], images: torch.Tensor) -> list[int]:
         return clamp_box(box, images.shape[-1], images.shape[-2], self.min_size)
 
-    def _crop_ids(self, box: list[int]) -> list[int]:
-        return self.tokenizer(crop_text(box), add_special_tokens=False)["input_ids"]
-
     # ---- trajectories ---------------------------------------------------------------------------
     def gold_trajectory(self, record: Record, image_index: int, images: torch.Tensor) -> Trajectory | None:
         """The ground-truth visual rationale: per step, its crop action (when it has a box) then its
@@ -104,7 +101,7 @@ class VisualRationalePolicy(VisionLanguageModel):
             if box is not None and len(trajectory.crops) < self.max_actions:
                 box = self._clamp(box, images)
                 start = len(trajectory.completion)
-                trajectory.extend(self._crop_ids(box), True)
+                trajectory.extend(self._ids(crop_text(box)), True)
                 self._act(trajectory, start, box, box)
             trajectory.extend(self._ids(step.text), True)
         if not record.steps and record.rationale:
