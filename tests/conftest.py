@@ -40,6 +40,19 @@ def model_images(model, n: int = 4):
     return torch.stack([model.preprocess(make_image(i)) for i in range(n)])
 
 
+def train_steps(model, images, records, steps: int, lr: float = 3e-3, **loss_kwargs) -> tuple[list[float], dict]:
+    """``steps`` AdamW steps of ``model.batch_loss`` on one fixed batch: the losses and the last output."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    for _ in range(steps):
+        out = model.batch_loss(images, records, **loss_kwargs)
+        out["loss"].backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(float(out["loss"]))
+    return losses, out
+
+
 def write_shards(folder, prefix: str, counts: list[int]) -> list[str]:
     """Shards of the given sizes (uneven on purpose) with valid samples; returns their paths."""
     paths, index = [], 0

@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_TEST_CONFIG, make_image, make_record, model_images, valid_records, write_shards
+from conftest import (
+    TINY_TEST_CONFIG,
+    make_image,
+    make_record,
+    model_images,
+    train_steps,
+    valid_records,
+    write_shards,
+)
 from PIL import Image
 from transformers import MambaConfig, MambaModel
 
@@ -43,18 +51,6 @@ def _forward_inputs(model, records):
     inputs = model.training_inputs(records)
     assert inputs.pop("rows").tolist() == list(range(len(records)))
     return inputs
-
-
-def _train(model, images, records, steps, lr=3e-3):
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
-    losses = []
-    for _ in range(steps):
-        out = model.batch_loss(images, records)
-        out["loss"].backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(out["loss"].item())
-    return losses
 
 
 @pytest.fixture
@@ -122,14 +118,14 @@ def test_step_one_trains_the_traversal_into_a_frozen_backbone(tiny_tokenizer):
     joint = _meteor(tiny_tokenizer)
     joint.requires_grad_(True)
     images = model_images(joint, 1).expand(len(records), -1, -1, -1)
-    _train(joint, images, records, steps=80)
+    train_steps(joint, images, records, steps=80)
     model = _meteor(tiny_tokenizer)
     backbone_parts = ("vision", "projector", "lm")
     for part in backbone_parts:
         getattr(model, part).load_state_dict(getattr(joint, part).state_dict())
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     assert not any(p.requires_grad for part in backbone_parts for p in getattr(model, part).parameters())
-    losses = _train(model, images, records, steps=20)
+    losses, _ = train_steps(model, images, records, steps=20)
     assert losses[-1] < 0.75 * losses[0]
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert not {n for n in changed if n.split(".")[0] in backbone_parts}  # the backbone VLM is untouched
@@ -171,7 +167,7 @@ def test_step_two_trains_everything_on_the_answer(model):
     model.step = 2
     assert all(p.requires_grad for p in model.parameters())
     assert model.output_format == model.config["output_format"] == "answer" and model.config["step"] == 2
-    losses = _train(model, model_images(model), valid_records(), steps=20)
+    losses, _ = train_steps(model, model_images(model), valid_records(), steps=20)
     assert losses[-1] < 0.4 * losses[0]
     with pytest.raises(ValueError, match=r"step must be one of \(1, 2\)"):
         model.step = 3

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import TINY_TEST_CONFIG, make_image, make_record, model_images, valid_records
+from conftest import TINY_TEST_CONFIG, make_image, make_record, model_images, train_steps, valid_records
 
 from mmreason.data.schema import validate_record
 from mmreason.export import ExportError, load_export, save_export
@@ -44,14 +44,7 @@ def test_labels_cover_only_the_target(model):
 
 def test_loss_decreases_on_a_fixed_batch(model):
     images, records = model_images(model), valid_records()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(25):
-        out = model.batch_loss(images, records)
-        out["loss"].backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(float(out["loss"]))
+    losses, out = train_steps(model, images, records, steps=25)
     assert losses[-1] < 0.3 * losses[0]
     assert float(out["token_accuracy"]) > 0.8
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_TEST_CONFIG, make_image, make_record, model_images
+from conftest import TINY_TEST_CONFIG, make_image, make_record, model_images, train_steps
 from PIL import Image
 
 import mmreason.models.registry  # noqa: F401  (load_export finds the families by name)
@@ -68,16 +68,11 @@ def test_dice_by_hand():
 
 def test_loss_has_text_and_mask_terms_and_the_mask_is_learned(model):
     images, records, masks = model_images(model, 2), [_seg_record(0), _seg_record(1)], _squares(2)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)
     first = model.batch_loss(images, records, masks)
     assert float(first["mask_bce"]) > 0 and float(first["mask_dice"]) > 0
     expected = (model.loss_weights["text"] * 0 + 2.0 * first["mask_bce"] + 0.5 * first["mask_dice"])
     assert float(first["loss"]) > float(expected)  # plus the text CE
-    for _ in range(60):
-        out = model.batch_loss(images, records, masks)
-        out["loss"].backward()
-        optimizer.step()
-        optimizer.zero_grad()
+    _, out = train_steps(model, images, records, steps=60, lr=5e-3, masks=masks)
     assert float(out["mask_dice"]) < 0.5 * float(first["mask_dice"])
     no_masks = model.batch_loss(images, records, None)  # e.g. a batch of ordinary questions
     assert float(no_masks["mask_bce"]) == 0.0

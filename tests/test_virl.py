@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import TINY_TEST_CONFIG, WORDS, make_image, make_record, model_images, write_shards
+from conftest import TINY_TEST_CONFIG, WORDS, make_image, make_record, model_images, train_steps, write_shards
 from PIL import Image
 
 import mmreason.models.registry  # noqa: F401  (load_export finds the families by name)
@@ -95,14 +95,7 @@ def test_encode_crops_reads_the_cropped_pixels(policy):
 
 def test_supervised_loss_falls_and_skips_crop_image_tokens(policy):
     images, records = model_images(policy, 2), [_record(0), _record(1)]
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(15):
-        out = policy.batch_loss(images, records)
-        out["loss"].backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(float(out["loss"]))
+    losses, out = train_steps(policy, images, records, steps=15)
     assert losses[-1] < 0.5 * losses[0]
     trajectories = [policy.gold_trajectory(r, i, images) for i, r in enumerate(records)]
     assert int(out["target_tokens"]) == sum(sum(t.policy_mask) for t in trajectories)

@@ -23,13 +23,13 @@ from mmreason.rl.grpo import GRPOConfig, group_advantages, grpo_loss
 from mmreason.rl.rewards import accuracy_reward, format_reward, weighted_sum
 from mmreason.rl.step_credit import action_rewards
 from mmreason.training.schedule import warmup_cosine
-from mmreason.training.sft import gather_report
+from mmreason.training.sft import AnswerEvaluation, gather_report
 
 REWARDS = {"format": format_reward, "accuracy": accuracy_reward}
 STEP_CREDIT_DEFAULTS = {"tau": 0.5, "r_correct": 0.5, "r_redundant": 0.0, "r_erroneous": 0.5}
 
 
-class GRPOModule(L.LightningModule):
+class GRPOModule(AnswerEvaluation, L.LightningModule):
     """Args:
     init_from: the supervised policy's export (family ``virl``).
     rewards: ``{name: weight}`` over the built-in rewards (``format``, ``accuracy``).
@@ -66,7 +66,7 @@ class GRPOModule(L.LightningModule):
         self.reference = None
         if self.config.beta > 0:  # a frozen copy of the starting policy
             self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
-        self.reports: dict[str, tuple[AccuracyReport, CropReport]] = {}
+        self.reports: dict[str, AccuracyReport | CropReport] = {}
         self.last_metrics: dict[str, float] = {}
 
     def setup(self, stage: str) -> None:
@@ -149,29 +149,13 @@ class GRPOModule(L.LightningModule):
         self.log_dict({k: float(v) for k, v in metrics.items()}, prog_bar=False)
         self.log("reward", float(rewards.mean()), prog_bar=True, logger=False)
 
-    # ---- evaluation --------------------------------------------------------------------------
+    # ---- evaluation: answers (AnswerEvaluation) and where the policy looked -------------------
     def _eval_step(self, batch, stage: str):
-        texts = self.model.answer_batch(batch["images"], batch["records"], max_new_tokens=self.hparams.max_new_tokens)
-        accuracy, crops = self.reports.setdefault(stage, (AccuracyReport(), CropReport()))
-        accuracy.add_many(texts, batch["records"])
+        texts = super()._eval_step(batch, stage)
+        crops = self.reports.setdefault(f"{stage}/crops", CropReport())
         crops.add_many(texts, batch["records"], self.model.preprocess.image_size)
 
-    def validation_step(self, batch, batch_idx):
-        self._eval_step(batch, "val")
-
-    def test_step(self, batch, batch_idx):
-        self._eval_step(batch, "test")
-
     def _eval_epoch_end(self, stage: str):
-        accuracy, crops = self.reports.pop(stage, (AccuracyReport(), CropReport()))
-        summary = gather_report(accuracy).to_dict()
-        metrics = {f"{stage}/accuracy": summary["accuracy"],
-                   **{f"{stage}/{k}": v for k, v in gather_report(crops).to_dict().items() if v is not None}}
-        self.log_dict(metrics, prog_bar=False, sync_dist=False)
-        self.last_metrics.update(metrics)
-
-    def on_validation_epoch_end(self):
-        self._eval_epoch_end("val")
-
-    def on_test_epoch_end(self):
-        self._eval_epoch_end("test")
+        super()._eval_epoch_end(stage)
+        crops = gather_report(self.reports.pop(f"{stage}/crops", CropReport())).to_dict()
+        self.log_metrics({f"{stage}/{k}": v for k, v in crops.items() if v is not None})

@@ -92,8 +92,6 @@ class MCCoTModule(SFTModule):
         """Decided from the model and recipe only, so every rank reaches the same collectives."""
         if "rationale" in self.model.stages and self.hparams.eval_rationales == "generated":
             scores = gather_report(self.rationale_reports.pop(stage, RationaleReport())).to_dict()
-            metrics = {f"{stage}/rationale_{k}": float(scores[k]) for k in ("bleu1", "bleu4", "rougeL")}
-            self.log_dict(metrics, sync_dist=False)
-            self.last_metrics.update(metrics)
+            self.log_metrics({f"{stage}/rationale_{k}": float(scores[k]) for k in ("bleu1", "bleu4", "rougeL")})
         if self.model.answers_questions:
             super()._eval_epoch_end(stage)

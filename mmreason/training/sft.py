@@ -35,7 +35,40 @@ def gather_report(report):
     return merged
 
 
-class SFTModule(L.LightningModule):
+class AnswerEvaluation:
+    """Validation and test for modules holding a question-answering ``model``: greedy answers
+    (``hparams.max_new_tokens``) scored per task into ``self.reports``; the metrics also go to
+    ``self.last_metrics`` (the export's card). Families extend ``_eval_step``/``_eval_epoch_end``."""
+
+    def _eval_step(self, batch, stage: str) -> list[str]:
+        texts = self.model.answer_batch(batch["images"], batch["records"], max_new_tokens=self.hparams.max_new_tokens)
+        self.reports.setdefault(stage, AccuracyReport()).add_many(texts, batch["records"])
+        return texts
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch, "test")
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        summary = gather_report(self.reports.pop(stage, AccuracyReport())).to_dict()
+        metrics = {f"{stage}/accuracy": summary["accuracy"], f"{stage}/parse_failure_rate": summary["parse_failure_rate"]}
+        metrics.update({f"{stage}/accuracy_{task}": v["accuracy"] for task, v in summary["per_task"].items()})
+        self.log_metrics(metrics)
+
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        self.log_dict(metrics, prog_bar=False, sync_dist=False)
+        self.last_metrics.update(metrics)
+
+    def on_validation_epoch_end(self):
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self):
+        self._eval_epoch_end("test")
+
+
+class SFTModule(AnswerEvaluation, L.LightningModule):
     """Args:
     model: a registered model name (``mmreason list``).
     model_config: overrides of that model's config (e.g. ``{output_format: answer}``).
@@ -124,28 +157,3 @@ class SFTModule(L.LightningModule):
         self.skipped_total += int(batch.get("skipped", 0)) + out["skipped"]
         self.log("data/skipped", float(self.skipped_total))
         return out["loss"]
-
-    # ---- evaluation ----------------------------------------------------------------------
-    def _eval_step(self, batch, stage: str):
-        texts = self.model.answer_batch(batch["images"], batch["records"], max_new_tokens=self.hparams.max_new_tokens)
-        self.reports.setdefault(stage, AccuracyReport()).add_many(texts, batch["records"])
-
-    def validation_step(self, batch, batch_idx):
-        self._eval_step(batch, "val")
-
-    def test_step(self, batch, batch_idx):
-        self._eval_step(batch, "test")
-
-    def _eval_epoch_end(self, stage: str):
-        report = gather_report(self.reports.pop(stage, AccuracyReport()))
-        summary = report.to_dict()
-        metrics = {f"{stage}/accuracy": summary["accuracy"], f"{stage}/parse_failure_rate": summary["parse_failure_rate"]}
-        metrics.update({f"{stage}/accuracy_{task}": v["accuracy"] for task, v in summary["per_task"].items()})
-        self.log_dict(metrics, prog_bar=False, sync_dist=False)
-        self.last_metrics.update(metrics)
-
-    def on_validation_epoch_end(self):
-        self._eval_epoch_end("val")
-
-    def on_test_epoch_end(self):
-        self._eval_epoch_end("test")

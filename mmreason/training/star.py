@@ -20,18 +20,11 @@ class SegmentationModule(SFTModule):
         results = self.model.segment(batch["images"], batch["records"], max_new_tokens=self.hparams.max_new_tokens)
         texts, records = with_text_answers([strip_seg(r["text"]) for r in results], batch["records"])
         self.reports.setdefault(stage, AccuracyReport()).add_many(texts, records)
-        score_segments(self.segment_reports.setdefault(stage, SegmentationReport()), results, batch)
-
-    @property
-    def segment_reports(self) -> dict[str, SegmentationReport]:
-        if not hasattr(self, "_segment_reports"):
-            self._segment_reports = {}
-        return self._segment_reports
+        score_segments(self.reports.setdefault(f"{stage}/segmentation", SegmentationReport()), results, batch)
 
     def _eval_epoch_end(self, stage: str):
         super()._eval_epoch_end(stage)
-        summary = gather_report(self.segment_reports.pop(stage, SegmentationReport())).to_dict()
+        summary = gather_report(self.reports.pop(f"{stage}/segmentation", SegmentationReport())).to_dict()
         metrics = {f"{stage}/giou": summary["giou"], f"{stage}/ciou": summary["ciou"]}
         metrics.update({f"{stage}/giou_{group}": v["giou"] for group, v in summary["per_group"].items()})
-        self.log_dict(metrics, prog_bar=False, sync_dist=False)
-        self.last_metrics.update(metrics)
+        self.log_metrics(metrics)
