@@ -19,6 +19,7 @@ from mmreason.export import load_export
 from mmreason.training.schedule import warmup_cosine
 from mmreason.zoo import create_model, merge_config
 
+STANDARD_OUTPUTS = {"loss", "token_accuracy", "target_tokens", "tokens", "skipped"}  # of a model's batch_loss
 FINE_TUNE_OPTIONS = ("output_format", "max_length")  # a family adds its own as ``fine_tune_options``
 
 
@@ -149,6 +150,8 @@ class SFTModule(AnswerEvaluation, L.LightningModule):
         n = len(batch["records"])
         self.log("train/loss", out["loss"], prog_bar=True)
         self.log("train/token_accuracy", out["token_accuracy"], prog_bar=True)
+        for key in out.keys() - STANDARD_OUTPUTS:  # a family's own loss terms (e.g. mask_bce, mask_dice)
+            self.log(f"train/{key}", out[key])
         if self._last_step_end is not None:
             elapsed = now - self._last_step_end
             self.log("train/samples_per_s", n / elapsed)
