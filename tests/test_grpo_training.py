@@ -12,7 +12,8 @@ import mmreason.models.registry  # noqa: F401  (load_export finds the families b
 from mmreason.data.datamodule import ShardDataModule
 from mmreason.data.schema import validate_record
 from mmreason.export import save_export
-from mmreason.models.virl import Trajectory, VisualRationalePolicy
+from mmreason.models.policy import Trajectory
+from mmreason.models.virl import VisualRationalePolicy
 from mmreason.text.prompts import TEMPLATE_WORDS
 from mmreason.text.tokenizer import word_tokenizer
 from mmreason.training.grpo import GRPOModule

@@ -13,7 +13,8 @@ import mmreason.models.registry  # noqa: F401  (load_export finds the families b
 from mmreason.data.schema import validate_record
 from mmreason.export import load_export, save_export
 from mmreason.inference import evaluate
-from mmreason.models.virl import Trajectory, VisualRationalePolicy
+from mmreason.models.policy import Trajectory
+from mmreason.models.virl import VisualRationalePolicy
 from mmreason.rl.crop import crop_text
 from mmreason.text.prompts import TEMPLATE_WORDS
 from mmreason.text.tokenizer import word_tokenizer
