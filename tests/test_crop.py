@@ -12,7 +12,6 @@ from mmreason.rl.crop import (
     crop_and_resize,
     crop_text,
     format_box,
-    last_crop,
     parse_box,
     parse_crops,
 )
@@ -50,14 +49,12 @@ def test_parse_crops_keeps_malformed_actions_in_order():
     text = (f"<think>look {crop_text([1, 2, 10, 20])} then <crop>[5,5,1]</crop> and "
             "<crop>[0, 0, 64.5, 32]</crop></think><answer>2</answer>")
     assert parse_crops(text) == [[1.0, 2.0, 10.0, 20.0], None, [0.0, 0.0, 64.5, 32.0]]
-    assert last_crop(text) == [0.0, 0.0, 64.5, 32.0]
 
 
-def test_an_unclosed_opener_is_text_and_last_crop_reads_the_last_action():
+def test_an_unclosed_opener_is_text():
     text = "<crop> 1 , 2 <crop>[1,2,3,4]</crop> x </crop>"
     assert parse_crops(text) == [[1.0, 2.0, 3.0, 4.0]]
-    assert last_crop("no action <crop> 1 , 2") is None
-    assert last_crop("<crop>[1,2,3,4]</crop> <crop> 5 , 5 </crop>") is None
+    assert parse_crops("no action <crop> 1 , 2") == []
 
 
 @pytest.mark.parametrize("box, min_size, expected", [

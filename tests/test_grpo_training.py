@@ -58,7 +58,8 @@ def test_rewards_and_action_labels_of_a_group(policy_export):
     trajectories = [Trajectory(0, [1], good, [True] * len(good), actions=[[2.0, 2.0, 12.0, 12.0]],
                                action_spans=[(1, 12)]),
                     Trajectory(0, [1], bad, [True] * len(bad), actions=[None], action_spans=[(0, 1)])]
-    rewards, components, crops, labels = module.rewards(trajectories, [record], torch.zeros(1, 3, 32, 32))
+    batch = {"images": torch.zeros(1, 3, 32, 32), "records": [record]}
+    rewards, components, crops, labels = module.rewards(trajectories, batch)
     assert rewards.tolist() == [1.5, 0.0] and components == {"format": [1.0, 0.0], "accuracy": [1.0, 0.0]}
     assert labels == [["correct"], ["erroneous"]]
     assert crops.to_dict()["mean_crop_iou"] == pytest.approx(1.0) and crops.to_dict()["correct_share"] == 0.5
@@ -87,7 +88,7 @@ def test_grpo_fit_updates_the_policy_and_logs_its_signals(policy_export, tmp_pat
 
 
 def test_bad_grpo_settings_name_the_problem(policy_export, tmp_path):
-    with pytest.raises(ValueError, match=r"unknown rewards \['iou'\]; built-in rewards are \['accuracy', 'format'\]"):
+    with pytest.raises(ValueError, match=r"unknown rewards \['iou'\]; built-in rewards are \['accuracy', 'box_format'"):
         GRPOModule(policy_export, rewards={"iou": 1.0})
     with pytest.raises(ValueError, match="loss_type"):
         GRPOModule(policy_export, loss_type="ppo")

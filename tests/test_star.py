@@ -84,15 +84,20 @@ def test_loss_has_text_and_mask_terms_and_the_mask_is_learned(model):
         assert (r["mask"] & t).sum() / (r["mask"] | t).sum() > 0.7
 
 
-def test_test_time_scaling_and_no_object(model):
+def test_test_time_scaling_and_no_object(model, monkeypatch):
     model.eval()
     images, records = model_images(model, 2), [_seg_record(0), _seg_record(1)]
     results = model.segment(images, records, samples=3, temperature=1.0, max_new_tokens=6)
     assert len(results) == 2 and all(r["mask"].shape == (32, 32) and r["votes"] == 3 for r in results)
-    with torch.no_grad():  # an answer that never writes <seg> is "no object": an empty mask
-        model.lm.get_output_embeddings().weight[model.seg_token_id] = -1e4
-    for r in model.segment(images, records, samples=3, max_new_tokens=6) + model.segment(images, records):
-        assert not r["found"] and not bool(r["mask"].any())
+    tok = model.tokenizer
+    plain = tok("<answer> the red circle </answer>", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+
+    def answers_without_seg(images, records, max_new_tokens, num_return_sequences=1, **kwargs):
+        return torch.tensor([plain] * (len(records) * num_return_sequences))
+
+    monkeypatch.setattr(model, "generate_ids", answers_without_seg)  # no <seg>: every vote is "no object"
+    for r in model.segment(images, records, samples=3) + model.segment(images, records):
+        assert not r["found"] and not bool(r["mask"].any()) and r["answer"] == "the red circle"
 
 
 def test_reasonseg_shards_train_with_the_recipe_then_predict_and_eval(tmp_path):

@@ -15,9 +15,18 @@ At inference the text is generated, then one forward pass over prompt + text
 reads the ``<seg>`` states. ``segment(samples=N)`` samples N answers at a
 temperature and aggregates their masks (:mod:`mmreason.seg.tts`); an answer
 without ``<seg>`` votes "no object".
+
+``segmentation.answer: box`` is the RL path's policy (Seg-Zero / StAR): the answer
+names each object by a box and a point (:mod:`mmreason.seg.answers`), and the
+same decoder, prompted by them (a promptable segmenter), draws the masks. Its
+supervised stage learns the box and point of each target mask and trains the
+decoder on the gold prompts; GRPO (:mod:`mmreason.training.grpo`) then rewards the
+masks its answers produce. Both answers make a :class:`TrajectoryPolicy`.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 import torch.nn.functional as F
@@ -29,13 +38,17 @@ from mmreason.layers.language import splice_image_features
 from mmreason.layers.mask_decoder import MaskDecoder, PromptEncoder
 from mmreason.models.baseline import TINY_CONFIG as BASELINE_TINY
 from mmreason.models.baseline import VisionLanguageModel
+from mmreason.models.policy import Trajectory, TrajectoryPolicy
+from mmreason.seg.answers import format_box_point, mask_box_point, parse_box_points
+from mmreason.seg.rewards import matched_ious
 from mmreason.seg.tts import aggregate_masks
 from mmreason.text.prompts import answer_tag, target_text
 from mmreason.zoo import merge_config
 
 SEG_TOKEN = "<seg>"
 SEG_TASK = "seg"
-DEFAULT_SEGMENTATION = {"embed_dim": 64, "num_heads": 4, "depth": 2, "upscale": 4,
+ANSWERS = ("seg", "box")
+DEFAULT_SEGMENTATION = {"answer": "seg", "embed_dim": 64, "num_heads": 4, "depth": 2, "upscale": 4,
                         "loss_weights": {"text": 1.0, "bce": 2.0, "dice": 0.5}}
 TINY_CONFIG = merge_config(BASELINE_TINY, {"output_format": "answer", "segmentation": DEFAULT_SEGMENTATION})
 
@@ -47,8 +60,9 @@ def dice_loss(logits: torch.Tensor, targets: torch.Tensor, eps: float = 1.0) -> 
     return (1 - (2 * (probs * targets).sum(1) + eps) / (probs.sum(1) + targets.sum(1) + eps)).mean()
 
 
-class ReasoningSegmenter(VisionLanguageModel):
-    """Extra config ``segmentation``: embed_dim (decoder width), num_heads, depth, upscale, loss_weights."""
+class ReasoningSegmenter(TrajectoryPolicy, VisionLanguageModel):
+    """Extra config ``segmentation``: answer (seg | box), embed_dim (decoder width), num_heads, depth,
+    upscale, loss_weights."""
 
     family = "star"
     uses_masks = True
@@ -57,6 +71,9 @@ class ReasoningSegmenter(VisionLanguageModel):
         super().__init__(config, tokenizer)
         spec = merge_config(DEFAULT_SEGMENTATION, config.get("segmentation", {}))
         self.loss_weights = spec["loss_weights"]
+        if spec["answer"] not in ANSWERS:
+            raise ValueError(f"segmentation.answer must be one of {ANSWERS}, got {spec['answer']!r}")
+        self.answer_kind = spec["answer"]
         width, dim = self.lm.config.hidden_size, int(spec["embed_dim"])
         self.seg_token_id = self.tokenizer.convert_tokens_to_ids(SEG_TOKEN)
         self.seg_projection = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, dim))
@@ -68,18 +85,26 @@ class ReasoningSegmenter(VisionLanguageModel):
         self.mask_decoder = MaskDecoder(dim, spec["num_heads"], spec["depth"], upscale=spec["upscale"])
 
     def target_text(self, record: Record) -> str:
-        """A segmentation question's answer ends with ``<seg>``: the mask is part of the answer."""
+        """A segmentation question's answer ends with ``<seg>`` (the mask is part of the answer), or
+        is the target's box and point (``meta["box_point"]``, from its mask) in ``box`` answers."""
         text = target_text(record, self.output_format)
         if record.task != SEG_TASK:
             return text
-        answer = answer_tag(f"{record.answer.strip()} {SEG_TOKEN}".strip())
+        if self.answer_kind == "box":
+            prompt = (record.meta or {}).get("box_point")
+            answer = answer_tag(format_box_point(*prompt) if prompt else "")
+        else:
+            answer = answer_tag(f"{record.answer.strip()} {SEG_TOKEN}".strip())
         return text[: text.rindex("<answer>")] + answer
 
-    # ---- masks from <seg> states -------------------------------------------------------------
-    def masks_from_states(self, patches: torch.Tensor, states: torch.Tensor, image_index: torch.Tensor
-                          ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(M, S, S) mask logits and (M,) predicted IoU for M `<seg>` states reading ``patches[image_index]``."""
-        sparse = self.prompt_encoder(sparse=self.seg_projection(states)[:, None])
+    # ---- masks from prompts ------------------------------------------------------------------
+    def decode_masks(self, patches: torch.Tensor, image_index: torch.Tensor, states: torch.Tensor | None = None,
+                     boxes: torch.Tensor | None = None, points: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(M, S, S) mask logits and (M,) predicted IoU for M prompts reading ``patches[image_index]``:
+        `<seg>` states (M, h), or boxes (M, 4) with points (M, 2) in input pixels."""
+        sparse = self.prompt_encoder(sparse=None if states is None else self.seg_projection(states)[:, None],
+                                     boxes=boxes, points=points)
         return self.mask_decoder(self.image_to_decoder(patches), self.prompt_encoder.image_pe(), sparse,
                                  output_size=self.preprocess.image_size, image_index=image_index)
 
@@ -90,23 +115,35 @@ class ReasoningSegmenter(VisionLanguageModel):
         return hidden[before], rows
 
     def batch_loss(self, images: torch.Tensor, records: list[Record], masks=None) -> dict[str, torch.Tensor]:
-        """Text CE + mask BCE and Dice; a `<seg>` of a sample without a mask gets no mask loss."""
+        """Text CE + mask BCE and Dice. ``seg`` answers: masks from the `<seg>` states; ``box`` answers:
+        the target's box and point are the text, and the decoder learns from those gold prompts.
+        A sample without a mask gets no mask loss."""
+        targets = _mask_targets(masks, len(records), images)
+        if self.answer_kind == "box":
+            records = [_with_box_point(r, t) for r, t in zip(records, targets)]
         inputs = {k: v.to(images.device) for k, v in self.training_inputs(records, skip_too_long=True).items()}
         rows = inputs.pop("rows")
-        skipped = len(records) - len(rows)
-        images = images[rows]
+        images, targets = images[rows], [targets[r] for r in rows.tolist()]
         patches = self.vision(images)
-        embeds = self.lm.get_input_embeddings()(inputs["input_ids"])
-        embeds = splice_image_features(embeds, inputs["input_ids"], self.image_token_id, self.project_patches(patches))
+        embeds = splice_image_features(self.lm.get_input_embeddings()(inputs["input_ids"]), inputs["input_ids"],
+                                       self.image_token_id, self.project_patches(patches))
         out = self.lm(inputs_embeds=embeds, attention_mask=inputs["attention_mask"], labels=inputs["labels"],
-                      output_hidden_states=True)
-        states, seg_rows = self._seg_states(out.hidden_states[-1], inputs["input_ids"])
-        targets = _mask_targets(masks, rows.tolist(), images)
-        has_mask = torch.tensor([targets[r] is not None for r in seg_rows.tolist()], dtype=torch.bool)
+                      output_hidden_states=self.answer_kind == "seg")
+        if self.answer_kind == "seg":
+            states, prompt_rows = self._seg_states(out.hidden_states[-1], inputs["input_ids"])
+            keep = [i for i, r in enumerate(prompt_rows.tolist()) if targets[r] is not None]
+            prompts = {"states": states[keep]}
+        else:
+            prompt_rows = torch.tensor([r for r, t in enumerate(targets) if t is not None], dtype=torch.long)
+            pairs = [mask_box_point(targets[r] > 0) for r in prompt_rows.tolist()]
+            keep = [i for i, pair in enumerate(pairs) if pair is not None]
+            prompts = {"boxes": torch.tensor([pairs[i][0] for i in keep], dtype=torch.float32),
+                       "points": torch.tensor([pairs[i][1] for i in keep], dtype=torch.float32)}
+        prompt_rows = prompt_rows[keep].to(images.device)
         loss, bce, dice = self.loss_weights["text"] * out.loss, out.loss.new_zeros(()), out.loss.new_zeros(())
-        if bool(has_mask.any()):
-            logits, _ = self.masks_from_states(patches, states[has_mask], seg_rows[has_mask])
-            target = torch.stack([targets[r] for r in seg_rows[has_mask].tolist()]).to(logits.dtype)
+        if len(prompt_rows):
+            logits, _ = self.decode_masks(patches, prompt_rows, **{k: v.to(images.device) for k, v in prompts.items()})
+            target = torch.stack([targets[r] for r in prompt_rows.tolist()]).to(logits.dtype)
             bce = F.binary_cross_entropy_with_logits(logits, target)
             dice = dice_loss(logits, target)
             loss = loss + self.loss_weights["bce"] * bce + self.loss_weights["dice"] * dice
@@ -114,53 +151,83 @@ class ReasoningSegmenter(VisionLanguageModel):
         valid = labels != -100
         accuracy = ((out.logits[:, :-1].argmax(-1) == labels) & valid).sum() / valid.sum().clamp(min=1)
         return {"loss": loss, "token_accuracy": accuracy, "target_tokens": valid.sum(),
-                "tokens": inputs["attention_mask"].sum(), "skipped": skipped, "mask_bce": bce.detach(),
-                "mask_dice": dice.detach()}
+                "tokens": inputs["attention_mask"].sum(), "skipped": len(records) - len(rows),
+                "mask_bce": bce.detach(), "mask_dice": dice.detach()}
 
     # ---- inference ----------------------------------------------------------------------------
     @torch.no_grad()
-    def segment(self, images: torch.Tensor, records: list[Record], samples: int = 1, temperature: float = 1.0,
-                max_new_tokens: int = 32, output: str = "best") -> list[dict]:
-        """Per record: {text, answer, mask (S, S) bool, votes}; ``samples`` > 1 samples that many answers at
-        ``temperature`` and aggregates their masks (StAR); 1 decodes greedily."""
-        generated = self.generate_ids(images, records, max_new_tokens, do_sample=samples > 1,
-                                      temperature=temperature, num_return_sequences=samples,
+    def rollout(self, images: torch.Tensor, records: list[Record], samples: int = 1, max_new_tokens: int = 32,
+                do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0) -> list[Trajectory]:
+        """``samples`` answers per record (adjacent) as trajectories, through EOS when written."""
+        generated = self.generate_ids(images, records, max_new_tokens, do_sample=do_sample, temperature=temperature,
+                                      top_p=top_p, num_return_sequences=samples,
                                       suppress_tokens=[self.image_token_id])  # image tokens come from images
         prompts = self._prompt_ids(records)
-        texts, rows = [], []
+        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        out = []
         for i, ids in enumerate(generated.tolist()):
-            ids = _until_eos(ids, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
-            texts.append(self.clean_output(self.tokenizer.decode(ids)))
-            rows.append(prompts[i // samples] + ids)
-        padded = {k: v.to(images.device) for k, v in self._pad(rows, None, left=False).items()}
-        image_index = torch.arange(len(records), device=images.device).repeat_interleave(samples)
+            written = _until_eos(ids, eos, pad)
+            written += [eos] if len(written) < len(ids) and ids[len(written)] == eos else []
+            out.append(Trajectory(i // samples, prompts[i // samples], written, [True] * len(written), done=True))
+        return out
+
+    @torch.no_grad()
+    def trajectory_masks(self, images: torch.Tensor, trajectories: list[Trajectory]
+                         ) -> tuple[list[list[torch.Tensor]], list[float]]:
+        """Per trajectory, the masks its answer makes (``seg``: one per `<seg>`; ``box``: one per box and
+        point) and their mean predicted IoU (0 with none)."""
         patches = self.vision(images)
-        embeds = self.embed(images[image_index], padded["input_ids"])
-        hidden = self.lm(inputs_embeds=embeds, attention_mask=padded["attention_mask"],
-                         output_hidden_states=True).hidden_states[-1]
-        states, seg_rows = self._seg_states(hidden, padded["input_ids"])
+        if self.answer_kind == "seg":
+            inputs = self.trajectory_embeddings(images, trajectories, left=False)
+            hidden = self.lm(**inputs, output_hidden_states=True).hidden_states[-1]
+            ids = self._pad([t.prompt + t.completion for t in trajectories], None, left=False)["input_ids"]
+            states, rows = self._seg_states(hidden, ids.to(hidden.device))
+            prompts = {"states": states}
+        else:
+            pairs = [(row, box, point) for row, t in enumerate(trajectories)
+                     for box, point in parse_box_points(extract_answer_span(self.completion_text(t)))]
+            rows = torch.tensor([row for row, _, _ in pairs], dtype=torch.long)
+            prompts = {"boxes": torch.tensor([b for _, b, _ in pairs], dtype=torch.float32).view(-1, 4),
+                       "points": torch.tensor([p for _, _, p in pairs], dtype=torch.float32).view(-1, 2)}
+        masks: list[list[torch.Tensor]] = [[] for _ in trajectories]
+        scores: list[list[float]] = [[] for _ in trajectories]
+        if len(rows):
+            image_index = torch.tensor([trajectories[r].image_index for r in rows.tolist()], device=images.device)
+            logits, iou = self.decode_masks(patches, image_index, **{k: v.to(images.device) for k, v in prompts.items()})
+            for row, mask_logits, score in zip(rows.tolist(), logits, iou.tolist()):
+                masks[row].append((mask_logits > 0).cpu())
+                scores[row].append(score)
+        return masks, [sum(s) / len(s) if s else 0.0 for s in scores]
+
+    @torch.no_grad()
+    def segment(self, images: torch.Tensor, records: list[Record], samples: int = 1, temperature: float = 1.0,
+                max_new_tokens: int = 32, output: str = "best") -> list[dict]:
+        """Per record: {text, answer, mask (S, S) bool, found, votes}. An answer's objects are united
+        into one mask. ``samples`` > 1 samples that many answers at ``temperature`` and aggregates
+        their masks (StAR); 1 decodes greedily."""
+        trajectories = self.rollout(images, records, samples, max_new_tokens, do_sample=samples > 1,
+                                    temperature=temperature)
+        texts = [self.completion_text(t) for t in trajectories]
+        object_masks, scores = self.trajectory_masks(images, trajectories)
+        masks = [torch.stack(m).any(0) if m else None for m in object_masks]
         size = self.preprocess.image_size
-        masks: list[torch.Tensor | None] = [None] * len(rows)
-        scores = torch.zeros(len(rows))
-        if len(seg_rows):
-            logits, iou = self.masks_from_states(patches, states, image_index[seg_rows])
-            for row, mask_logits, score in zip(seg_rows.tolist(), logits, iou):
-                if masks[row] is None:  # the first <seg> of an answer is its mask
-                    masks[row], scores[row] = mask_logits > 0, float(score)
         out = []
         for i in range(len(records)):
             group = slice(i * samples, (i + 1) * samples)
-            if samples == 1:
-                mask = masks[i] if masks[i] is not None else torch.zeros(size, size, dtype=torch.bool)
-                out.append({"text": texts[i], "answer": strip_seg(extract_answer_span(texts[i])), "mask": mask.cpu(),
-                            "found": masks[i] is not None, "votes": 1})
-                continue
-            group_masks = [m.cpu() if m is not None else None for m in masks[group]]
-            result = aggregate_masks(group_masks, scores[group], output=output, shape=(size, size))
+            result = aggregate_masks(masks[group], torch.tensor(scores[group]), output=output, shape=(size, size))
             text = texts[group][max(result["sample"], 0)]  # the chosen mask's answer (or the first)
             out.append({"text": text, "answer": strip_seg(extract_answer_span(text)), "mask": result["mask"],
                         "found": not result["no_object"], "votes": samples})
         return out
+
+    def reward_columns(self, trajectories: list[Trajectory], records: list[Record], batch: dict,
+                       images: torch.Tensor) -> dict[str, list]:
+        """``mask_ious``: per rollout, the IoU of each target object with the answer's mask matched to it."""
+        object_masks, _ = self.trajectory_masks(images, trajectories)
+        targets = _mask_targets(batch.get("masks"), len(records), images)
+        return {"mask_ious": [matched_ious(masks, [] if targets[t.image_index] is None
+                                           else [targets[t.image_index].cpu() > 0])
+                              for t, masks in zip(trajectories, object_masks)]}
 
     def answer_batch(self, images: torch.Tensor, records: list[Record], max_new_tokens: int = 32,
                      **generate_kwargs) -> list[str]:
@@ -193,12 +260,14 @@ def _until_eos(ids: list[int], eos: int, pad: int) -> list[int]:
     return out
 
 
-def _mask_targets(masks, rows: list[int], images: torch.Tensor) -> list[torch.Tensor | None]:
-    """Per kept row, the float {0, 1} target at the input size (object = 255 in the shards), or None."""
+def _mask_targets(masks, count: int, images: torch.Tensor) -> list[torch.Tensor | None]:
+    """Per sample, the float {0, 1} target at the input size (object = 255 in the shards), or None."""
     if masks is None:
-        return [None] * len(rows)
-    out = []
-    for row in rows:
-        mask = masks[row]
-        out.append(None if mask is None else (mask.to(images.device) == 255).float())
-    return out
+        return [None] * count
+    return [None if masks[i] is None else (masks[i].to(images.device) == 255).float() for i in range(count)]
+
+
+def _with_box_point(record: Record, target: torch.Tensor | None) -> Record:
+    """The record with its target's box and point in ``meta["box_point"]`` (what a ``box`` answer says)."""
+    pair = None if target is None or record.task != SEG_TASK else mask_box_point(target.cpu() > 0)
+    return record if pair is None else dataclasses.replace(record, meta={**(record.meta or {}), "box_point": pair})

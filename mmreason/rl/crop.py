@@ -28,17 +28,32 @@ _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _CROP = re.compile(rf"{CROP_OPEN}((?:(?!{CROP_OPEN}).)*?){CROP_CLOSE}", re.DOTALL)
 
 
-def format_box(box: Sequence[float]) -> str:
-    """``[25, 16, 34, 5]`` → ``"2 5 , 1 6 , 3 4 , 5"``: rounded, one token per digit.
+def format_numbers(numbers: Sequence[float]) -> str:
+    """``[25, 16, 5]`` → ``"2 5 , 1 6 , 5"``: rounded, one token per digit (a word-level vocabulary
+    has the ten digits, not every number). Negative numbers have no text form (no ``-``)."""
+    values = [round(float(v)) for v in numbers]
+    if min(values) < 0:
+        raise ValueError(f"{list(numbers)} has a negative coordinate; clamp it to the image first")
+    return " , ".join(" ".join(str(v)) for v in values)
 
-    Negative coordinates have no text form (the vocabulary has no ``-``); clamp first.
-    """
+
+def parse_numbers(text: str, count: int) -> list[float] | None:
+    """``count`` comma-separated numbers, bracketed or not, spaces anywhere (``"2 5 . 5"`` is 25.5);
+    ``None`` when malformed."""
+    body = text.strip()
+    if body[:1] == "[" and body[-1:] == "]":
+        body = body[1:-1]
+    parts = ["".join(part.split()) for part in body.split(",")]
+    if len(parts) != count or not all(_NUMBER.fullmatch(part) for part in parts):
+        return None
+    return [float(part) for part in parts]
+
+
+def format_box(box: Sequence[float]) -> str:
+    """``[25, 16, 34, 5]`` → ``"2 5 , 1 6 , 3 4 , 5"``; clamp to the image first."""
     if len(box) != 4:
         raise ValueError(f"a box has 4 coordinates [x0, y0, x1, y1], got {len(box)}")
-    values = [round(float(v)) for v in box]
-    if min(values) < 0:
-        raise ValueError(f"box {list(box)} has a negative coordinate; clamp it to the image first")
-    return " , ".join(" ".join(str(v)) for v in values)
+    return format_numbers(box)
 
 
 def crop_text(box: Sequence[float]) -> str:
@@ -53,14 +68,11 @@ def parse_box(text: str) -> list[float] | None:
     and around brackets and commas. Malformed: brackets on one side only, not exactly
     four comma-separated numbers, or an empty box (x1 <= x0 or y1 <= y0).
     """
-    body = text.strip()
-    if body[:1] == "[" and body[-1:] == "]":
-        body = body[1:-1]
-    parts = ["".join(part.split()) for part in body.split(",")]
-    if len(parts) != 4 or not all(_NUMBER.fullmatch(part) for part in parts):
+    numbers = parse_numbers(text, 4)
+    if numbers is None:
         return None
-    x0, y0, x1, y1 = (float(part) for part in parts)
-    return [x0, y0, x1, y1] if x1 > x0 and y1 > y0 else None
+    x0, y0, x1, y1 = numbers
+    return numbers if x1 > x0 and y1 > y0 else None
 
 
 def parse_crops(text: str) -> list[list[float] | None]:
@@ -69,15 +81,6 @@ def parse_crops(text: str) -> list[list[float] | None]:
     Keeping malformed actions in the list lets step credit count them as erroneous.
     """
     return [parse_box(body) for body in _CROP.findall(text)]
-
-
-def last_crop(text: str) -> list[float] | None:
-    """The box of the last complete crop action, for a generation loop paused at ``</crop>``.
-
-    ``None`` when that action is malformed (or there is none): the loop appends no crop.
-    """
-    crops = parse_crops(text)
-    return crops[-1] if crops else None
 
 
 def _clamp_span(lo: int, hi: int, extent: int, min_size: int) -> tuple[int, int]:

@@ -20,7 +20,7 @@ from mmreason.eval.answers import answer_kind, gold_answer
 
 OUTPUT_FORMATS = ("answer", "cot")
 TEMPLATE_WORDS = ("question", "choices", "answer", ":", "(", ")", *ascii_uppercase.lower(), *"0123456789",
-                  "context", "options", "solution", "the", "is", "none", ".")
+                  "context", "options", "solution", "the", "is", "none", ".", ",", "object", "at", "and")
 RATIONALE_CUE = "solution :"
 
 

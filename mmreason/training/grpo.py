@@ -22,21 +22,28 @@ from mmreason.export import load_export
 from mmreason.rl.grpo import GRPOConfig, group_advantages, grpo_loss
 from mmreason.rl.rewards import accuracy_reward, format_reward, weighted_sum
 from mmreason.rl.step_credit import action_rewards
+from mmreason.seg.rewards import box_point_format_reward, mask_iou_reward
 from mmreason.training.schedule import warmup_cosine
 from mmreason.training.sft import AnswerEvaluation, gather_report
+from mmreason.training.star import segmentation_eval_epoch_end, segmentation_eval_step
 
-REWARDS = {"format": format_reward, "accuracy": accuracy_reward}
+REWARDS = {"format": format_reward, "accuracy": accuracy_reward, "box_format": box_point_format_reward,
+           "mask_iou": mask_iou_reward}
 STEP_CREDIT_DEFAULTS = {"tau": 0.5, "r_correct": 0.5, "r_redundant": 0.0, "r_erroneous": 0.5}
 
 
 class GRPOModule(AnswerEvaluation, L.LightningModule):
     """Args:
-    init_from: the supervised policy's export (family ``virl``).
-    rewards: ``{name: weight}`` over the built-in rewards (``format``, ``accuracy``).
+    init_from: the supervised policy's export: a crop-action policy (``virl``) or a segmentation
+        policy answering boxes and points (``star`` with ``segmentation.answer: box``).
+    rewards: ``{name: weight}`` over the built-in rewards: ``format``, ``accuracy`` (answers),
+        ``box_format``, ``mask_iou`` (StAR's tiered mask IoU, Hungarian-matched; segmentation).
     step_credit: ``{tau, r_correct, r_redundant, r_erroneous}`` to add each crop action's credit to
         its tokens (magnitudes: correct +, redundant −, erroneous −), or None for outcome rewards only.
     group_size, scale_rewards, epsilon_low, epsilon_high, beta, loss_type, num_iterations: GRPO (μ =
         num_iterations policy updates per rollout batch).
+    rollouts_per_prompt: StAR's rollout-expanded selective tuning: sample this many rollouts per
+        prompt and keep the group_size/2 best and group_size/2 worst by reward (None: sample group_size).
     temperature, top_p, max_new_tokens: rollout sampling.
     lr, weight_decay, warmup_steps, min_lr_ratio: AdamW with warm-up + cosine over optimizer steps.
 
@@ -46,7 +53,8 @@ class GRPOModule(AnswerEvaluation, L.LightningModule):
     def __init__(self, init_from: str, rewards: dict[str, float] | None = None, step_credit: dict | None = None,
                  group_size: int = 8, scale_rewards: str = "group", epsilon_low: float = 0.2,
                  epsilon_high: float | None = None, beta: float = 0.0, loss_type: str = "dapo",
-                 num_iterations: int = 1, temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 128,
+                 num_iterations: int = 1, rollouts_per_prompt: int | None = None, temperature: float = 1.0,
+                 top_p: float = 1.0, max_new_tokens: int = 128,
                  lr: float = 1e-5, weight_decay: float = 0.0, warmup_steps: int = 0, min_lr_ratio: float = 0.1):
         super().__init__()
         self.save_hyperparameters()
@@ -61,8 +69,14 @@ class GRPOModule(AnswerEvaluation, L.LightningModule):
         self.step_credit = None if step_credit is None else {**STEP_CREDIT_DEFAULTS, **step_credit}
         self.model = load_export(init_from).train()
         if not hasattr(self.model, "rollout"):
-            raise ValueError(f"GRPO needs a crop-action policy export (family 'virl'); {init_from} holds a "
+            raise ValueError(f"GRPO needs a policy export (family 'virl' or 'star'); {init_from} holds a "
                              f"{self.model.family!r} model")
+        self.crops = hasattr(self.model, "crop_tokens")  # a policy whose actions are crops
+        if self.step_credit is not None and not self.crops:
+            raise ValueError("step_credit rewards crop actions; this policy takes none (set step_credit: null)")
+        if rollouts_per_prompt is not None and (rollouts_per_prompt < group_size or group_size % 2):
+            raise ValueError(f"rollouts_per_prompt ({rollouts_per_prompt}) keeps group_size/2 best and worst: it "
+                             f"must be >= group_size ({group_size}), an even number")
         self.reference = None
         if self.config.beta > 0:  # a frozen copy of the starting policy
             self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
@@ -91,16 +105,34 @@ class GRPOModule(AnswerEvaluation, L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)}
 
     # ---- one GRPO step ------------------------------------------------------------------------
-    def rewards(self, trajectories, records, images) -> tuple[torch.Tensor, dict[str, list[float]], CropReport, list]:
-        """Summed outcome rewards (R,), their components, the crop report and each rollout's action labels."""
+    def rewards(self, trajectories, batch) -> tuple[torch.Tensor, dict[str, list[float]], CropReport | None, list]:
+        """Summed outcome rewards (R,), their components, and for a crop policy the crop report and
+        each rollout's action labels."""
+        images, records = batch["images"], batch["records"]
         texts = [self.model.completion_text(t) for t in trajectories]
         prompts = [records[t.image_index].question for t in trajectories]
-        answers = [records[t.image_index].answer for t in trajectories]
-        totals, components = weighted_sum(self.reward_fns, prompts, texts, answer=answers)
+        columns = {"answer": [records[t.image_index].answer for t in trajectories]}
+        if hasattr(self.model, "reward_columns"):  # what only the model can compute (e.g. its masks)
+            columns.update(self.model.reward_columns(trajectories, records, batch, images))
+        totals, components = weighted_sum(self.reward_fns, prompts, texts, **columns)
+        if not self.crops:
+            return torch.tensor(totals), components, None, [[] for _ in trajectories]
         crops = CropReport((self.step_credit or STEP_CREDIT_DEFAULTS)["tau"])
         labels = [crops.add(t.actions, record_boxes(records[t.image_index], images.shape[-1], images.shape[-2]))
                   for t in trajectories]
         return torch.tensor(totals), components, crops, labels
+
+    def select(self, trajectories, rewards: torch.Tensor, *rest) -> tuple:
+        """Rollout-expanded selective tuning: per prompt, the group_size/2 best and worst rollouts
+        (ties by sampling order); everything else drops out of this step. Applied to the
+        trajectories, rewards and each list in ``rest`` alike."""
+        n, keep = self.hparams.rollouts_per_prompt, self.config.group_size // 2
+        chosen = []
+        for start in range(0, len(trajectories), n):
+            order = sorted(range(start, start + n), key=lambda i: (-float(rewards[i]), i))
+            chosen += sorted(order[:keep] + order[-keep:])
+        pick = [trajectories[i] for i in chosen], rewards[chosen]
+        return pick + tuple([items[i] for i in chosen] for items in rest)
 
     def token_advantages(self, advantages: torch.Tensor, trajectories, labels, width: int) -> torch.Tensor:
         """(R, T): each rollout's outcome advantage on every token, plus its actions' step credit."""
@@ -116,10 +148,13 @@ class GRPOModule(AnswerEvaluation, L.LightningModule):
     def training_step(self, batch, batch_idx):
         images, records = batch["images"], batch["records"]
         hp, model = self.hparams, self.model
-        trajectories = model.rollout(images, records, samples=self.config.group_size,
+        trajectories = model.rollout(images, records, samples=hp.rollouts_per_prompt or self.config.group_size,
                                      max_new_tokens=hp.max_new_tokens, do_sample=True,
                                      temperature=hp.temperature, top_p=hp.top_p)
-        rewards, components, crops, labels = self.rewards(trajectories, records, images)
+        rewards, components, crops, labels = self.rewards(trajectories, batch)
+        sampled_reward = rewards.mean()
+        if hp.rollouts_per_prompt:
+            trajectories, rewards, labels = self.select(trajectories, rewards, labels)
         advantages = group_advantages(rewards, self.config.group_size, self.config.scale_rewards)
         with torch.no_grad():
             old_logp = model.completion_log_probs(images, trajectories)[0] if self.config.num_iterations > 1 else None
@@ -137,25 +172,33 @@ class GRPOModule(AnswerEvaluation, L.LightningModule):
             self.clip_gradients(optimizer, gradient_clip_val=1.0, gradient_clip_algorithm="norm")
             optimizer.step()
             scheduler.step()
-        self._log_step(rewards, components, crops, out, mask)
+        self._log_step(sampled_reward, components, crops, out, mask)
         return out["loss"]
 
-    def _log_step(self, rewards, components, crops: CropReport, out, mask) -> None:
-        metrics = {"train/reward": rewards.mean(), "train/loss": out["loss"].detach(), "train/kl": out["kl"],
+    def _log_step(self, reward, components, crops: CropReport | None, out, mask) -> None:
+        """Rewards are the means over every sampled rollout (before any selection)."""
+        metrics = {"train/reward": reward, "train/loss": out["loss"].detach(), "train/kl": out["kl"],
                    "train/clip_fraction": out["clip_fraction"],
                    "train/response_length": mask.sum(1).float().mean(),
-                   **{f"train/reward_{k}": sum(v) / len(v) for k, v in components.items()},
-                   **{f"train/{k}": v for k, v in crops.to_dict().items() if v is not None}}
+                   **{f"train/reward_{k}": sum(v) / len(v) for k, v in components.items()}}
+        if crops is not None:
+            metrics.update({f"train/{k}": v for k, v in crops.to_dict().items() if v is not None})
         self.log_dict({k: float(v) for k, v in metrics.items()}, prog_bar=False)
-        self.log("reward", float(rewards.mean()), prog_bar=True, logger=False)
+        self.log("reward", float(reward), prog_bar=True, logger=False)
 
-    # ---- evaluation: answers (AnswerEvaluation) and where the policy looked -------------------
+    # ---- evaluation: answers (AnswerEvaluation), and where the policy looked or what it segmented ---
     def _eval_step(self, batch, stage: str):
+        if hasattr(self.model, "segment"):
+            segmentation_eval_step(self, batch, stage)
+            return
         texts = super()._eval_step(batch, stage)
         crops = self.reports.setdefault(f"{stage}/crops", CropReport())
         crops.add_many(texts, batch["records"], self.model.preprocess.image_size)
 
     def _eval_epoch_end(self, stage: str):
         super()._eval_epoch_end(stage)
+        if hasattr(self.model, "segment"):
+            segmentation_eval_epoch_end(self, stage)
+            return
         crops = gather_report(self.reports.pop(f"{stage}/crops", CropReport())).to_dict()
         self.log_metrics({f"{stage}/{k}": v for k, v in crops.items() if v is not None})

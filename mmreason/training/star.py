@@ -13,18 +13,28 @@ from mmreason.models.star import strip_seg
 from mmreason.training.sft import SFTModule, gather_report
 
 
+def segmentation_eval_step(module, batch, stage: str) -> None:
+    """Segment greedily; answers with text go to the accuracy report, masks to the segmentation one."""
+    results = module.model.segment(batch["images"], batch["records"], max_new_tokens=module.hparams.max_new_tokens)
+    texts, records = with_text_answers([strip_seg(r["text"]) for r in results], batch["records"])
+    module.reports.setdefault(stage, AccuracyReport()).add_many(texts, records)
+    score_segments(module.reports.setdefault(f"{stage}/segmentation", SegmentationReport()), results, batch)
+
+
+def segmentation_eval_epoch_end(module, stage: str) -> None:
+    """``{stage}/giou``, ``{stage}/ciou`` and gIoU per question type, gathered across ranks."""
+    summary = gather_report(module.reports.pop(f"{stage}/segmentation", SegmentationReport())).to_dict()
+    metrics = {f"{stage}/giou": summary["giou"], f"{stage}/ciou": summary["ciou"]}
+    metrics.update({f"{stage}/giou_{group}": v["giou"] for group, v in summary["per_group"].items()})
+    module.log_metrics(metrics)
+
+
 class SegmentationModule(SFTModule):
     """:class:`SFTModule` whose evaluation also scores the masks (``val/giou``, ``val/ciou``, per type)."""
 
     def _eval_step(self, batch, stage: str):
-        results = self.model.segment(batch["images"], batch["records"], max_new_tokens=self.hparams.max_new_tokens)
-        texts, records = with_text_answers([strip_seg(r["text"]) for r in results], batch["records"])
-        self.reports.setdefault(stage, AccuracyReport()).add_many(texts, records)
-        score_segments(self.reports.setdefault(f"{stage}/segmentation", SegmentationReport()), results, batch)
+        segmentation_eval_step(self, batch, stage)
 
     def _eval_epoch_end(self, stage: str):
         super()._eval_epoch_end(stage)
-        summary = gather_report(self.reports.pop(f"{stage}/segmentation", SegmentationReport())).to_dict()
-        metrics = {f"{stage}/giou": summary["giou"], f"{stage}/ciou": summary["ciou"]}
-        metrics.update({f"{stage}/giou_{group}": v["giou"] for group, v in summary["per_group"].items()})
-        self.log_metrics(metrics)
+        segmentation_eval_epoch_end(self, stage)
