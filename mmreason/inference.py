@@ -28,9 +28,11 @@ log = logging.getLogger(__name__)
 
 def evaluate(model, urls: list[str], batch_size: int = 64, max_new_tokens: int = 160,
              limit: int | None = None, **pipeline_options) -> dict:
-    """Greedy answers for every sample of ``urls``: the accuracy report with the majority baseline,
-    and for pipeline families the rationale scores and the mean vote share (``pipeline_options``
-    go to their ``run``: ``votes``, ``temperature``, ``rationale_source``)."""
+    """Greedy answers for every sample of ``urls``: the accuracy report with the majority baseline;
+    for pipeline families the rationale scores and the mean vote share (``pipeline_options`` go to
+    their ``run``: ``votes``, ``temperature``, ``rationale_source``); for segmentation families
+    gIoU/cIoU per question type (``samples``, ``temperature``: test-time scaling); for crop
+    policies the crop IoU and action shares."""
     pipeline, segmenter = hasattr(model, "run"), hasattr(model, "segment")
     segment_options = {k: pipeline_options.pop(k) for k in ("samples", "temperature")
                        if segmenter and k in pipeline_options}
@@ -42,7 +44,7 @@ def evaluate(model, urls: list[str], batch_size: int = 64, max_new_tokens: int =
         stream.max_samples = limit
         total = min(limit, total) if total else limit
     report, rationale_report, records, confidences = AccuracyReport(), RationaleReport(), [], []
-    crops = CropReport() if hasattr(model, "rollout") else None  # a crop-action policy: where it looked
+    crops = CropReport() if hasattr(model, "crop_tokens") else None  # a crop-action policy: where it looked
     segments = SegmentationReport()
     device = next(model.parameters()).device
     with tqdm(total=total, desc="eval", unit="sample") as bar:
