@@ -134,4 +134,5 @@ def test_grpo_on_a_segmentation_policy_runs_and_reports_masks(tiny_tokenizer, tm
     metrics = trainer.callback_metrics
     for key in ("train/reward", "train/reward_mask_iou", "train/reward_box_format", "val/giou", "val/ciou"):
         assert key in metrics, key
+    assert "val/accuracy" not in metrics  # a box answer names no object: nothing to score as text
     assert any(not torch.equal(p, before[n]) for n, p in module.model.named_parameters())

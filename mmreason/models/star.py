@@ -74,6 +74,7 @@ class ReasoningSegmenter(TrajectoryPolicy, VisionLanguageModel):
         if spec["answer"] not in ANSWERS:
             raise ValueError(f"segmentation.answer must be one of {ANSWERS}, got {spec['answer']!r}")
         self.answer_kind = spec["answer"]
+        self.answers_questions = self.answer_kind == "seg"  # a box answer names no object to score as text
         width, dim = self.lm.config.hidden_size, int(spec["embed_dim"])
         self.seg_token_id = self.tokenizer.convert_tokens_to_ids(SEG_TOKEN)
         self.seg_projection = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, dim))

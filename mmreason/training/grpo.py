@@ -196,7 +196,8 @@ class GRPOModule(AnswerEvaluation, L.LightningModule):
         crops.add_many(texts, batch["records"], self.model.preprocess.image_size)
 
     def _eval_epoch_end(self, stage: str):
-        super()._eval_epoch_end(stage)
+        if getattr(self.model, "answers_questions", True):
+            super()._eval_epoch_end(stage)
         if hasattr(self.model, "segment"):
             segmentation_eval_epoch_end(self, stage)
             return

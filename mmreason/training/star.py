@@ -14,10 +14,12 @@ from mmreason.training.sft import SFTModule, gather_report
 
 
 def segmentation_eval_step(module, batch, stage: str) -> None:
-    """Segment greedily; answers with text go to the accuracy report, masks to the segmentation one."""
+    """Segment greedily; text answers (of a model that names objects) go to the accuracy report,
+    masks to the segmentation one."""
     results = module.model.segment(batch["images"], batch["records"], max_new_tokens=module.hparams.max_new_tokens)
-    texts, records = with_text_answers([strip_seg(r["text"]) for r in results], batch["records"])
-    module.reports.setdefault(stage, AccuracyReport()).add_many(texts, records)
+    if module.model.answers_questions:
+        texts, records = with_text_answers([strip_seg(r["text"]) for r in results], batch["records"])
+        module.reports.setdefault(stage, AccuracyReport()).add_many(texts, records)
     score_segments(module.reports.setdefault(f"{stage}/segmentation", SegmentationReport()), results, batch)
 
 
@@ -36,5 +38,6 @@ class SegmentationModule(SFTModule):
         segmentation_eval_step(self, batch, stage)
 
     def _eval_epoch_end(self, stage: str):
-        super()._eval_epoch_end(stage)
+        if self.model.answers_questions:
+            super()._eval_epoch_end(stage)
         segmentation_eval_epoch_end(self, stage)
