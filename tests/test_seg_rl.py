@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import make_image, make_record, model_images, train_steps
 from PIL import Image
-from test_star import STAR_TEST_CONFIG
+from test_star import STAR_TEST_CONFIG, square_masks
 
 import mmreason.models.registry  # noqa: F401  (load_export finds the families by name)
 from mmreason.data.datamodule import ShardDataModule
@@ -70,17 +70,10 @@ def _seg_record(i: int):
     return validate_record({**make_record(i), "task": "seg", "answer": ""})
 
 
-def _masks(n: int) -> torch.Tensor:
-    masks = torch.zeros(n, 32, 32, dtype=torch.uint8)
-    for i in range(n):
-        masks[i, 4 + 8 * (i % 2): 16 + 8 * (i % 2), 6:20] = 255
-    return masks
-
-
 def test_box_answers_learn_the_target_and_its_promptable_mask(tiny_tokenizer):
     torch.manual_seed(0)
     model = ReasoningSegmenter(BOX_CONFIG, tokenizer=tiny_tokenizer)
-    images, records, masks = model_images(model, 2), [_seg_record(0), _seg_record(1)], _masks(2)
+    images, records, masks = model_images(model, 2), [_seg_record(0), _seg_record(1)], square_masks(2)
     inputs = model.training_inputs([r for r in records])  # without masks, no box to say yet
     assert "object" not in model.tokenizer.decode(inputs["labels"][0][inputs["labels"][0] >= 0])
     losses, out = train_steps(model, images, records, steps=80, lr=5e-3, masks=masks)
@@ -111,16 +104,16 @@ def test_selective_tuning_keeps_the_best_and_worst_of_each_prompt(tiny_tokenizer
         GRPOModule(str(folder), rewards={"mask_iou": 1.0}, group_size=4, rollouts_per_prompt=3)
 
 
-def test_grpo_on_a_segmentation_policy_runs_and_reports_masks(tiny_tokenizer, tmp_path):
+def test_grpo_on_a_segmentation_policy_runs_and_reportssquare_masks(tiny_tokenizer, tmp_path):
     torch.manual_seed(0)
     policy = ReasoningSegmenter(BOX_CONFIG, tokenizer=tiny_tokenizer)  # half-trained: its rewards vary
     train_steps(policy, model_images(policy, 2), [_seg_record(0), _seg_record(1)], steps=50, lr=5e-3,
-                masks=_masks(2))
+                masks=square_masks(2))
     folder = save_export(policy, tmp_path / "policy")
     for split, count in (("train", 4), ("val", 2)):
         writer = ShardSetWriter(tmp_path / "data", split, samples_per_shard=10)
         for i in range(count):
-            mask = Image.fromarray(_masks(2)[i % 2].numpy())
+            mask = Image.fromarray(square_masks(2)[i % 2].numpy())
             writer.write(f"{split}{i}", make_image(i), {**make_record(i), "task": "seg", "answer": ""}, mask)
         writer.close()
     data = ShardDataModule(train=str(tmp_path / "data"), val=str(tmp_path / "data"), batch_size=2, num_workers=0)

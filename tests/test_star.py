@@ -37,7 +37,7 @@ def _seg_record(i: int):
     return validate_record({**make_record(i), "task": "seg", "answer": ("the red circle", "the blue square")[i % 2]})
 
 
-def _squares(n: int) -> torch.Tensor:
+def square_masks(n: int) -> torch.Tensor:
     """0/255 masks as the shards hold them: a different square per sample."""
     masks = torch.zeros(n, 32, 32, dtype=torch.uint8)
     for i in range(n):
@@ -67,7 +67,7 @@ def test_dice_by_hand():
 
 
 def test_loss_has_text_and_mask_terms_and_the_mask_is_learned(model):
-    images, records, masks = model_images(model, 2), [_seg_record(0), _seg_record(1)], _squares(2)
+    images, records, masks = model_images(model, 2), [_seg_record(0), _seg_record(1)], square_masks(2)
     first = model.batch_loss(images, records, masks)
     assert float(first["mask_bce"]) > 0 and float(first["mask_dice"]) > 0
     expected = (model.loss_weights["text"] * 0 + 2.0 * first["mask_bce"] + 0.5 * first["mask_dice"])
