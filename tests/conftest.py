@@ -40,6 +40,13 @@ def model_images(model, n: int = 4):
     return torch.stack([model.preprocess(make_image(i)) for i in range(n)])
 
 
+def training_tensors(model, records) -> dict:
+    """``model.training_inputs`` for records that all fit (their ``rows`` checked and dropped)."""
+    inputs = model.training_inputs(records)
+    assert inputs.pop("rows").tolist() == list(range(len(records)))
+    return inputs
+
+
 def train_steps(model, images, records, steps: int, lr: float = 3e-3, **loss_kwargs) -> tuple[list[float], dict]:
     """``steps`` AdamW steps of ``model.batch_loss`` on one fixed batch: the losses and the last output."""
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)

@@ -15,6 +15,7 @@ from conftest import (
     make_record,
     model_images,
     train_steps,
+    training_tensors,
     valid_records,
     write_shards,
 )
@@ -47,12 +48,6 @@ def _meteor(tokenizer, **overrides):
     return Meteor(merge_config(TINY_METEOR, overrides), tokenizer=tokenizer)
 
 
-def _forward_inputs(model, records):
-    inputs = model.training_inputs(records)
-    assert inputs.pop("rows").tolist() == list(range(len(records)))
-    return inputs
-
-
 @pytest.fixture
 def model(tiny_tokenizer):
     return _meteor(tiny_tokenizer)
@@ -83,7 +78,7 @@ def test_both_prompts_hold_n_tor_and_labels_skip_them(model):
 
 def test_embeddings_replaced_exactly_at_tor_and_image_positions(model):
     images, records = model_images(model, 2), valid_records(2)
-    inputs = _forward_inputs(model, records)
+    inputs = training_tensors(model, records)
     ids = inputs["input_ids"]
     with torch.no_grad():
         embeds = model.embed(images, ids, inputs["traversal_ids"], inputs["traversal_mask"])
@@ -221,7 +216,7 @@ def test_no_embedder_is_the_baseline(tiny_tokenizer):
     baseline = VisionLanguageModel(TINY_TEST_CONFIG, tokenizer=tiny_tokenizer)
     baseline.load_state_dict(meteor.state_dict())  # strict: exactly the baseline's parts
     images, records = model_images(meteor, 2), valid_records(2)
-    inputs = _forward_inputs(meteor, records)
+    inputs = training_tensors(meteor, records)
     assert all(torch.equal(v, baseline.training_inputs(records)[k]) for k, v in inputs.items())
     assert torch.equal(meteor(images, **inputs).logits, baseline(images, **inputs).logits)
     with pytest.raises(ValueError, match="traversal.embedder 'none'"):
@@ -234,7 +229,7 @@ def test_export_round_trip_gives_identical_logits_and_predictions(model, tmp_pat
     images, records = model_images(model, 2), valid_records(2)
     loaded = load_export(save_export(model, tmp_path / "export"))
     assert isinstance(loaded, Meteor) and loaded.step == 2 and loaded.num_tor == N
-    inputs = _forward_inputs(model, records)
+    inputs = training_tensors(model, records)
     assert torch.equal(model(images, **inputs).logits, loaded(images, **inputs).logits)
     make_image(0).save(tmp_path / "x.png")
     predictions = [m.predict(str(tmp_path / "x.png"), "is there a red circle?", max_new_tokens=5)

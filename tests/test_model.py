@@ -6,7 +6,15 @@ import json
 
 import pytest
 import torch
-from conftest import TINY_TEST_CONFIG, make_image, make_record, model_images, train_steps, valid_records
+from conftest import (
+    TINY_TEST_CONFIG,
+    make_image,
+    make_record,
+    model_images,
+    train_steps,
+    training_tensors,
+    valid_records,
+)
 
 from mmreason.data.schema import validate_record
 from mmreason.export import ExportError, load_export, save_export
@@ -14,13 +22,6 @@ from mmreason.layers.projector import build_projector
 from mmreason.models.baseline import IGNORE_INDEX, PromptTooLong, VisionLanguageModel
 from mmreason.training.sft import SFTModule
 from mmreason.zoo import merge_config
-
-
-def _inputs(model, records):
-    inputs = model.training_inputs(records)
-    assert inputs.pop("rows").tolist() == list(range(len(records)))
-    return inputs
-
 
 
 @pytest.fixture
@@ -73,7 +74,7 @@ def test_export_round_trip_gives_identical_logits_and_predicts(model, tmp_path):
     model.eval()
     folder = save_export(model, tmp_path / "export", recipe={"lr": 1}, metrics={"test/accuracy": 0.5})
     loaded = load_export(folder)
-    inputs = _inputs(model, records)
+    inputs = training_tensors(model, records)
     assert torch.equal(model(images, **inputs).logits, loaded(images, **inputs).logits)
     config = json.loads((folder / "config.json").read_text())
     assert config["family"] == "baseline"
@@ -151,7 +152,7 @@ def test_image_position_codes_survive_export(tiny_tokenizer, tmp_path):
                                 tokenizer=tiny_tokenizer).eval()
     images, records = model_images(model, 2), valid_records(2)
     loaded = load_export(save_export(model, tmp_path / "export"))
-    inputs = _inputs(model, records)
+    inputs = training_tensors(model, records)
     assert loaded.image_position_codes is not None
     assert torch.equal(model(images, **inputs).logits, loaded(images, **inputs).logits)
     with pytest.raises(ValueError, match="image_position must be one of"):
