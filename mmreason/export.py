@@ -26,7 +26,9 @@ from mmreason.zoo import family_class
 log = logging.getLogger(__name__)
 
 CONFIG_FILE, WEIGHTS_FILE, CARD_FILE = "config.json", "model.safetensors", "README.md"
+TOKENIZER_FILE = "tokenizer_config.json"
 FORMAT_VERSION = 1
+TEXTLESS_FAMILIES = ("encoder",)  # families that read no text and so export no tokenizer
 
 
 class ExportError(ValueError):
@@ -46,10 +48,12 @@ def _versions() -> dict[str, str]:
 def portable_config(model) -> dict:
     """The model's config rewritten to rebuild from the folder alone (no hub, no weight files)."""
     config = json.loads(json.dumps(model.config))
-    config["language"] = {"config": {"model_type": model.lm.config.model_type, **model.lm.config.to_diff_dict()}}
+    if hasattr(model, "lm"):
+        config["language"] = {"config": {"model_type": model.lm.config.model_type, **model.lm.config.to_diff_dict()}}
     config["vision"] = {**config["vision"], "pretrained": False, "weights_file": None}
     config["vision"].pop("from_export", None)
-    config["tokenizer"] = "."
+    if model.tokenizer is not None:
+        config["tokenizer"] = "."
     config["preprocess"] = model.preprocess.to_dict()
     return config
 
@@ -76,14 +80,16 @@ def save_export(model, folder: str | Path, recipe: dict | None = None, metrics: 
         "format_version": FORMAT_VERSION,
         "family": model.family,
         "config": portable_config(model),
-        "special_tokens": {t: model.tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS},
+        "special_tokens": ({t: model.tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+                           if model.tokenizer is not None else {}),
         "recipe": recipe,
         "metrics": metrics or {},
         "versions": _versions(),
     }
     (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1, default=str))
     save_model(model, str(tmp / WEIGHTS_FILE))
-    model.tokenizer.save_pretrained(str(tmp))
+    if model.tokenizer is not None:  # a vision encoder reads no text
+        model.tokenizer.save_pretrained(str(tmp))
     (tmp / CARD_FILE).write_text(model_card(model.family, metrics, recipe))
     old = folder.with_name(folder.name + ".old")
     if folder.exists():
@@ -100,7 +106,7 @@ def read_export_config(folder: str | Path) -> dict:
     folder = Path(folder)
     if not folder.is_dir():
         raise ExportError(f"export folder {str(folder)!r} does not exist (write one with `mmreason export`)")
-    for name in (CONFIG_FILE, WEIGHTS_FILE, "tokenizer_config.json"):
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
         if not (folder / name).is_file():
             raise ExportError(f"export folder {str(folder)!r} is incomplete: {name} is missing")
     try:
@@ -110,6 +116,8 @@ def read_export_config(folder: str | Path) -> dict:
     for key in ("family", "config"):
         if key not in config:
             raise ExportError(f"{folder / CONFIG_FILE} has no {key!r} entry; is this an mmreason export?")
+    if config["family"] not in TEXTLESS_FAMILIES and not (folder / TOKENIZER_FILE).is_file():
+        raise ExportError(f"export folder {str(folder)!r} is incomplete: {TOKENIZER_FILE} is missing")
     return config
 
 
@@ -117,7 +125,7 @@ def load_export(folder: str | Path, device: str | torch.device = "cpu"):
     """Rebuild the model of an export folder, offline, in eval mode."""
     folder = Path(folder)
     config = read_export_config(folder)
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    tokenizer = None if config["family"] in TEXTLESS_FAMILIES else AutoTokenizer.from_pretrained(str(folder))
     model = family_class(config["family"])(config["config"], tokenizer=tokenizer)
     try:
         missing, unexpected = load_model(model, str(folder / WEIGHTS_FILE), strict=False)

@@ -14,9 +14,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from mmreason.data.scene_targets import scenes_of
 from mmreason.data.shards import eval_stream, resolve_shards
 from mmreason.eval.accuracy import AccuracyReport, format_table, majority_baseline
 from mmreason.eval.crops import CropReport
+from mmreason.eval.perception import PerceptionReport, scaled_scene
 from mmreason.eval.rationale import RationaleReport
 from mmreason.eval.segmentation import SegmentationReport, score_segments, with_text_answers
 from mmreason.export import load_export
@@ -33,6 +35,10 @@ def evaluate(model, urls: list[str], batch_size: int = 64, max_new_tokens: int =
     their ``run``: ``votes``, ``temperature``, ``rationale_source``); for segmentation families
     gIoU/cIoU per question type (``samples``, ``temperature``: test-time scaling); for crop
     policies the crop IoU and action shares."""
+    if hasattr(model, "perceive"):
+        if pipeline_options:
+            raise ValueError(f"{sorted(pipeline_options)} do not apply to a {model.family!r} model")
+        return evaluate_perception(model, urls, batch_size, limit)
     pipeline, segmenter = hasattr(model, "run"), hasattr(model, "segment")
     segment_options = {k: pipeline_options.pop(k) for k in ("samples", "temperature")
                        if segmenter and k in pipeline_options}
@@ -87,6 +93,25 @@ def evaluate(model, urls: list[str], batch_size: int = 64, max_new_tokens: int =
         out["report"]["crops"] = summary = crops.to_dict()
         out["table"] += "\n\ncrops: " + ", ".join(f"{k} {v:.3f}" for k, v in summary.items() if v is not None)
     return out
+
+
+def evaluate_perception(model, urls: list[str], batch_size: int = 64, limit: int | None = None) -> dict:
+    """The objects a vision encoder sees in each image of ``urls``, scored against the scene graphs
+    in the records' ``meta`` (synthetic shards): per-object attributes, counts, localisation."""
+    stream, total = eval_stream(urls, model.preprocess, batch_size)
+    if limit is not None:
+        stream.max_samples = limit
+        total = min(limit, total) if total else limit
+    report = PerceptionReport()
+    device = next(model.parameters()).device
+    with tqdm(total=total, desc="eval", unit="image") as bar:
+        for batch in torch.utils.data.DataLoader(stream, batch_size=None, num_workers=1):
+            scenes, size = scenes_of(batch["records"])
+            seen = model.perceive(model.preprocess.normalize(batch["pixels"].to(device)))
+            for objects, scene in zip(seen, scenes):
+                report.add(objects, scaled_scene(scene, model.preprocess.image_size / size))
+            bar.update(len(batch["pixels"]))
+    return {"report": {"perception": report.to_dict()}, "table": report.table()}
 
 
 def eval_command(args) -> None:

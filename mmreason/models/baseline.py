@@ -21,6 +21,7 @@ from mmreason.layers.language import build_language_model, splice_image_features
 from mmreason.layers.position import sincos_2d
 from mmreason.layers.projector import build_projector
 from mmreason.layers.vision import VisionEncoder
+from mmreason.models.pretrained_vision import adopt_vision_export, freeze, load_vision_export
 from mmreason.text.prompts import OUTPUT_FORMATS, target_text, user_prompt
 from mmreason.text.tokenizer import build_tokenizer
 
@@ -68,11 +69,16 @@ class VisionLanguageModel(nn.Module):
 
     def __init__(self, config: dict, tokenizer=None):
         """``config["backbone_from"]``, an export of this family or one built on it, starts the
-        vision encoder, projector, LM and tokenizer from that export (a family's extra parts stay new)."""
+        vision encoder, projector, LM and tokenizer from that export (a family's extra parts stay new);
+        ``config["vision"]["from_export"]`` starts only the vision tower from an export (the pretrained
+        encoder), ``config["vision"]["frozen"]`` keeps it fixed."""
         super().__init__()
         backbone_from = config.get("backbone_from")
         if backbone_from:
             config = adopt_backbone(config)
+        vision_from = config["vision"].get("from_export")
+        if vision_from:
+            config = adopt_vision_export(config)
         self.config = copy.deepcopy(config)
         if config.get("output_format", "cot") not in OUTPUT_FORMATS:
             raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}, got {config['output_format']!r}")
@@ -90,6 +96,10 @@ class VisionLanguageModel(nn.Module):
         vision = config["vision"]
         self.vision = VisionEncoder(vision["name"], vision.get("overrides"), vision.get("pretrained", False),
                                     vision.get("weights_file"), vision.get("stem", "patch"))
+        if vision_from:
+            load_vision_export(self.vision, vision_from)
+        if vision.get("frozen"):
+            freeze(self.vision)
         self.lm = build_language_model(language.get("config"), language.get("path"), language.get("gguf_file"),
                                        vocab_size=len(self.tokenizer))
         self.projector = build_projector(config.get("projector", "mlp2x_gelu"), self.vision.width,

@@ -30,13 +30,13 @@ from transformers.modeling_outputs import BaseModelOutput
 from mmreason.data.preprocess import Preprocess
 from mmreason.data.schema import Record
 from mmreason.eval.answers import answer_kind, extract_answer_span, field_of, parse_answer
-from mmreason.export import load_export, read_export_config
 from mmreason.layers.gated_fusion import GatedCrossAttentionFusion
 from mmreason.layers.language import build_language_model
 from mmreason.layers.logit_voting import fuse_pass_logits
 from mmreason.layers.vision import VisionEncoder
 from mmreason.models.baseline import IGNORE_INDEX
 from mmreason.models.baseline import TINY_CONFIG as BASELINE_TINY
+from mmreason.models.pretrained_vision import adopt_vision_export, load_vision_export
 from mmreason.text.prompts import answer_sentence, qcm_input, rationale_target, strip_rationale_cue
 from mmreason.text.tokenizer import build_tokenizer
 
@@ -138,9 +138,8 @@ class MCCoT(nn.Module):
         # what a stage added later starts from: the original language spec (a pretrained path survives export)
         self.config.setdefault("init_language", copy.deepcopy(config["language"]))
         if config["vision"].get("from_export"):  # the encoder and the preprocessing its features assume
-            exported = read_export_config(config["vision"]["from_export"])["config"]
-            self.config["vision"] = {**exported["vision"], "frozen": True, "from_export": config["vision"]["from_export"]}
-            self.config["preprocess"] = exported["preprocess"]
+            self.config = adopt_vision_export(self.config)
+            self.config["vision"]["frozen"] = True
         config = self.config
         stages = list(config.get("stages", ["rationale", "answer"]))
         unknown = [s for s in stages if s not in STAGES]
@@ -159,9 +158,8 @@ class MCCoT(nn.Module):
         self.vote = consistency.get("vote", "soft")
         self.stages = nn.ModuleDict({name: MCCoTStage(config, self.tokenizer) for name in stages})
         if config["vision"].get("from_export"):  # a trained encoder, frozen, read once for every stage
-            trained = load_export(config["vision"]["from_export"]).vision.state_dict()
             for stage in self.stages.values():
-                stage.vision.load_state_dict(trained)
+                load_vision_export(stage.vision, config["vision"]["from_export"])
         self.train_stage = config.get("train_stage", stages[-1])
         if self.train_stage not in self.stages:
             raise ValueError(f"train_stage {self.train_stage!r} is not one of this model's stages {stages}")

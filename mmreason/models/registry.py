@@ -1,6 +1,8 @@
 """The built-in families and named configurations of the zoo."""
 
 from mmreason.models.baseline import TINY_CONFIG, VisionLanguageModel
+from mmreason.models.encoder import TINY_CONFIG as ENCODER_TINY_CONFIG
+from mmreason.models.encoder import SceneEncoder
 from mmreason.models.mccot import BASE_CONFIG as MCCOT_BASE_CONFIG
 from mmreason.models.mccot import TINY_CONFIG as MCCOT_TINY_CONFIG
 from mmreason.models.mccot import MCCoT
@@ -12,12 +14,16 @@ from mmreason.models.virl import TINY_CONFIG as VIRL_TINY_CONFIG
 from mmreason.models.virl import VisualRationalePolicy
 from mmreason.zoo import merge_config, register_family, register_model
 
+register_family("encoder")(SceneEncoder)
 register_family("baseline")(VisionLanguageModel)
 register_family("mccot")(MCCoT)
 register_family("meteor")(Meteor)
 register_family("virl")(VisualRationalePolicy)
 register_family("star")(ReasoningSegmenter)
 
+register_model("encoder-tiny", "encoder", ENCODER_TINY_CONFIG,
+               "the tiny ViT pretrained on dense scene-graph targets (colour, shape, size, centres, boxes per "
+               "patch); every tiny family starts its vision tower from it", recipe="recipes/encoder/synth-tiny-scene.yaml")
 register_model("baseline-tiny-cot", "baseline", TINY_CONFIG,
                "2.0M-parameter ViT + Llama VLM writing a rationale before its answer (CPU-sized)",
                recipe="recipes/baseline/synth-tiny-cot.yaml")
