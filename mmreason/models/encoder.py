@@ -27,10 +27,11 @@ TINY_CONFIG = {
         "name": "vit_base_patch16_224",
         "overrides": {"img_size": 64, "patch_size": 8, "embed_dim": 128, "depth": 4, "num_heads": 4,
                       "mlp_ratio": 2.0, "class_token": False},
+        "stem": "conv",
     },
     "preprocess": {"image_size": 64, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
     "loss_weights": {"centre": 1.0, "attributes": 1.0, "geometry": 5.0, "cover": 1.0},
-    "centre_pos_weight": 1.0,
+    "centre_pos_weight": 4.0,
 }
 N_COLOURS, N_SHAPES, N_SIZES = len(targets.COLOUR_NAMES), len(targets.SHAPE_NAMES), len(targets.SIZE_NAMES)
 # Output channels per patch token, in order.
