@@ -21,15 +21,12 @@ from torch import nn
 from mmreason.data import scene_targets as targets
 from mmreason.data.preprocess import Preprocess
 from mmreason.layers.vision import VisionEncoder
+from mmreason.models.baseline import TINY_CONFIG as BASELINE_TINY
 
 TINY_CONFIG = {
-    "vision": {
-        "name": "vit_base_patch16_224",
-        "overrides": {"img_size": 64, "patch_size": 8, "embed_dim": 128, "depth": 4, "num_heads": 4,
-                      "mlp_ratio": 2.0, "class_token": False},
-        "stem": "conv",
-    },
-    "preprocess": {"image_size": 64, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
+    # the tiny VLMs' ViT (same width, depth and input, so their step times do not change), convolutional stem
+    "vision": {**BASELINE_TINY["vision"], "stem": "conv"},
+    "preprocess": BASELINE_TINY["preprocess"],
     "loss_weights": {"centre": 1.0, "attributes": 1.0, "geometry": 5.0, "cover": 1.0},
     "centre_pos_weight": 4.0,
 }
