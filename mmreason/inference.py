@@ -106,7 +106,7 @@ def evaluate_perception(model, urls: list[str], batch_size: int = 64, limit: int
     device = next(model.parameters()).device
     with tqdm(total=total, desc="eval", unit="image") as bar:
         for batch in torch.utils.data.DataLoader(stream, batch_size=None, num_workers=1):
-            scenes, size = scenes_of(batch["records"])
+            scenes, size = scenes_of(batch)
             seen = model.perceive(model.preprocess.normalize(batch["pixels"].to(device)))
             for objects, scene in zip(seen, scenes):
                 report.add(objects, scaled_scene(scene, model.preprocess.image_size / size))

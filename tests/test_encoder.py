@@ -65,7 +65,16 @@ def test_dense_targets_refuse_a_grid_that_does_not_tile_the_image():
 def test_scenes_of_names_a_record_without_a_scene_graph():
     records = [Record("q", "a", meta={"scene": [], "image_size": [32, 32]}), Record("q", "a")]
     with pytest.raises(ValueError, match="record 1 .* no meta.scene"):
-        scenes_of(records)
+        scenes_of({"records": records, "orig_sizes": [(32, 32)] * 2})
+
+
+def test_scenes_of_refuses_a_scene_size_other_than_its_image():
+    # a crafted record must not make the targets allocate for an image larger than the one decoded
+    records = [Record("q", "a", meta={"scene": [], "image_size": [1_000_000, 1_000_000]})]
+    with pytest.raises(ValueError, match=r"meta.image_size \[1000000, 1000000\]; expected .* \[32, 32\]"):
+        scenes_of({"records": records, "orig_sizes": [(32, 32)]})
+    ok = [Record("q", "a", meta={"scene": [], "image_size": [32, 32]})]
+    assert scenes_of({"records": ok, "orig_sizes": [(32, 32)]}) == ([[]], 32)
 
 
 def test_perception_report_on_a_hand_computed_case():

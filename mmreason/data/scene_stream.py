@@ -60,7 +60,8 @@ class SceneStream(torch.utils.data.IterableDataset):
         rng = random.Random(f"{self.seed}/{self.rank}/{worker}/{self.epoch}")
         for _ in range(self.batches_per_worker):
             pixels, records = zip(*(self.sample(rng) for _ in range(self.batch_size)))
-            yield {"pixels": torch.stack(pixels), "records": list(records), "skipped": 0}
+            yield {"pixels": torch.stack(pixels), "records": list(records), "skipped": 0,
+                   "orig_sizes": [(self.image_size, self.image_size)] * self.batch_size}
 
 
 class SceneDataModule(L.LightningDataModule):

@@ -92,13 +92,20 @@ def batch_targets(scenes_: list[list[dict]], image_size: int, grid: int) -> dict
     return {k: np.stack([t[k] for t in each]) for k in each[0]}
 
 
-def scenes_of(records) -> tuple[list[list[dict]], int]:
-    """The scene graphs of a batch's records and the image size they were laid out at."""
+def scenes_of(batch: dict) -> tuple[list[list[dict]], int]:
+    """The scene graphs of a batch's records and the image size they were laid out at. That size
+    must be the decoded image's own (``orig_sizes``), so a record cannot make the targets allocate
+    more than its image, whose size the reader already bounds."""
+    records = batch["records"]
     missing = [i for i, r in enumerate(records) if "scene" not in r.meta]
     if missing:
         raise ValueError(f"record {missing[0]} of the batch has no meta.scene; perception pretraining needs "
                          "synthetic data (the fresh-scene stream or shards from `mmreason data synth`)")
-    sizes = {int(r.meta.get("image_size", [0])[0]) for r in records}
-    if len(sizes) != 1 or 0 in sizes:
-        raise ValueError(f"records of one batch must share meta.image_size; got {sorted(sizes)}")
+    for i, (record, size) in enumerate(zip(records, batch["orig_sizes"])):
+        if list(record.meta.get("image_size", [])) != [size[0], size[0]] or size[0] != size[1]:
+            raise ValueError(f"record {i} of the batch has meta.image_size {record.meta.get('image_size')!r}; "
+                             f"expected its square image's size [{size[0]}, {size[1]}]")
+    sizes = {size[0] for size in batch["orig_sizes"]}
+    if len(sizes) != 1:
+        raise ValueError(f"records of one batch must share one image size; got {sorted(sizes)}")
     return [r.meta["scene"] for r in records], sizes.pop()

@@ -22,14 +22,14 @@ class EncoderModule(SFTModule):
         self.perception: dict[str, PerceptionReport] = {}
 
     def training_step(self, batch, batch_idx):
-        scenes, size = scenes_of(batch["records"])
+        scenes, size = scenes_of(batch)
         out = self.model.batch_loss(batch["images"], scenes, size)
         for key, value in out.items():
             self.log(f"train/{key}", value, prog_bar=key == "loss")
         return out["loss"]
 
     def _eval_step(self, batch, stage: str) -> None:
-        scenes, size = scenes_of(batch["records"])
+        scenes, size = scenes_of(batch)
         factor = self.model.preprocess.image_size / size
         report = self.perception.setdefault(stage, PerceptionReport())
         for seen, scene in zip(self.model.perceive(batch["images"]), scenes):
