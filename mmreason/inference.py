@@ -28,6 +28,15 @@ from mmreason.overlay import draw_crops, draw_mask
 log = logging.getLogger(__name__)
 
 
+def _limited_stream(urls: list[str], preprocess, batch_size: int, limit: int | None):
+    """The evaluation stream of ``urls`` and its sample count, capped at ``limit`` samples."""
+    stream, total = eval_stream(urls, preprocess, batch_size)
+    if limit is not None:
+        stream.max_samples = limit
+        total = min(limit, total) if total else limit
+    return stream, total
+
+
 def evaluate(model, urls: list[str], batch_size: int = 64, max_new_tokens: int = 160,
              limit: int | None = None, **pipeline_options) -> dict:
     """Greedy answers for every sample of ``urls``: the accuracy report with the majority baseline;
@@ -45,10 +54,7 @@ def evaluate(model, urls: list[str], batch_size: int = 64, max_new_tokens: int =
     if pipeline_options and not pipeline:
         raise ValueError(f"{sorted(pipeline_options)} apply to pipeline families (e.g. mccot; --samples to "
                          f"segmentation families), not to a {model.family!r} model")
-    stream, total = eval_stream(urls, model.preprocess, batch_size)
-    if limit is not None:
-        stream.max_samples = limit
-        total = min(limit, total) if total else limit
+    stream, total = _limited_stream(urls, model.preprocess, batch_size, limit)
     report, rationale_report, records, confidences = AccuracyReport(), RationaleReport(), [], []
     crops = CropReport() if hasattr(model, "crop_tokens") else None  # a crop-action policy: where it looked
     segments = SegmentationReport()
@@ -98,10 +104,7 @@ def evaluate(model, urls: list[str], batch_size: int = 64, max_new_tokens: int =
 def evaluate_perception(model, urls: list[str], batch_size: int = 64, limit: int | None = None) -> dict:
     """The objects a vision encoder sees in each image of ``urls``, scored against the scene graphs
     in the records' ``meta`` (synthetic shards): per-object attributes, counts, localisation."""
-    stream, total = eval_stream(urls, model.preprocess, batch_size)
-    if limit is not None:
-        stream.max_samples = limit
-        total = min(limit, total) if total else limit
+    stream, total = _limited_stream(urls, model.preprocess, batch_size, limit)
     report = PerceptionReport()
     device = next(model.parameters()).device
     with tqdm(total=total, desc="eval", unit="image") as bar:

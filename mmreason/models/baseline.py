@@ -97,7 +97,7 @@ class VisionLanguageModel(nn.Module):
         self.vision = VisionEncoder(vision["name"], vision.get("overrides"), vision.get("pretrained", False),
                                     vision.get("weights_file"), vision.get("stem", "patch"))
         if vision_from:
-            load_vision_export(self.vision, vision_from)
+            load_vision_export(vision_from, self.vision)
         if vision.get("frozen"):
             freeze(self.vision)
         self.lm = build_language_model(language.get("config"), language.get("path"), language.get("gguf_file"),

@@ -158,8 +158,7 @@ class MCCoT(nn.Module):
         self.vote = consistency.get("vote", "soft")
         self.stages = nn.ModuleDict({name: MCCoTStage(config, self.tokenizer) for name in stages})
         if config["vision"].get("from_export"):  # a trained encoder, frozen, read once for every stage
-            for stage in self.stages.values():
-                load_vision_export(stage.vision, config["vision"]["from_export"])
+            load_vision_export(config["vision"]["from_export"], *(stage.vision for stage in self.stages.values()))
         self.train_stage = config.get("train_stage", stages[-1])
         if self.train_stage not in self.stages:
             raise ValueError(f"train_stage {self.train_stage!r} is not one of this model's stages {stages}")

@@ -26,11 +26,13 @@ def adopt_vision_export(config: dict) -> dict:
     return {**config, "vision": {**exported["vision"], **own}, "preprocess": exported["preprocess"]}
 
 
-def load_vision_export(vision: nn.Module, folder: str) -> None:
-    """Copy the vision tower's weights from an export folder into ``vision``."""
+def load_vision_export(folder: str, *towers: nn.Module) -> None:
+    """Copy the vision tower's weights from an export folder (read once) into each of ``towers``."""
     from mmreason.export import load_export
 
-    vision.load_state_dict(load_export(folder).vision.state_dict())
+    weights = load_export(folder).vision.state_dict()
+    for tower in towers:
+        tower.load_state_dict(weights)
 
 
 def freeze(module: nn.Module) -> None:
