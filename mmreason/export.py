@@ -3,7 +3,12 @@
 Layout: ``config.json`` (family, architecture config, preprocessing, special
 tokens, the resolved recipe, package versions, metrics), ``model.safetensors``,
 the tokenizer files, and a ``README.md`` model card. A folder is written under
-a temporary name and swapped in, so a crash never leaves half an export.
+a temporary name and swapped in, so a crash never leaves half an export; a
+crash between the two renames of the swap is repaired by the next save or load.
+
+An export is self-contained: its config may not point at other folders, files
+or hub names (a parent export, pretrained weights, a tokenizer elsewhere), so
+loading one does bounded work and reads nothing beyond the folder.
 """
 
 from __future__ import annotations
@@ -31,8 +36,50 @@ FORMAT_VERSION = 1
 TEXTLESS_FAMILIES = ("encoder",)  # families that read no text and so export no tokenizer
 
 
+EXTERNAL_REFERENCES = ("backbone_from", "from_export", "init_from", "rationale_from", "weights_file", "path",
+                       "gguf_file")  # config keys that would make loading read beyond the folder
+
+
 class ExportError(ValueError):
     """An export folder is missing a file or holds an invalid one."""
+
+
+def _external_references(node, where: str = "config"):
+    """Where an exported config points outside its folder: (key path, value) pairs."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            here = f"{where}.{key}"
+            if ((key in EXTERNAL_REFERENCES and value) or (key == "pretrained" and value)
+                    or (key == "tokenizer" and value not in (".", None))):
+                yield here, value
+            yield from _external_references(value, here)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _external_references(value, f"{where}[{i}]")
+
+
+def _non_finite_tensors(model) -> list[str]:
+    return [name for name, tensor in model.state_dict().items()
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+
+
+def _swap_names(folder: Path) -> tuple[Path, Path]:
+    return folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
+
+
+def recover_interrupted_swap(folder: str | Path) -> None:
+    """Finish a swap a crash interrupted: ``E.tmp`` is complete once ``E`` has been moved to ``E.old``."""
+    folder = Path(folder)
+    tmp, old = _swap_names(folder)
+    if folder.exists() or not old.is_dir():
+        return
+    if tmp.is_dir():
+        os.replace(tmp, folder)
+        log.warning("export %s: finished a swap a crash interrupted (%s moved in place)", folder, tmp.name)
+    else:
+        os.replace(old, folder)
+        log.warning("export %s: restored the previous export from %s", folder, old.name)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _versions() -> dict[str, str]:
@@ -72,8 +119,14 @@ def model_card(family: str, metrics: dict | None, recipe: dict | None) -> str:
 
 
 def save_export(model, folder: str | Path, recipe: dict | None = None, metrics: dict | None = None) -> Path:
+    """Write ``model`` to ``folder``; refuses non-finite weights, keeping the export already there."""
     folder = Path(folder)
-    tmp = folder.with_name(folder.name + ".tmp")
+    non_finite = _non_finite_tensors(model)
+    if non_finite:
+        raise ExportError(f"refusing to export to {folder}: {len(non_finite)} weight tensor(s) hold NaN or inf "
+                          f"(first: {non_finite[0]}); the export already there, if any, is kept")
+    recover_interrupted_swap(folder)
+    tmp, old = _swap_names(folder)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     config = {
@@ -91,7 +144,6 @@ def save_export(model, folder: str | Path, recipe: dict | None = None, metrics: 
     if model.tokenizer is not None:  # a vision encoder reads no text
         model.tokenizer.save_pretrained(str(tmp))
     (tmp / CARD_FILE).write_text(model_card(model.family, metrics, recipe))
-    old = folder.with_name(folder.name + ".old")
     if folder.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.replace(folder, old)
@@ -104,7 +156,12 @@ def save_export(model, folder: str | Path, recipe: dict | None = None, metrics: 
 def read_export_config(folder: str | Path) -> dict:
     """Check the folder's files and return its config, or raise ExportError naming the problem."""
     folder = Path(folder)
+    recover_interrupted_swap(folder)
     if not folder.is_dir():
+        tmp = _swap_names(folder)[0]
+        if tmp.is_dir():
+            raise ExportError(f"export folder {str(folder)!r} does not exist; {str(tmp)!r} is an export whose "
+                              "writing was interrupted (incomplete): export again")
         raise ExportError(f"export folder {str(folder)!r} does not exist (write one with `mmreason export`)")
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         if not (folder / name).is_file():
@@ -116,6 +173,13 @@ def read_export_config(folder: str | Path) -> dict:
     for key in ("family", "config"):
         if key not in config:
             raise ExportError(f"{folder / CONFIG_FILE} has no {key!r} entry; is this an mmreason export?")
+    if not isinstance(config["config"], dict):
+        raise ExportError(f"{folder / CONFIG_FILE}: 'config' must be a JSON object")
+    references = list(_external_references(config["config"]))
+    if references:
+        where, value = references[0]
+        raise ExportError(f"{folder / CONFIG_FILE}: {where} = {str(value)[:120]!r} points outside the folder; "
+                          "an export must be self-contained (re-export it with `mmreason export`)")
     if config["family"] not in TEXTLESS_FAMILIES and not (folder / TOKENIZER_FILE).is_file():
         raise ExportError(f"export folder {str(folder)!r} is incomplete: {TOKENIZER_FILE} is missing")
     return config

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from mmreason.data.scene_targets import scenes_of
-from mmreason.data.shards import eval_stream, resolve_shards
+from mmreason.data.shards import SKIPPED, eval_stream, resolve_shards
 from mmreason.eval.accuracy import AccuracyReport, format_table, majority_baseline
 from mmreason.eval.crops import CropReport
 from mmreason.eval.perception import PerceptionReport, scaled_scene
@@ -28,13 +29,39 @@ from mmreason.overlay import draw_crops, draw_mask
 log = logging.getLogger(__name__)
 
 
-def _limited_stream(urls: list[str], preprocess, batch_size: int, limit: int | None):
-    """The evaluation stream of ``urls`` and its sample count, capped at ``limit`` samples."""
+class NothingScored(ValueError):
+    """An evaluation read no usable sample."""
+
+
+def _eval_batches(urls: list[str], preprocess, batch_size: int, limit: int | None, skipped: Counter,
+                  unit: str = "sample"):
+    """The batches of ``urls`` (capped at ``limit`` samples) in this process, so every skipped
+    sample — even after the last batch — is tallied by reason into ``skipped``."""
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit must be a positive number of samples, got {limit}")
     stream, total = eval_stream(urls, preprocess, batch_size)
     if limit is not None:
         stream.max_samples = limit
         total = min(limit, total) if total else limit
-    return stream, total
+    SKIPPED.take(), SKIPPED.take_kinds()
+    with tqdm(total=total, desc="eval", unit=unit) as bar:
+        for batch in torch.utils.data.DataLoader(stream, batch_size=None, num_workers=0):
+            skipped.update(batch["skip_kinds"])
+            yield batch
+            bar.update(len(batch["pixels"]))
+    SKIPPED.take()
+    skipped.update(SKIPPED.take_kinds())
+
+
+def _skip_summary(skipped: Counter, scored: int, urls: list[str]) -> tuple[dict, str]:
+    """The report's ``skipped`` entry and table line; an error when nothing could be scored."""
+    count = sum(skipped.values())
+    reasons = ", ".join(f"{kind}: {n}" for kind, n in skipped.most_common())
+    if scored == 0:
+        raise NothingScored(f"no sample could be scored from {len(urls)} shard(s) ({urls[0]}, ...): "
+                            f"{count} skipped" + (f" ({reasons})" if reasons else "; the shards hold no samples"))
+    line = f"skipped: {count} sample(s)" + (f" ({reasons})" if reasons else "")
+    return {"count": count, "reasons": dict(skipped)}, line
 
 
 def evaluate(model, urls: list[str], batch_size: int = 64, max_new_tokens: int = 160,
@@ -54,36 +81,35 @@ def evaluate(model, urls: list[str], batch_size: int = 64, max_new_tokens: int =
     if pipeline_options and not pipeline:
         raise ValueError(f"{sorted(pipeline_options)} apply to pipeline families (e.g. mccot; --samples to "
                          f"segmentation families), not to a {model.family!r} model")
-    stream, total = _limited_stream(urls, model.preprocess, batch_size, limit)
     report, rationale_report, records, confidences = AccuracyReport(), RationaleReport(), [], []
     crops = CropReport() if hasattr(model, "crop_tokens") else None  # a crop-action policy: where it looked
-    segments = SegmentationReport()
+    segments, skipped = SegmentationReport(), Counter()
     device = next(model.parameters()).device
-    with tqdm(total=total, desc="eval", unit="sample") as bar:
-        for batch in torch.utils.data.DataLoader(stream, batch_size=None, num_workers=1):
-            images = model.preprocess.normalize(batch["pixels"].to(device))
-            if pipeline:
-                results = model.run(images, batch["records"], max_new_tokens=max_new_tokens, **pipeline_options)
-                texts = [r["text"] for r in results]
-                if pipeline_options.get("votes", 1) > 1:
-                    confidences += [r["confidence"] for r in results]
-                if pipeline_options.get("rationale_source", "generated") != "gold" and results[0]["rationale"] is not None:
-                    rationale_report.add_many([r["rationale"] for r in results],
-                                              [r.rationale for r in batch["records"]])
-            elif segmenter:
-                results = model.segment(images, batch["records"], max_new_tokens=max_new_tokens, **segment_options)
-                score_segments(segments, results, batch)
-                texts, batch["records"] = with_text_answers([strip_seg(r["text"]) for r in results], batch["records"])
-            else:
-                texts = model.answer_batch(images, batch["records"], max_new_tokens=max_new_tokens)
-            if crops is not None:
-                crops.add_many(texts, batch["records"], model.preprocess.image_size)
-            if getattr(model, "answers_questions", True):  # a rationale-only stage has nothing to score
-                report.add_many(texts, batch["records"])
-            records += batch["records"]
-            bar.update(len(batch["pixels"]))
+    for batch in _eval_batches(urls, model.preprocess, batch_size, limit, skipped):
+        images = model.preprocess.normalize(batch["pixels"].to(device))
+        if pipeline:
+            results = model.run(images, batch["records"], max_new_tokens=max_new_tokens, **pipeline_options)
+            texts = [r["text"] for r in results]
+            if pipeline_options.get("votes", 1) > 1:
+                confidences += [r["confidence"] for r in results]
+            if pipeline_options.get("rationale_source", "generated") != "gold" and results[0]["rationale"] is not None:
+                rationale_report.add_many([r["rationale"] for r in results],
+                                          [r.rationale for r in batch["records"]])
+        elif segmenter:
+            results = model.segment(images, batch["records"], max_new_tokens=max_new_tokens, **segment_options)
+            score_segments(segments, results, batch)
+            texts, batch["records"] = with_text_answers([strip_seg(r["text"]) for r in results], batch["records"])
+        else:
+            texts = model.answer_batch(images, batch["records"], max_new_tokens=max_new_tokens)
+        if crops is not None:
+            crops.add_many(texts, batch["records"], model.preprocess.image_size)
+        if getattr(model, "answers_questions", True):  # a rationale-only stage has nothing to score
+            report.add_many(texts, batch["records"])
+        records += batch["records"]
+    skip_report, skip_line = _skip_summary(skipped, len(records), urls)
     baseline = majority_baseline(records)
-    out = {"report": report.to_dict(baseline), "table": format_table(report, baseline)}
+    out = {"report": report.to_dict(baseline) | {"skipped": skip_report},
+           "table": format_table(report, baseline) + "\n\n" + skip_line}
     if rationale_report.predictions:
         out["report"]["rationale"] = rationale_report.to_dict()
         scores = out["report"]["rationale"]
@@ -104,17 +130,17 @@ def evaluate(model, urls: list[str], batch_size: int = 64, max_new_tokens: int =
 def evaluate_perception(model, urls: list[str], batch_size: int = 64, limit: int | None = None) -> dict:
     """The objects a vision encoder sees in each image of ``urls``, scored against the scene graphs
     in the records' ``meta`` (synthetic shards): per-object attributes, counts, localisation."""
-    stream, total = _limited_stream(urls, model.preprocess, batch_size, limit)
-    report = PerceptionReport()
+    report, skipped, images = PerceptionReport(), Counter(), 0
     device = next(model.parameters()).device
-    with tqdm(total=total, desc="eval", unit="image") as bar:
-        for batch in torch.utils.data.DataLoader(stream, batch_size=None, num_workers=1):
-            scenes, size = scenes_of(batch)
-            seen = model.perceive(model.preprocess.normalize(batch["pixels"].to(device)))
-            for objects, scene in zip(seen, scenes):
-                report.add(objects, scaled_scene(scene, model.preprocess.image_size / size))
-            bar.update(len(batch["pixels"]))
-    return {"report": {"perception": report.to_dict()}, "table": report.table()}
+    for batch in _eval_batches(urls, model.preprocess, batch_size, limit, skipped, unit="image"):
+        scenes, size = scenes_of(batch)
+        seen = model.perceive(model.preprocess.normalize(batch["pixels"].to(device)))
+        for objects, scene in zip(seen, scenes):
+            report.add(objects, scaled_scene(scene, model.preprocess.image_size / size))
+        images += len(scenes)
+    skip_report, skip_line = _skip_summary(skipped, images, urls)
+    return {"report": {"perception": report.to_dict(), "skipped": skip_report},
+            "table": report.table() + "\n\n" + skip_line}
 
 
 def eval_command(args) -> None:

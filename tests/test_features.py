@@ -147,3 +147,22 @@ def test_a_model_on_a_frozen_exported_encoder_trains_on_cached_features_as_on_im
     assert "from_export" not in json.loads((tmp_path / "mccot" / "config.json").read_text())["config"]["vision"]
     reloaded = load_export(tmp_path / "mccot")
     torch.testing.assert_close(reloaded.vision.state_dict(), encoder.vision.state_dict())
+
+
+def test_sample_keys_that_are_paths_are_skipped_and_counted_never_copied(export, tmp_path, caplog):
+    _, folder = export
+    good = {"png": png_bytes(make_image(0)), "json": json.dumps(make_record(0)).encode()}
+    (tmp_path / "src").mkdir()
+    with tarfile.open(tmp_path / "src" / "train-000000.tar", "w") as tar:
+        for key in ("ok", "../../evil", "/abs/evil"):
+            for ext, data in good.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    SKIPPED.take()
+    with caplog.at_level("WARNING"):
+        report = write_feature_shards(str(folder), str(tmp_path / "src"), str(tmp_path / "out"), splits=("train",),
+                                      progress=False)
+    assert report["counts"] == {"train": 1} and report["skipped"] == {"train": 2} and SKIPPED.take() == 2
+    assert sorted(_members(tmp_path / "out" / "train-000000.tar")) == ["ok.features.npy", "ok.json", "ok.png"]
+    assert sum("evil" in r.message and "not a plain file name" in r.message for r in caplog.records) == 2

@@ -13,9 +13,10 @@ import lightning as L
 import torch
 
 from mmreason.data.preprocess import Preprocess
-from mmreason.data.shards import EpochLoader, eval_stream, resolve_shards, train_stream
+from mmreason.data.shards import MAX_CONSECUTIVE_SKIPS, EpochLoader, eval_stream, resolve_shards, train_stream
 from mmreason.data.synth import SynthConfig
 from mmreason.data.synth_shards import synthesize
+from mmreason.data.workers import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,8 @@ class ShardDataModule(L.LightningDataModule):
             training and used for every split not given explicitly, e.g.
             ``{out: data/synth, train: 30000, val: 500, test: 1000, heldout: 1000, rationale_style: short}``.
         epoch_samples: samples per training epoch (default: the training shards' size).
+        max_consecutive_skips: stop training with an error after this many bad samples or unreadable
+            shards in a row (data that yields nothing would otherwise spin forever); None never stops.
         length_group: sort this many batches' worth of samples by text length before batching
             (less padding, faster steps); 1 keeps the plain shuffled order.
     """
@@ -45,6 +48,7 @@ class ShardDataModule(L.LightningDataModule):
         length_group: int = 1,
         epoch_samples: int | None = None,
         max_pixels: int = 64_000_000,
+        max_consecutive_skips: int | None = MAX_CONSECUTIVE_SKIPS,
         allow_pipe: bool = False,
         seed: int = 0,
         synth: dict | None = None,
@@ -54,7 +58,7 @@ class ShardDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers, self.shuffle_buffer, self.seed = num_workers, shuffle_buffer, seed
-        self.length_group = length_group
+        self.length_group, self.max_consecutive_skips = length_group, max_consecutive_skips
         self.epoch_samples, self.allow_pipe, self.synth = epoch_samples, allow_pipe, synth
         # image size and normalisation are set by the model in its setup(); only the pixel limit is ours
         self.preprocess = Preprocess(max_pixels=max_pixels)
@@ -86,6 +90,7 @@ class ShardDataModule(L.LightningDataModule):
         stream, _ = train_stream(
             self._urls(self.train, "train"), self.preprocess, self.batch_size, rank, world,
             self.num_workers, self.epoch_samples, self.seed, self.shuffle_buffer, self.length_group,
+            self.max_consecutive_skips,
         )
         trainer = getattr(self, "trainer", None)
         epoch_fn = (lambda: trainer.current_epoch) if trainer is not None else None
@@ -98,7 +103,7 @@ class ShardDataModule(L.LightningDataModule):
         workers = self.num_workers if world == 1 else min(self.num_workers, 1)
         stream, _ = eval_stream(self._urls(spec, split), self.preprocess, self.eval_batch_size, rank, world,
                                 workers)
-        return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers,
+        return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers, worker_init_fn=die_with_parent,
                                            multiprocessing_context=_fork_context(workers))
 
     def val_dataloader(self):

@@ -7,6 +7,8 @@ unchanged and adds ``{key}.features.npy``: the float16 (tokens, dim) output of
 ``encoder.vision`` on the image decoded exactly as training decodes it. The
 reader (:func:`mmreason.data.shards.decode_sample`) returns it as
 ``sample["features"]``; ``features.json`` records which encoder wrote them.
+A sample whose key is not a plain file name (``../x``, ``/abs/x``) is skipped
+and counted, never copied: extracting the output could write outside its folder.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from mmreason.data.shards import (
     shard_sizes,
 )
 from mmreason.data.synth import SPLITS
-from mmreason.data.writer import write_shard
+from mmreason.data.writer import SAFE_KEY, unsafe_key, write_shard
 from mmreason.export import load_export
 
 FEATURES_FILE = "features.json"
@@ -59,6 +61,9 @@ def _shard_entries(url: str, model, batch_size: int, device: str, bar: tqdm) -> 
     """Every decodable sample of one shard, in order, with features; bad samples skipped and counted."""
     pending: list[tuple[dict, torch.Tensor]] = []
     for raw in wds.tarfile_samples([{"url": url}], handler=_tar_error_handler):
+        if unsafe_key(raw["__key__"]):
+            SKIPPED.skip(repr(raw["__key__"]), f"sample key is not a plain file name; expected {SAFE_KEY}")
+            continue
         try:
             pending.append((raw, decode_sample(raw, model.preprocess)["pixels"]))
         except BadSample as exn:

@@ -9,6 +9,7 @@ CMYK, with alpha) becomes the normalised tensor a model sees, so training and
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -16,11 +17,37 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-Image.MAX_IMAGE_PIXELS = None  # we enforce our own limit before decoding
+DEFAULT_MAX_PIXELS = 64_000_000  # 8000x8000: 192 MB once decoded to RGB
 
 
 class ImageTooLarge(ValueError):
     """The image has more pixels than the configured limit."""
+
+
+def decode_image(source: bytes | str | Path | Image.Image, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open ``source`` lazily and decode it only if it has at most ``max_pixels`` pixels.
+
+    A small file can declare a huge picture (a decompression bomb), so the size
+    in its header is checked before any pixel is decoded. PIL's process-wide
+    ``Image.MAX_IMAGE_PIXELS`` is left as the caller set it: its warning is
+    silenced here because ``max_pixels`` is the limit in force, and its hard
+    refusal (above twice that value) is reported as :class:`ImageTooLarge` too.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            if isinstance(source, Image.Image):
+                image = source
+            else:
+                image = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageTooLarge(f"image of {width}x{height} = {width * height:,} pixels exceeds the limit of "
+                                    f"{max_pixels:,} pixels (max_pixels)")
+            image.load()
+        except Image.DecompressionBombError as err:
+            raise ImageTooLarge(f"{err}; the limit in force is {max_pixels:,} pixels (max_pixels)") from err
+    return image
 
 
 @dataclass
@@ -28,7 +55,7 @@ class Preprocess:
     image_size: int = 64
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    max_pixels: int = 64_000_000
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -41,17 +68,8 @@ class Preprocess:
         )
 
     def open_rgb(self, source: bytes | str | Path | Image.Image) -> Image.Image:
-        """Open any image as upright RGB, refusing images over ``max_pixels``."""
-        if isinstance(source, Image.Image):
-            image = source
-        elif isinstance(source, (bytes, bytearray)):
-            image = Image.open(io.BytesIO(source))
-        else:
-            image = Image.open(source)
-        width, height = image.size
-        if width * height > self.max_pixels:
-            raise ImageTooLarge(f"image of {width}x{height} pixels exceeds max_pixels={self.max_pixels}")
-        image.load()  # after loading, EXIF found anywhere in the file is in image.info
+        """Open any image as upright RGB, refusing images over ``max_pixels`` before decoding them."""
+        image = decode_image(source, self.max_pixels)  # decoded: EXIF found anywhere in the file is in image.info
         if image.info.get("exif"):
             image = ImageOps.exif_transpose(image)
         return to_rgb(image)

@@ -19,6 +19,7 @@ from mmreason.data import scenes
 from mmreason.data.preprocess import Preprocess
 from mmreason.data.schema import Record
 from mmreason.data.shards import EpochLoader, eval_stream, resolve_shards
+from mmreason.data.workers import die_with_parent
 
 _VAL_SEED_OFFSET = 1_000_003
 
@@ -106,7 +107,8 @@ class SceneDataModule(L.LightningDataModule):
                                  **self.scene_options)
             return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=0)
         stream, _ = eval_stream(resolve_shards(spec, split), self.preprocess, self.eval_batch_size)
-        return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=min(self.num_workers, 1))
+        return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=min(self.num_workers, 1),
+                                           worker_init_fn=die_with_parent)
 
     def val_dataloader(self):
         return self._eval_loader(self.val, "val")

@@ -7,6 +7,7 @@ naming the sample key, the field and what was expected.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -48,13 +49,16 @@ class Record:
         return asdict(self)
 
 
+def is_finite_number(value: Any) -> bool:
+    """A number a float can hold: not a bool, NaN, infinity or an int beyond float range."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) <= sys.float_info.max
+
+
 def _check_box(key: str, name: str, box: Any, image_size: tuple[int, int] | None) -> list[float] | None:
     if box is None:
         return None
-    expected = "null or [x0, y0, x1, y1] with x0 <= x1 and y0 <= y1"
-    if not isinstance(box, (list, tuple)) or len(box) != 4 or not all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in box
-    ):
+    expected = "null or [x0, y0, x1, y1] of finite numbers with x0 <= x1 and y0 <= y1"
+    if not isinstance(box, (list, tuple)) or len(box) != 4 or not all(is_finite_number(v) for v in box):
         raise RecordError(key, name, expected, box)
     x0, y0, x1, y1 = (float(v) for v in box)
     if x0 > x1 or y0 > y1:

@@ -8,7 +8,14 @@ exactly once; on several ranks each rank gets the same number of shards
 
 Bad samples never stop an epoch: they are skipped, counted and logged with
 their key and the reason, and each batch carries the count skipped since the
-previous batch so the training module can log it as a metric.
+previous batch so the training module can log it as a metric. Logging is
+rate-limited (the counts stay exact); a training stream that reads
+``max_consecutive_skips`` bad samples or unreadable shards in a row stops with
+an error instead of spinning forever on data that yields nothing.
+
+Shard URLs are normalised once (whitespace stripped, scheme case-folded, as
+webdataset reads them) before any check: local files and ``http(s)`` only,
+``pipe:`` when the user allows it, and every local shard must exist.
 """
 
 from __future__ import annotations
@@ -20,10 +27,12 @@ import logging
 import math
 import os
 import random
+from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
+from urllib.parse import urlparse
 
 import braceexpand
 import numpy as np
@@ -32,16 +41,51 @@ import webdataset as wds
 
 from mmreason.data.preprocess import Preprocess
 from mmreason.data.schema import RecordError, validate_record
+from mmreason.data.workers import die_with_parent
 from mmreason.data.writer import SIZES_FILE
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
 FEATURES_MEMBER = "features.npy"  # precomputed vision features, see mmreason.data.features
+REMOTE_SCHEMES = ("http", "https")  # read by curl with an argument list: no shell
+MAX_CONSECUTIVE_SKIPS = 1000
+SKIPS_LOGGED_IN_FULL = 20
 
 
 class BadSample(ValueError):
     """A sample that cannot be used; skipped in streams."""
+
+
+class NoUsableData(RuntimeError):
+    """A training stream read nothing but bad samples or unreadable shards for too long."""
+
+
+def normalize_url(url: str, allow_pipe: bool = False) -> str:
+    """``url`` as webdataset will read it, refused if it would run a command or is not a shard source.
+
+    webdataset strips whitespace and case-folds the scheme (``" PIPE:cmd"`` is a pipe), so
+    the checks run on that normal form and the normal form is what is returned.
+    """
+    if not isinstance(url, str):
+        raise ValueError(f"shard URL must be a string, got {type(url).__name__}")
+    url = url.strip()
+    scheme = urlparse(url).scheme.lower()
+    if scheme == "pipe":
+        if not allow_pipe:
+            raise ValueError(
+                f"refusing shard URL {url!r}: 'pipe:' runs a shell command; "
+                "pass allow_pipe=True (--data.allow_pipe true) if you wrote this URL yourself"
+            )
+        return "pipe:" + url.split(":", 1)[1]
+    if scheme in REMOTE_SCHEMES:
+        return scheme + ":" + url.split(":", 1)[1]
+    if scheme == "file":
+        return urlparse(url).path
+    if scheme or url == "-":
+        raise ValueError(f"refusing shard URL {url!r}: expected a local path, file:, http: or https: URL "
+                         "(or pipe: with allow_pipe)")
+    return url
 
 
 def resolve_shards(spec: str | list[str], split: str | None = None, allow_pipe: bool = False) -> list[str]:
@@ -52,22 +96,22 @@ def resolve_shards(spec: str | list[str], split: str | None = None, allow_pipe: 
     """
     specs = [spec] if isinstance(spec, (str, Path)) else list(spec)
     urls: list[str] = []
+    missing: list[str] = []
     for item in specs:
-        item = str(item)
+        item = str(item).strip()
         if os.path.isdir(item):
             urls += sorted(glob.glob(os.path.join(item, f"{split}-*.tar" if split else "*.tar")))
             continue
         for expanded in braceexpand.braceexpand(item):
-            if any(ch in expanded for ch in "*?[") and not expanded.startswith("pipe:"):
+            expanded = normalize_url(expanded, allow_pipe)
+            local = not urlparse(expanded).scheme
+            if local and any(ch in expanded for ch in "*?["):
                 urls += sorted(glob.glob(expanded))
-            else:
-                urls.append(expanded)
-    piped = [u for u in urls if u.startswith("pipe:")]
-    if piped and not allow_pipe:
-        raise ValueError(
-            f"refusing shard URL {piped[0]!r}: 'pipe:' runs a shell command; "
-            "pass allow_pipe=True (--data.allow_pipe true) if you wrote this URL yourself"
-        )
+                continue
+            (missing if local and not os.path.isfile(expanded) else urls).append(expanded)
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} shard(s) named by {spec!r} do not exist: "
+                                + ", ".join(repr(m) for m in missing[:3]) + (", ..." if len(missing) > 3 else ""))
     if not urls:
         raise FileNotFoundError(f"no shards found for {spec!r}" + (f" (split {split!r})" if split else ""))
     return urls
@@ -88,27 +132,68 @@ def shard_sizes(urls: list[str]) -> dict[str, int] | None:
     return sizes
 
 
+def reason_kind(reason: str) -> str:
+    """The kind of a skip reason, for tallies: its text before the first colon."""
+    return reason.split(":", 1)[0]
+
+
 @dataclass
 class SkipCounter:
-    """Per-process tally of skipped samples; batches carry the delta since the last batch."""
+    """Per-process tally of skipped samples; batches carry the delta since the last batch.
+
+    The first :data:`SKIPS_LOGGED_IN_FULL` skips are logged with key and reason, then one
+    line per thousand, so a shard of bad samples cannot flood the log.
+    """
 
     pending: int = 0
+    total: int = 0
+    pending_kinds: Counter = field(default_factory=Counter)
 
     def skip(self, key: str, reason: str) -> None:
         self.pending += 1
-        log.warning("skipped sample %s: %s", key, reason)
+        self.total += 1
+        self.pending_kinds[reason_kind(reason)] += 1
+        if self.total <= SKIPS_LOGGED_IN_FULL:
+            log.warning("skipped sample %s: %s", key, reason)
+        elif self.total % 1000 == 0 or self.total == SKIPS_LOGGED_IN_FULL + 1:
+            log.warning("%d samples skipped so far in this process (latest: %s: %s); "
+                        "further skips are logged once per thousand", self.total, key, reason)
 
     def take(self) -> int:
         taken, self.pending = self.pending, 0
         return taken
 
+    def take_kinds(self) -> dict[str, int]:
+        kinds, self.pending_kinds = dict(self.pending_kinds), Counter()
+        return kinds
+
 
 SKIPPED = SkipCounter()
 
 
-def _tar_error_handler(exn: Exception) -> bool:
+class ConsecutiveSkips:
+    """Counts bad samples and unreadable shards since the last good sample; raises past ``limit``."""
+
+    def __init__(self, limit: int | None, urls: list[str]):
+        self.limit, self.urls, self.count = limit, urls, 0
+
+    def bad(self, reason: str) -> None:
+        self.count += 1
+        if self.limit is not None and self.count >= self.limit:
+            shown = ", ".join(self.urls[:3]) + (f" and {len(self.urls) - 3} more" if len(self.urls) > 3 else "")
+            raise NoUsableData(f"no usable sample in the last {self.count} samples or shards read from {shown} "
+                               f"(latest reason: {reason}); check the shard paths and the data")
+
+    def good(self) -> None:
+        self.count = 0
+
+
+def _tar_error_handler(exn: Exception, guard: ConsecutiveSkips | None = None) -> bool:
     where = " ".join(str(a) for a in exn.args[1:] if isinstance(a, str))
-    SKIPPED.skip(where or "?", f"unreadable tar data: {exn.args[0] if exn.args else exn!r}")
+    reason = f"unreadable tar data: {exn.args[0] if exn.args else exn!r}"
+    SKIPPED.skip(where or "?", reason)
+    if guard is not None:
+        guard.bad(reason)
     return True
 
 
@@ -155,12 +240,19 @@ def decode_sample(raw: dict, preprocess: Preprocess) -> dict:
     return sample
 
 
-def decode_stream(source: Iterator[dict], preprocess: Preprocess) -> Iterator[dict]:
+def decode_stream(source: Iterator[dict], preprocess: Preprocess,
+                  guard: ConsecutiveSkips | None = None) -> Iterator[dict]:
     for raw in source:
         try:
-            yield decode_sample(raw, preprocess)
+            sample = decode_sample(raw, preprocess)
         except BadSample as exn:
             SKIPPED.skip(raw.get("__key__", "?"), str(exn))
+            if guard is not None:
+                guard.bad(str(exn))
+            continue
+        if guard is not None:
+            guard.good()
+        yield sample
 
 
 def collate(samples: list[dict]) -> dict:
@@ -179,6 +271,7 @@ def collate(samples: list[dict]) -> dict:
         "masks": torch.stack(masks) if all(m is not None for m in masks) else masks,
         "orig_sizes": [s.get("orig_size") for s in samples],
         "skipped": SKIPPED.take(),
+        "skip_kinds": SKIPPED.take_kinds(),
     }
     if all(f is not None for f in features):
         batch["features"] = torch.stack(features)
@@ -233,9 +326,9 @@ class TrainStream(torch.utils.data.IterableDataset):
     """Endless resampled shards cut into epochs of exactly ``batches_per_worker`` batches."""
 
     def __init__(self, urls, preprocess, batch_size, batches_per_worker, rank, seed=0, shuffle_buffer=500,
-                 length_group=1):
+                 length_group=1, max_consecutive_skips: int | None = MAX_CONSECUTIVE_SKIPS):
         super().__init__()
-        self.length_group = length_group
+        self.length_group, self.max_consecutive_skips = length_group, max_consecutive_skips
         self.urls, self.preprocess, self.batch_size = urls, preprocess, batch_size
         self.batches_per_worker, self.rank, self.seed = batches_per_worker, rank, seed
         self.shuffle_buffer = shuffle_buffer
@@ -250,8 +343,9 @@ class TrainStream(torch.utils.data.IterableDataset):
             while True:
                 yield {"url": rng.choice(self.urls)}
 
-        raw = wds.tarfile_samples(shard_urls(), handler=_tar_error_handler)
-        samples = _shuffle(decode_stream(raw, self.preprocess), self.shuffle_buffer, rng)
+        guard = ConsecutiveSkips(self.max_consecutive_skips, self.urls)
+        raw = wds.tarfile_samples(shard_urls(), handler=lambda exn: _tar_error_handler(exn, guard))
+        samples = _shuffle(decode_stream(raw, self.preprocess, guard), self.shuffle_buffer, rng)
         batches = _length_grouped(samples, self.batch_size, self.length_group, rng)
         yield from islice(batches, self.batches_per_worker)
 
@@ -266,6 +360,7 @@ class EpochLoader(torch.utils.data.DataLoader):
     """
 
     def __init__(self, stream: TrainStream, epoch_fn: Callable[[], int] | None = None, **kwargs):
+        kwargs.setdefault("worker_init_fn", die_with_parent)
         super().__init__(stream, batch_size=None, **kwargs)
         self.epoch_fn, self.passes = epoch_fn, 0
 
@@ -302,12 +397,19 @@ class EvalStream(torch.utils.data.IterableDataset):
         yield from _batched(samples, self.batch_size, partial=True)
 
 
-def train_stream(urls, preprocess, batch_size, rank=0, world_size=1, num_workers=0,
-                 epoch_samples=None, seed=0, shuffle_buffer=500, length_group=1) -> tuple[TrainStream, int]:
+def _check_batch_size(batch_size) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch size must be a positive integer, got {batch_size!r}")
+
+
+def train_stream(urls, preprocess, batch_size, rank=0, world_size=1, num_workers=0, epoch_samples=None, seed=0,
+                 shuffle_buffer=500, length_group=1,
+                 max_consecutive_skips: int | None = MAX_CONSECUTIVE_SKIPS) -> tuple[TrainStream, int]:
     """A training stream and its number of batches per epoch on each rank.
 
     ``length_group`` > 1 batches together samples of similar text length (see :func:`_length_grouped`).
     """
+    _check_batch_size(batch_size)
     if epoch_samples is None:
         sizes = shard_sizes(urls)
         if sizes is None:
@@ -318,7 +420,8 @@ def train_stream(urls, preprocess, batch_size, rank=0, world_size=1, num_workers
         epoch_samples = sum(sizes.values())
     workers = max(1, num_workers)
     per_worker = max(1, epoch_samples // (batch_size * world_size * workers))
-    stream = TrainStream(urls, preprocess, batch_size, per_worker, rank, seed, shuffle_buffer, length_group)
+    stream = TrainStream(urls, preprocess, batch_size, per_worker, rank, seed, shuffle_buffer, length_group,
+                         max_consecutive_skips)
     return stream, per_worker * workers
 
 
@@ -328,6 +431,7 @@ def eval_stream(urls, preprocess, batch_size, rank=0, world_size=1, num_workers=
     Each loader worker batches its own shards, partial last batch included, so the
     batch count is summed per worker (``num_workers`` must match the DataLoader's).
     """
+    _check_batch_size(batch_size)
     if world_size == 1:
         sizes = shard_sizes(urls)
         stream = EvalStream(urls, preprocess, batch_size)

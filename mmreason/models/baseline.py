@@ -22,7 +22,7 @@ from mmreason.layers.position import sincos_2d
 from mmreason.layers.projector import build_projector
 from mmreason.layers.vision import VisionEncoder
 from mmreason.models.pretrained_vision import adopt_vision_export, freeze, load_vision_export
-from mmreason.text.prompts import OUTPUT_FORMATS, target_text, user_prompt
+from mmreason.text.prompts import OUTPUT_FORMATS, query_record, target_text, user_prompt
 from mmreason.text.tokenizer import build_tokenizer
 
 log = logging.getLogger(__name__)
@@ -285,7 +285,7 @@ class VisionLanguageModel(nn.Module):
         self.eval()
         device = next(self.parameters()).device
         pixels = self.preprocess(image).unsqueeze(0).to(device)
-        record = Record(question=question, answer="", choices=choices)
+        record = query_record(question, choices)
         text = self.clean_output(self.generate(pixels, [record], **generate_kwargs)[0])
         self.train(was_training)
         return {"text": text, "rationale": split_rationale(text), "answer": extract_answer_span(text)}

@@ -37,7 +37,13 @@ from mmreason.layers.vision import VisionEncoder
 from mmreason.models.baseline import IGNORE_INDEX
 from mmreason.models.baseline import TINY_CONFIG as BASELINE_TINY
 from mmreason.models.pretrained_vision import adopt_vision_export, load_vision_export
-from mmreason.text.prompts import answer_sentence, qcm_input, rationale_target, strip_rationale_cue
+from mmreason.text.prompts import (
+    answer_sentence,
+    qcm_input,
+    query_record,
+    rationale_target,
+    strip_rationale_cue,
+)
 from mmreason.text.tokenizer import build_tokenizer
 
 log = logging.getLogger(__name__)
@@ -365,7 +371,7 @@ class MCCoT(nn.Module):
         self.eval()
         device = next(self.parameters()).device
         pixels = self.preprocess(image).unsqueeze(0).to(device)
-        result = self.run(pixels, [Record(question=question, answer="", choices=choices)], votes=votes,
+        result = self.run(pixels, [query_record(question, choices)], votes=votes,
                           **run_kwargs)[0]
         self.train(was_training)
         return result

@@ -42,7 +42,7 @@ from mmreason.models.policy import Trajectory, TrajectoryPolicy
 from mmreason.seg.answers import format_box_point, mask_box_point, parse_box_points
 from mmreason.seg.rewards import matched_ious
 from mmreason.seg.tts import aggregate_masks
-from mmreason.text.prompts import answer_tag, target_text
+from mmreason.text.prompts import answer_tag, query_record, target_text
 from mmreason.zoo import merge_config
 
 SEG_TOKEN = "<seg>"
@@ -242,7 +242,7 @@ class ReasoningSegmenter(TrajectoryPolicy, VisionLanguageModel):
         was_training = self.training
         self.eval()
         pixels = self.preprocess(image).unsqueeze(0).to(next(self.parameters()).device)
-        result = self.segment(pixels, [Record(question=question, answer="", choices=choices, task=SEG_TASK)],
+        result = self.segment(pixels, [query_record(question, choices, SEG_TASK)],
                               samples=samples, temperature=temperature, max_new_tokens=max_new_tokens)[0]
         self.train(was_training)
         return {**result, "rationale": None, "input_size": self.preprocess.image_size}

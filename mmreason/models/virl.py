@@ -29,7 +29,7 @@ from mmreason.models.baseline import VisionLanguageModel, split_rationale
 from mmreason.models.policy import Trajectory, TrajectoryPolicy
 from mmreason.rl.crop import CROP_CLOSE, CROP_OPEN, clamp_box, crop_and_resize, crop_text, parse_box
 from mmreason.rl.grpo import token_log_probs
-from mmreason.text.prompts import answer_tag
+from mmreason.text.prompts import answer_tag, query_record
 from mmreason.zoo import merge_config
 
 DEFAULT_CROP = {"max_actions": 3, "min_size": 8, "tokens": 16}
@@ -180,7 +180,7 @@ class VisualRationalePolicy(TrajectoryPolicy, VisionLanguageModel):
         self.eval()
         device = next(self.parameters()).device
         pixels = self.preprocess(image).unsqueeze(0).to(device)
-        trajectory = self.rollout(pixels, [Record(question=question, answer="", choices=choices)],
+        trajectory = self.rollout(pixels, [query_record(question, choices)],
                                   max_new_tokens=max_new_tokens, **generate_kwargs)[0]
         self.train(was_training)
         text = self.completion_text(trajectory)

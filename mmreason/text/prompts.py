@@ -24,6 +24,19 @@ TEMPLATE_WORDS = ("question", "choices", "answer", ":", "(", ")", *ascii_upperca
 RATIONALE_CUE = "solution :"
 
 
+def query_record(question: str, choices: list[str] | None = None, task: str = "vqa") -> Record:
+    """The record ``predict`` answers: a non-empty question and, if given, at least two non-empty choices
+    (``ascii_uppercase`` letters them, so at most 26)."""
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError(f"the question must be non-empty text, got {question!r}")
+    if choices is not None:
+        if (not isinstance(choices, (list, tuple)) or not 2 <= len(choices) <= len(ascii_uppercase)
+                or not all(isinstance(c, str) and c.strip() for c in choices)):
+            raise ValueError(f"choices must be 2 to {len(ascii_uppercase)} non-empty texts, got {choices!r}")
+        choices = list(choices)
+    return Record(question=question, answer="", choices=choices, task=task)
+
+
 def format_choices(choices: list[str] | None) -> str:
     if not choices:
         return ""

@@ -1,7 +1,9 @@
-"""Callbacks that make every training run leave a usable export folder.
+"""Callbacks that make every training run leave a usable export folder and lose nothing.
 
 ``export/`` is written at the end of fit, ``export-best/`` whenever the
-monitored validation metric improves; only global rank 0 writes.
+monitored validation metric improves; only global rank 0 writes. A run whose
+loss or gradients stop being finite is stopped before the bad step reaches
+the weights, so no checkpoint or export ever holds NaN.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import os
 from pathlib import Path
 
 import lightning as L
+import torch
 import yaml
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -68,6 +71,75 @@ class ExportCallback(L.Callback):
         self.best = state_dict.get("best")
 
 
+class NonFiniteTraining(RuntimeError):
+    """Training produced a NaN or infinite loss or gradient."""
+
+
+class FiniteTrainingGuard(L.Callback):
+    """Drop any optimizer step whose loss or gradients are not finite; stop the run once more than
+    ``max_skipped_steps`` steps were dropped (0: at the first), with an error naming the step.
+
+    Under fp16 mixed precision the gradient scaler already skips overflowing steps, so only the
+    loss is checked there.
+    """
+
+    def __init__(self, max_skipped_steps: int = 0):
+        if max_skipped_steps < 0:
+            raise ValueError(f"max_skipped_steps must be >= 0, got {max_skipped_steps}")
+        self.max_skipped_steps, self.skipped = max_skipped_steps, 0
+        self._problem: str | None = None
+
+    def on_before_backward(self, trainer, pl_module, loss):
+        if self._problem is None and not torch.isfinite(loss.detach()).all():
+            self._problem = f"the loss is {loss.detach().float().flatten()[0].item()}"
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        problem, self._problem = self._problem, None
+        if problem is None and trainer.precision not in ("16-mixed", "16"):
+            problem = _non_finite_gradient(pl_module)
+        if problem is None:
+            return
+        self.skipped += 1
+        if self.skipped > self.max_skipped_steps:
+            raise NonFiniteTraining(
+                f"step {trainer.global_step}: {problem}; training stopped before this step changed the weights "
+                f"({self.skipped} non-finite step(s), at most {self.max_skipped_steps} may be skipped: "
+                "--nonfinite.max_skipped_steps). The last checkpoint and exports are intact; lower the learning "
+                "rate or check the data, then resume with --ckpt_path last"
+            )
+        log.warning("step %d: %s; step skipped (%d of at most %d)", trainer.global_step, problem,
+                    self.skipped, self.max_skipped_steps)
+        for parameter in pl_module.parameters():
+            parameter.grad = None  # the optimizer leaves parameters without a gradient untouched
+
+    def state_dict(self):
+        return {"skipped": self.skipped}
+
+    def load_state_dict(self, state_dict):
+        self.skipped = state_dict.get("skipped", 0)
+
+
+def _non_finite_gradient(module) -> str | None:
+    for name, parameter in module.named_parameters():
+        if parameter.grad is not None and not torch.isfinite(parameter.grad).all():
+            return f"the gradient of {name} is not finite"
+    return None
+
+
+TMP_SUFFIX = ".tmp"
+
+
+def check_resume_point(checkpoint_dir: str | Path) -> None:
+    """Before ``--ckpt_path last``: an interrupted first write (``last.ckpt.tmp`` without ``last.ckpt``)
+    must not pass for "nothing to resume" and restart at step 0 unannounced."""
+    folder = Path(checkpoint_dir)
+    if not (folder / "last.ckpt").is_file() and (folder / f"last.ckpt{TMP_SUFFIX}").is_file():
+        raise FileNotFoundError(
+            f"cannot resume: {folder / 'last.ckpt'} does not exist and {folder / ('last.ckpt' + TMP_SUFFIX)} is a "
+            "checkpoint whose writing was interrupted (incomplete); delete it to start from step 0"
+        )
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Write each checkpoint to a temporary file and rename it, so a crash never corrupts ``last.ckpt``."""
 
@@ -76,6 +148,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         protocols = get_filesystem(path).protocol
         if "file" not in (protocols if isinstance(protocols, tuple) else (protocols,)):
             return super().save_checkpoint(checkpoint, path, storage_options)  # remote stores: no rename
-        tmp = path + ".tmp"
+        tmp = path + TMP_SUFFIX
         super().save_checkpoint(checkpoint, tmp, storage_options)
         os.replace(tmp, path)

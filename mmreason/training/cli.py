@@ -1,7 +1,8 @@
 """``mmreason fit | validate | test``: LightningCLI with the zoo's callbacks always present.
 
 Every run gets a ``last.ckpt`` under ``{default_root_dir}/checkpoints`` (so
-``--ckpt_path last`` resumes), atomic checkpoint writes, and export folders.
+``--ckpt_path last`` resumes), atomic checkpoint writes, export folders, and a
+stop at the first non-finite loss or gradient.
 """
 
 from __future__ import annotations
@@ -12,7 +13,13 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
-from mmreason.training.callbacks import AtomicCheckpointIO, ExportCallback
+from mmreason.training.callbacks import (
+    AtomicCheckpointIO,
+    ExportCallback,
+    FiniteTrainingGuard,
+    check_resume_point,
+)
+from mmreason.training.class_paths import check_command_line
 
 
 def _checkpoint_dir(root: str | None) -> str:
@@ -26,6 +33,11 @@ class MMReasonCLI(LightningCLI):
         parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath", compute_fn=_checkpoint_dir)
         parser.add_lightning_class_args(ExportCallback, "export")
         parser.link_arguments("trainer.default_root_dir", "export.dirpath")
+        parser.add_lightning_class_args(FiniteTrainingGuard, "nonfinite")
+
+    def before_fit(self):
+        if self.config["fit"].get("ckpt_path") == "last":
+            check_resume_point(self.trainer.checkpoint_callback.dirpath)
 
 
 class RecipeParser(MMReasonCLI):
@@ -36,6 +48,7 @@ class RecipeParser(MMReasonCLI):
 
 
 def run_lightning_cli(args: list[str], cli_class: type[LightningCLI] = MMReasonCLI, run: bool = True):
+    check_command_line(args)
     return cli_class(
         L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
         args=args, run=run, save_config_kwargs={"overwrite": True},

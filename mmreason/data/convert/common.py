@@ -2,12 +2,13 @@
 
 Converters fail loudly on bad source data (the streaming reader is the one that
 skips): a broken image or record found here names its file, id or line, so it
-is fixed once instead of being skipped on every epoch.
+is fixed once instead of being skipped on every epoch. A failed conversion
+leaves no shards behind. Images over the shard reader's default pixel limit are
+refused here, before they are decoded, as the reader would skip them anyway.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
@@ -15,12 +16,12 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 from functools import lru_cache
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
-from ..preprocess import to_rgb
+from ..preprocess import DEFAULT_MAX_PIXELS, ImageTooLarge, decode_image, to_rgb
 from ..schema import RecordError, validate_record
 from ..writer import ShardSetWriter, encode_image
 
@@ -36,17 +37,40 @@ class ConversionError(ValueError):
     """Source data that cannot be converted; the message says where and what was expected."""
 
 
+def decode_utf8(data: bytes, where: str, first_line: int = 1) -> str:
+    """``data`` (starting at line ``first_line`` of ``where``) as text, or an error naming the line and byte."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = first_line + data.count(b"\n", 0, err.start)
+        raise ConversionError(f"{where} line {line}: not UTF-8 text (byte 0x{data[err.start]:02x}: {err.reason}); "
+                              f"expected a UTF-8 encoded file: re-save it as UTF-8") from err
+
+
 def read_json(path: Path, what: str):
     """Parse a whole JSON file, naming it (and the position) when it is missing or malformed."""
     if not path.is_file():
         raise ConversionError(f"{what} file {path} not found; expected a JSON file at that path")
+    text = decode_utf8(path.read_bytes(), f"{what} file {path}")
     try:
-        with open(path, encoding="utf-8") as stream:
-            return json.load(stream)
+        return json.loads(text)
     except json.JSONDecodeError as err:
         raise ConversionError(
             f"{what} file {path}: invalid JSON at line {err.lineno} column {err.colno} ({err.msg})"
         ) from err
+
+
+def image_path(images: Path, relative: str, where: str) -> Path:
+    """``images / relative`` for a path taken from an annotation file, which must not lead out of ``images``.
+
+    Absolute paths and ``..`` are refused; links the user put inside ``images``
+    (e.g. to a dataset on shared storage) are followed as usual.
+    """
+    parts = PurePath(relative).parts
+    if PurePath(relative).is_absolute() or ".." in parts:
+        raise ConversionError(f"{where}: image path {relative!r} must lie inside the images folder {images}; "
+                              f"expected a path relative to it, without '..' or a leading '/'")
+    return images.joinpath(*parts)
 
 
 def read_image(path: Path, where: str) -> tuple[bytes, Image.Image]:
@@ -55,9 +79,11 @@ def read_image(path: Path, where: str) -> tuple[bytes, Image.Image]:
         raise ConversionError(f"{where}: image file {path} not found; expected an image at that path")
     data = path.read_bytes()
     try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        image = decode_image(data, DEFAULT_MAX_PIXELS)
+    except ImageTooLarge as err:
+        raise ConversionError(f"{where}: image {path} is too large: {err}; downscale it (the shard reader "
+                              f"refuses images over that limit too)") from err
+    except (OSError, SyntaxError, ValueError) as err:
         reason = "unknown file type" if isinstance(err, UnidentifiedImageError) else str(err)
         raise ConversionError(
             f"{where}: cannot read image {path} ({reason}); expected a JPEG, PNG or other file PIL can open"
@@ -99,7 +125,11 @@ def progress(items: Iterable, desc: str, total: int | None = None) -> Iterable:
 
 
 class ShardSink:
-    """Validates samples, writes one shard set per split and tallies what was written and skipped."""
+    """Validates samples, writes one shard set per split and tallies what was written and skipped.
+
+    Used as a context manager: leaving the block by an exception deletes every
+    shard written so far, so a failed conversion leaves no set behind.
+    """
 
     def __init__(self, out: Path, samples_per_shard: int):
         if samples_per_shard < 1:
@@ -141,6 +171,14 @@ class ShardSink:
     def skip(self, reason: str, where: str, count: int = 1, level: int = logging.DEBUG) -> None:
         self.skipped[reason] += count
         log.log(level, "skipped %s: %s", where, reason)
+
+    def __enter__(self) -> ShardSink:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is not None:
+            for writer in self._writers.values():
+                writer.abort()
 
     def finish(self) -> dict:
         """Close every shard set and return (and log) the report."""

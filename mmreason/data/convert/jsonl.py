@@ -11,7 +11,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from .common import ConversionError, ShardSink, load_image, progress, read_image
+from .common import ConversionError, ShardSink, decode_utf8, image_path, load_image, progress, read_image
 
 RECORD_FIELDS = ("question", "answer", "choices", "rationale", "steps", "task", "meta")
 SOURCE_FIELDS = ("id", "image", "mask")
@@ -50,16 +50,16 @@ def convert_jsonl(src: Path, out: Path, images: Path, split: str, samples_per_sh
     """Convert ``src``; ``image`` and ``mask`` paths are relative to ``images``; key = ``id`` or the line."""
     if not src.is_file():
         raise ConversionError(f"JSON Lines file {src} not found; expected one record per line")
-    sink = ShardSink(out, samples_per_shard)
-    with open(src, encoding="utf-8") as lines:
-        for number, line in enumerate(progress(lines, "jsonl"), start=1):
+    with ShardSink(out, samples_per_shard) as sink, open(src, "rb") as lines:
+        for number, raw in enumerate(progress(lines, "jsonl"), start=1):
+            line = decode_utf8(raw, str(src), first_line=number)
             if not line.strip():
                 continue
             obj = parse_line(line, f"{src} line {number}")
             key = str(obj.get("id") or f"line{number:07d}")
             where = f"{src} line {number} (id {key!r})"
-            image, size = load_image(images / obj["image"], where)
-            mask = load_mask(images / obj["mask"], size, where) if obj.get("mask") else None
+            image, size = load_image(image_path(images, obj["image"], where), where)
+            mask = load_mask(image_path(images, obj["mask"], where), size, where) if obj.get("mask") else None
             record = {name: obj[name] for name in RECORD_FIELDS if name in obj}
             sink.write(split, key, image, size, record, where, mask)
-    return sink.finish()
+        return sink.finish()

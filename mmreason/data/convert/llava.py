@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .common import ConversionError, ShardSink, blank_image, load_image, progress, read_json
+from .common import ConversionError, ShardSink, blank_image, image_path, load_image, progress, read_json
 
 IMAGE_TAG = re.compile(r"\s*<image>\s*")
 ASKS, ANSWERS = ("human", "user"), ("gpt", "assistant")
@@ -74,29 +74,29 @@ def convert_llava(src: Path, out: Path, images: Path, split: str, samples_per_sh
     if not isinstance(items, list):
         raise ConversionError(f"{src}: expected a JSON list of {{id, image, conversations}} records, "
                               f"got a {type(items).__name__}")
-    sink = ShardSink(out, samples_per_shard)
-    for index, item in enumerate(progress(items, "llava")):
-        if not isinstance(item, dict):
-            raise ConversionError(f"{src} record at index {index}: expected an object with 'id', 'image' and "
-                                  f"'conversations', got {str(item)[:80]!r}")
-        record_id = str(index if item.get("id") is None else item["id"])
-        where = f"{src} record {record_id!r} (index {index})"
-        pairs = turn_pairs(item.get("conversations"), where)
-        path = item.get("image")
-        if path is None:
-            if text_only == "skip":
-                sink.skip("no_image", where, count=len(pairs))
-                continue
-            image, size, extra = blank_image(BLANK_SIZE), BLANK_SIZE, {"no_image": True}
-        elif isinstance(path, str) and path:
-            (image, size), extra = load_image(images / path, where), {}
-        else:
-            raise ConversionError(f"{where}: 'image' must be one path relative to {images}, got {path!r}")
-        for turn, (question, reply) in enumerate(pairs):
-            answer, rationale = split_answer(reply, regex)
-            record = {
-                "question": strip_image_tag(question), "answer": answer, "task": "vqa", "rationale": rationale,
-                "meta": {"source": "llava", "id": record_id, "turn": turn, **extra},
-            }
-            sink.write(split, f"{record_id}-{turn}", image, size, record, f"{where} turn {turn}")
-    return sink.finish()
+    with ShardSink(out, samples_per_shard) as sink:
+        for index, item in enumerate(progress(items, "llava")):
+            if not isinstance(item, dict):
+                raise ConversionError(f"{src} record at index {index}: expected an object with 'id', 'image' and "
+                                      f"'conversations', got {str(item)[:80]!r}")
+            record_id = str(index if item.get("id") is None else item["id"])
+            where = f"{src} record {record_id!r} (index {index})"
+            pairs = turn_pairs(item.get("conversations"), where)
+            path = item.get("image")
+            if path is None:
+                if text_only == "skip":
+                    sink.skip("no_image", where, count=len(pairs))
+                    continue
+                image, size, extra = blank_image(BLANK_SIZE), BLANK_SIZE, {"no_image": True}
+            elif isinstance(path, str) and path:
+                (image, size), extra = load_image(image_path(images, path, where), where), {}
+            else:
+                raise ConversionError(f"{where}: 'image' must be one path relative to {images}, got {path!r}")
+            for turn, (question, reply) in enumerate(pairs):
+                answer, rationale = split_answer(reply, regex)
+                record = {
+                    "question": strip_image_tag(question), "answer": answer, "task": "vqa", "rationale": rationale,
+                    "meta": {"source": "llava", "id": record_id, "turn": turn, **extra},
+                }
+                sink.write(split, f"{record_id}-{turn}", image, size, record, f"{where} turn {turn}")
+        return sink.finish()

@@ -8,6 +8,11 @@ ignores the pixels inside them where the mask is 0, which reproduces LISA's
 ignore label. "flag" shapes are deprecated annotations and are dropped; any
 other label counts as target, as in LISA.
 
+A polygon reaching over the image border is clipped to the image, as LISA's
+painting clips it; one with no area inside the image, a sample without a
+target polygon, or one whose target pixels are all ignored is an error naming
+the file: such annotations were drawn on another picture or are broken.
+
 The text answer is empty: the answer of a segmentation sample is its mask,
 and each model family adds its own segmentation token to the target text.
 """
@@ -19,6 +24,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from ..schema import is_finite_number
 from .common import ConversionError, ShardSink, load_image, progress, read_json
 
 log = logging.getLogger(__name__)
@@ -53,8 +59,8 @@ def read_questions(annotation: dict, where: str) -> list[str]:
     return [t.strip() for t in texts]
 
 
-def read_shapes(annotation: dict, where: str) -> list[tuple[int, list[list[float]]]]:
-    """(TARGET or IGNORE, polygon) for every shape that is not a "flag"."""
+def read_shapes(annotation: dict, size: tuple[int, int], where: str) -> list[tuple[int, list[list[float]]]]:
+    """(TARGET or IGNORE, polygon) for every shape that is not a "flag"; each must cover part of the image."""
     shapes = annotation.get("shapes", [])
     if not isinstance(shapes, list):
         raise ConversionError(f"{where}: 'shapes' must be a list of polygons, got {shapes!r}")
@@ -65,17 +71,38 @@ def read_shapes(annotation: dict, where: str) -> list[tuple[int, list[list[float
             continue
         points = shape.get("points") if isinstance(shape, dict) else None
         if not isinstance(points, list) or len(points) < 3 or not all(
-            isinstance(p, (list, tuple)) and len(p) == 2
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in p) for p in points
+            isinstance(p, (list, tuple)) and len(p) == 2 and all(is_finite_number(v) for v in p) for p in points
         ):
             raise ConversionError(f"{where}: shapes[{i}] must be a polygon with 'points' [[x, y], ...] (at least "
-                                  f"3), got {str(shape)[:80]!r}")
-        polygons.append((IGNORE if "ignore" in label else TARGET, [[float(x), float(y)] for x, y in points]))
+                                  f"3, finite numbers), got {str(shape)[:80]!r}")
+        points = [[float(x), float(y)] for x, y in points]
+        if polygon_area(clip_to_image(points, size)) == 0:
+            raise ConversionError(f"{where}: shapes[{i}] ({label!r}) has no area inside the {size[0]}x{size[1]} "
+                                  f"image, points {str(points)[:80]}; expected a polygon over the picture (was it "
+                                  f"drawn on another size of this image?)")
+        polygons.append((IGNORE if "ignore" in label else TARGET, points))
     return polygons
 
 
 def polygon_area(points: list[list[float]]) -> float:
     return abs(sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(points, points[1:] + points[:1]))) / 2
+
+
+def clip_to_image(points: list[list[float]], size: tuple[int, int]) -> list[list[float]]:
+    """The part of a polygon inside the image rectangle (Sutherland-Hodgman), empty when none is."""
+    for axis, bound, side in ((0, 0.0, 1), (0, float(size[0]), -1), (1, 0.0, 1), (1, float(size[1]), -1)):
+        clipped = []
+        for previous, current in zip(points[-1:] + points[:-1], points):
+            previous_in, current_in = (previous[axis] - bound) * side >= 0, (current[axis] - bound) * side >= 0
+            if previous_in != current_in:
+                t = (bound - previous[axis]) / (current[axis] - previous[axis])
+                crossing = [previous[0] + t * (current[0] - previous[0]), previous[1] + t * (current[1] - previous[1])]
+                crossing[axis] = bound
+                clipped.append(crossing)
+            if current_in:
+                clipped.append(current)
+        points = clipped
+    return points
 
 
 def target_mask(size: tuple[int, int], polygons: list[tuple[int, list[list[float]]]]) -> Image.Image:
@@ -87,14 +114,10 @@ def target_mask(size: tuple[int, int], polygons: list[tuple[int, list[list[float
     return labels.point(lambda v: 255 if v == TARGET else 0)
 
 
-def target_box(size: tuple[int, int], polygons: list[tuple[int, list[list[float]]]]) -> list[float] | None:
-    """The box around every target polygon, clamped to the image; None without targets."""
-    points = [p for value, poly in polygons if value == TARGET for p in poly]
-    if not points:
-        return None
-    width, height = size
-    xs = [min(max(x, 0.0), float(width)) for x, _ in points]
-    ys = [min(max(y, 0.0), float(height)) for _, y in points]
+def target_box(size: tuple[int, int], polygons: list[tuple[int, list[list[float]]]]) -> list[float]:
+    """The box around the parts of the target polygons inside the image."""
+    points = [p for value, poly in polygons if value == TARGET for p in clip_to_image(poly, size)]
+    xs, ys = [x for x, _ in points], [y for _, y in points]
     return [min(xs), min(ys), max(xs), max(ys)]
 
 
@@ -104,23 +127,30 @@ def convert_reasonseg(src: Path, out: Path, images: Path, split: str, samples_pe
         if not folder.is_dir():
             raise ConversionError(f"ReasonSeg folder {folder} not found; expected a folder of name.jpg + name.json")
     paired, unpaired = pair_files(src, images)
-    sink = ShardSink(out, samples_per_shard)
-    for path in unpaired:
-        sink.skip("unpaired", f"{path} (no image/annotation of the same name)", level=logging.WARNING)
-    for name, image_path, json_path in progress(paired, "reasonseg"):
-        where = f"ReasonSeg sample {name!r} ({json_path})"
-        annotation = read_json(json_path, "ReasonSeg annotation")
-        if not isinstance(annotation, dict):
-            raise ConversionError(f"{where}: expected an object with 'text', 'is_sentence' and 'shapes'")
-        questions, polygons = read_questions(annotation, where), read_shapes(annotation, where)
-        image, size = load_image(image_path, where, upright=True)
-        box = target_box(size, polygons)
-        record = {
-            "question": questions[0], "answer": "", "task": "seg", "rationale": None,
-            "steps": [{"text": STEP_TEXT, "box": box}] if box else [],
-            "meta": {"source": "reasonseg", "name": name, "questions": questions[1:],
-                     "is_sentence": bool(annotation.get("is_sentence", False)),
-                     "ignore_polygons": [poly for value, poly in polygons if value == IGNORE]},
-        }
-        sink.write(split, name, image, size, record, where, target_mask(size, polygons))
-    return sink.finish()
+    with ShardSink(out, samples_per_shard) as sink:
+        for path in unpaired:
+            sink.skip("unpaired", f"{path} (no image/annotation of the same name)", level=logging.WARNING)
+        for name, image_path, json_path in progress(paired, "reasonseg"):
+            where = f"ReasonSeg sample {name!r} ({json_path})"
+            annotation = read_json(json_path, "ReasonSeg annotation")
+            if not isinstance(annotation, dict):
+                raise ConversionError(f"{where}: expected an object with 'text', 'is_sentence' and 'shapes'")
+            questions = read_questions(annotation, where)
+            image, size = load_image(image_path, where, upright=True)
+            polygons = read_shapes(annotation, size, where)
+            if not any(value == TARGET for value, _ in polygons):
+                raise ConversionError(f"{where}: no target polygon; expected at least one shape labelled other "
+                                      f"than 'flag' or 'ignore'")
+            mask = target_mask(size, polygons)
+            if mask.getbbox() is None:
+                raise ConversionError(f"{where}: the ignore polygons cover every target pixel; expected a target "
+                                      f"region left in the mask")
+            record = {
+                "question": questions[0], "answer": "", "task": "seg", "rationale": None,
+                "steps": [{"text": STEP_TEXT, "box": target_box(size, polygons)}],
+                "meta": {"source": "reasonseg", "name": name, "questions": questions[1:],
+                         "is_sentence": bool(annotation.get("is_sentence", False)),
+                         "ignore_polygons": [poly for value, poly in polygons if value == IGNORE]},
+            }
+            sink.write(split, name, image, size, record, where, mask)
+        return sink.finish()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .common import ConversionError, ShardSink, blank_image, load_image, progress, read_json
+from .common import ConversionError, ShardSink, blank_image, image_path, load_image, progress, read_json
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,8 @@ def choose_splits(pid_splits, requested: str | list[str] | None, path: Path) -> 
 
 def find_image(images: Path, folders: list[str], qid: str, name: str, where: str) -> Path:
     """Upstream keeps pictures at images/{split}/{qid}/; an unpacked copy may drop the images/ level."""
-    candidates = [root / folder / qid / name for folder in folders for root in (images / "images", images)]
+    relatives = [image_path(images, f"{folder}/{qid}/{name}", where).relative_to(images) for folder in folders]
+    candidates = [root / relative for relative in relatives for root in (images / "images", images)]
     for path in candidates:
         if path.is_file():
             return path
@@ -80,26 +81,26 @@ def convert_scienceqa(src: Path, out: Path, images: Path, split: str, samples_pe
     pid_splits = read_json(src / "pid_splits.json", "ScienceQA splits")
     if not isinstance(problems, dict):
         raise ConversionError(f"{src / 'problems.json'}: expected an object mapping qids to problems")
-    sink = ShardSink(out, samples_per_shard)
-    for name in choose_splits(pid_splits, splits, src / "pid_splits.json"):
-        if not isinstance(pid_splits[name], list):
-            raise ConversionError(f"{src / 'pid_splits.json'}: split {name!r} must be a list of qids")
-        for qid in map(str, progress(pid_splits[name], f"scienceqa {name}")):
-            where = f"ScienceQA qid {qid!r} (split {name!r})"
-            problem = problems.get(qid)
-            if not isinstance(problem, dict):
-                raise ConversionError(f"{where}: listed in {src / 'pid_splits.json'} but has no problem in "
-                                      f"{src / 'problems.json'}; expected every listed qid there")
-            record = problem_record(qid, problem, where)
-            if problem.get("image"):
-                # minival's pictures live under the problem's own split folder (val).
-                folders = list(dict.fromkeys(f for f in (problem.get("split"), name) if f))
-                image, size = load_image(find_image(images, folders, qid, problem["image"], where), where)
-            elif no_image == "skip":
-                sink.skip("no_image", where)
-                continue
-            else:
-                image, size = blank_image(BLANK_SIZE), BLANK_SIZE
-                record["meta"]["no_image"] = True
-            sink.write(name, qid, image, size, record, where)
-    return sink.finish()
+    with ShardSink(out, samples_per_shard) as sink:
+        for name in choose_splits(pid_splits, splits, src / "pid_splits.json"):
+            if not isinstance(pid_splits[name], list):
+                raise ConversionError(f"{src / 'pid_splits.json'}: split {name!r} must be a list of qids")
+            for qid in map(str, progress(pid_splits[name], f"scienceqa {name}")):
+                where = f"ScienceQA qid {qid!r} (split {name!r})"
+                problem = problems.get(qid)
+                if not isinstance(problem, dict):
+                    raise ConversionError(f"{where}: listed in {src / 'pid_splits.json'} but has no problem in "
+                                          f"{src / 'problems.json'}; expected every listed qid there")
+                record = problem_record(qid, problem, where)
+                if problem.get("image"):
+                    # minival's pictures live under the problem's own split folder (val).
+                    folders = list(dict.fromkeys(f for f in (problem.get("split"), name) if f))
+                    image, size = load_image(find_image(images, folders, qid, problem["image"], where), where)
+                elif no_image == "skip":
+                    sink.skip("no_image", where)
+                    continue
+                else:
+                    image, size = blank_image(BLANK_SIZE), BLANK_SIZE
+                    record["meta"]["no_image"] = True
+                sink.write(name, qid, image, size, record, where)
+        return sink.finish()
