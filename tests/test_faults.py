@@ -22,7 +22,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import TINY_TEST_CONFIG, make_image, make_record, write_shards
+from conftest import ROOT, TINY_TEST_CONFIG, fit_args, make_image, make_record, mmreason, write_shards
 
 from mmreason.data import shards as shard_module
 from mmreason.data.preprocess import Preprocess
@@ -35,9 +35,6 @@ from mmreason.training.callbacks import FiniteTrainingGuard, NonFiniteTraining, 
 from mmreason.training.checkpoint import export_checkpoint
 from mmreason.training.class_paths import ForbiddenClass, check_command_line
 from mmreason.training.cli import parse_recipe
-
-ROOT = Path(__file__).resolve().parents[1]
-
 
 # --- code execution from files --------------------------------------------------------------
 
@@ -339,3 +336,79 @@ def test_loader_workers_die_with_a_killed_parent(tmp_path):
         os.kill(orphan, signal.SIGKILL)
     assert not orphans, f"orphaned loader workers {orphans}"
 
+
+
+# --- kills at the worst moments (whole training runs: slow) -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def train_shards(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("shards")
+    write_shards(folder, "train", [7, 2, 5])
+    write_shards(folder, "val", [6])
+    return folder
+
+
+def _killed(args: list[str], kill_at: str, tag: str) -> None:
+    """Run ``mmreason`` with a SIGKILL at ``kill_at`` (see fault_injection) and check that it died there."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1", "KILL_AT": kill_at,
+           "FAULT_TAG": tag}
+    result = subprocess.run([sys.executable, str(Path(__file__).parent / "fault_injection.py"), *args],
+                            capture_output=True, text=True, timeout=240, env=env, cwd=ROOT)
+    assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
+
+
+def _tagged_processes(tag: str) -> list[int]:
+    """Live processes started by a run tagged ``tag`` (children inherit its environment)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and f"FAULT_TAG={tag}".encode() in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def _no_orphans(tag: str) -> None:
+    deadline = time.monotonic() + 15
+    while _tagged_processes(tag) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    orphans = _tagged_processes(tag)
+    for orphan in orphans:
+        os.kill(orphan, signal.SIGKILL)
+    assert not orphans, f"processes outlived the killed run: {orphans}"
+
+
+def _step_of(ckpt: Path) -> int:
+    return torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("kill_at", ["ckpt:4", "step:3"])
+def test_a_kill_mid_run_loses_nothing_and_resume_continues_at_the_saved_step(train_shards, tmp_path, kill_at):
+    args = fit_args(train_shards, tmp_path, 5, "--checkpoint.every_n_train_steps", "1",
+                    "--data.init_args.num_workers", "1")
+    _killed(args, kill_at, tag=f"{tmp_path.name}-{kill_at}")
+    _no_orphans(f"{tmp_path.name}-{kill_at}")
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert _step_of(last) == 3  # the last complete checkpoint before the kill
+    mmreason(*args, "--ckpt_path", "last")
+    assert _step_of(last) == 5
+    assert json.loads((tmp_path / "export" / "config.json").read_text())["metrics"]["global_step"] == 5
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_kill_while_an_export_is_written_keeps_the_previous_export(train_shards, tmp_path):
+    mmreason(*fit_args(train_shards, tmp_path, 2))
+    export = tmp_path / "export"
+    before = (export / "model.safetensors").read_bytes()
+    args = fit_args(train_shards, tmp_path, 4, "--data.init_args.num_workers", "1")
+    _killed([*args, "--ckpt_path", "last"], "export:export", tag=tmp_path.name)
+    _no_orphans(tmp_path.name)
+    assert (export / "model.safetensors").read_bytes() == before
+    assert json.loads((export / "config.json").read_text())["metrics"]["global_step"] == 2
+    load_export(export)
+    assert _step_of(tmp_path / "checkpoints" / "last.ckpt") == 4  # the checkpoint written before the export

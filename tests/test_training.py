@@ -3,40 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_TEST_CONFIG, make_image, write_shards
-
-ROOT = Path(__file__).resolve().parents[1]
-RECIPE = ROOT / "recipes" / "baseline" / "synth-tiny-cot.yaml"
-
-
-def mmreason(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "mmreason", *args], capture_output=True, text=True,
-                            timeout=timeout, env=env, cwd=ROOT)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
-
-
-def fit_args(data: Path, root: Path, steps: int, *extra: str) -> list[str]:
-    return [
-        "fit", "-c", str(RECIPE),
-        "--trainer.default_root_dir", str(root), "--trainer.max_steps", str(steps),
-        "--trainer.max_time", "null", "--trainer.val_check_interval", str(steps),
-        "--trainer.limit_val_batches", "1", "--trainer.log_every_n_steps", "1",
-        "--trainer.enable_progress_bar", "false",
-        "--model.init_args.model_config", json.dumps(TINY_TEST_CONFIG),
-        "--model.init_args.max_new_tokens", "4", "--model.init_args.warmup_steps", "2",
-        "--data.init_args.synth", "null", "--data.init_args.train", str(data / "train{0..2}-000000.tar"),
-        "--data.init_args.val", str(data / "val0-000000.tar"), "--data.init_args.batch_size", "4",
-        "--data.init_args.num_workers", "0", *extra,
-    ]
+from conftest import fit_args, make_image, mmreason, write_shards
 
 
 @pytest.fixture(scope="module")

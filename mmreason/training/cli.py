@@ -1,7 +1,8 @@
 """``mmreason fit | validate | test``: LightningCLI with the zoo's callbacks always present.
 
-Every run gets a ``last.ckpt`` under ``{default_root_dir}/checkpoints`` (so
-``--ckpt_path last`` resumes), atomic checkpoint writes, export folders, and a
+Every run gets a ``last.ckpt`` under ``{default_root_dir}/checkpoints``, rewritten
+every :data:`CHECKPOINT_EVERY_N_STEPS` steps and at the end (so ``--ckpt_path last``
+resumes), atomic checkpoint writes, export folders, and a
 stop at the first non-finite loss or gradient.
 """
 
@@ -22,6 +23,9 @@ from mmreason.training.callbacks import (
 from mmreason.training.class_paths import check_command_line
 
 
+CHECKPOINT_EVERY_N_STEPS = 100  # a kill loses at most this many steps; recipes may set checkpoint.every_n_train_steps
+
+
 def _checkpoint_dir(root: str | None) -> str:
     return os.path.join(root or ".", "checkpoints")
 
@@ -29,7 +33,9 @@ def _checkpoint_dir(root: str | None) -> str:
 class MMReasonCLI(LightningCLI):
     def add_arguments_to_parser(self, parser):
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0})
+        # save_top_k 0 writes last.ckpt only when training ends; every_n_train_steps also writes it on the way
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0,
+                             "checkpoint.every_n_train_steps": CHECKPOINT_EVERY_N_STEPS})
         parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath", compute_fn=_checkpoint_dir)
         parser.add_lightning_class_args(ExportCallback, "export")
         parser.link_arguments("trainer.default_root_dir", "export.dirpath")
