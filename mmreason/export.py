@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from transformers import AutoTokenizer
 
+from mmreason.data.writer import unsafe_key
 from mmreason.text.tokenizer import SPECIAL_TOKENS
 from mmreason.zoo import family_class
 
@@ -153,7 +155,7 @@ def save_export(model, folder: str | Path, recipe: dict | None = None, metrics: 
     return folder
 
 
-def read_export_config(folder: str | Path) -> dict:
+def read_export_config(folder: str | Path, need_weights: bool = True) -> dict:
     """Check the folder's files and return its config, or raise ExportError naming the problem."""
     folder = Path(folder)
     recover_interrupted_swap(folder)
@@ -163,7 +165,7 @@ def read_export_config(folder: str | Path) -> dict:
             raise ExportError(f"export folder {str(folder)!r} does not exist; {str(tmp)!r} is an export whose "
                               "writing was interrupted (incomplete): export again")
         raise ExportError(f"export folder {str(folder)!r} does not exist (write one with `mmreason export`)")
-    for name in (CONFIG_FILE, WEIGHTS_FILE):
+    for name in (CONFIG_FILE, WEIGHTS_FILE) if need_weights else (CONFIG_FILE,):
         if not (folder / name).is_file():
             raise ExportError(f"export folder {str(folder)!r} is incomplete: {name} is missing")
     try:
@@ -185,12 +187,16 @@ def read_export_config(folder: str | Path) -> dict:
     return config
 
 
+def _build(folder: Path, config: dict):
+    """The family's model for a checked config, untrained, with the folder's tokenizer."""
+    tokenizer = None if config["family"] in TEXTLESS_FAMILIES else AutoTokenizer.from_pretrained(str(folder))
+    return family_class(config["family"])(config["config"], tokenizer=tokenizer)
+
+
 def load_export(folder: str | Path, device: str | torch.device = "cpu"):
     """Rebuild the model of an export folder, offline, in eval mode."""
     folder = Path(folder)
-    config = read_export_config(folder)
-    tokenizer = None if config["family"] in TEXTLESS_FAMILIES else AutoTokenizer.from_pretrained(str(folder))
-    model = family_class(config["family"])(config["config"], tokenizer=tokenizer)
+    model = _build(folder, read_export_config(folder))
     try:
         missing, unexpected = load_model(model, str(folder / WEIGHTS_FILE), strict=False)
     except (SafetensorError, OSError) as exn:
@@ -201,3 +207,35 @@ def load_export(folder: str | Path, device: str | torch.device = "cpu"):
             f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
         )
     return model.to(device).eval()
+
+
+def checkpoint_payload(model) -> dict:
+    """What a training checkpoint carries to be exported alone: the export's config and tokenizer files
+    (the weights are in its state dict), so ``export --ckpt`` needs none of the folders training started from."""
+    files: dict[str, bytes] = {}
+    if model.tokenizer is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            model.tokenizer.save_pretrained(tmp)
+            files = {path.name: path.read_bytes() for path in Path(tmp).iterdir() if path.is_file()}
+    return {"format_version": FORMAT_VERSION, "family": model.family, "config": portable_config(model),
+            "tokenizer_files": files}
+
+
+def model_from_checkpoint(payload: dict, weights: dict, source: str):
+    """Rebuild a model from :func:`checkpoint_payload` and its weights, with every check of an export folder."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("tokenizer_files"), dict):
+        raise ExportError(f"{source}: its export entry must be a dict with 'tokenizer_files'")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for name, content in payload["tokenizer_files"].items():
+            if not isinstance(name, str) or unsafe_key(name) or not isinstance(content, bytes):
+                raise ExportError(f"{source}: tokenizer file {str(name)[:80]!r} must be a plain file name with bytes")
+            (folder / name).write_bytes(content)
+        entries = {k: payload.get(k) for k in ("format_version", "family", "config")}
+        (folder / CONFIG_FILE).write_text(json.dumps(entries))
+        model = _build(folder, read_export_config(folder, need_weights=False))
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise ExportError(f"{source}: weights do not match the architecture: missing {sorted(missing)[:5]}, "
+                          f"unexpected {sorted(unexpected)[:5]}")
+    return model

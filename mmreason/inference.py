@@ -23,6 +23,7 @@ from mmreason.eval.perception import PerceptionReport, scaled_scene
 from mmreason.eval.rationale import RationaleReport
 from mmreason.eval.segmentation import SegmentationReport, score_segments, with_text_answers
 from mmreason.export import load_export
+from mmreason.models.base import ANSWERS, CROPS, PERCEIVES, PIPELINE, SEGMENTS
 from mmreason.models.star import strip_seg
 from mmreason.overlay import draw_crops, draw_mask
 
@@ -71,18 +72,18 @@ def evaluate(model, urls: list[str], batch_size: int = 64, max_new_tokens: int =
     their ``run``: ``votes``, ``temperature``, ``rationale_source``); for segmentation families
     gIoU/cIoU per question type (``samples``, ``temperature``: test-time scaling); for crop
     policies the crop IoU and action shares."""
-    if hasattr(model, "perceive"):
+    if model.can(PERCEIVES):
         if pipeline_options:
             raise ValueError(f"{sorted(pipeline_options)} do not apply to a {model.family!r} model")
         return evaluate_perception(model, urls, batch_size, limit)
-    pipeline, segmenter = hasattr(model, "run"), hasattr(model, "segment")
+    pipeline, segmenter = model.can(PIPELINE), model.can(SEGMENTS)
     segment_options = {k: pipeline_options.pop(k) for k in ("samples", "temperature")
                        if segmenter and k in pipeline_options}
     if pipeline_options and not pipeline:
         raise ValueError(f"{sorted(pipeline_options)} apply to pipeline families (e.g. mccot; --samples to "
                          f"segmentation families), not to a {model.family!r} model")
     report, rationale_report, records, confidences = AccuracyReport(), RationaleReport(), [], []
-    crops = CropReport() if hasattr(model, "crop_tokens") else None  # a crop-action policy: where it looked
+    crops = CropReport() if model.can(CROPS) else None  # a crop-action policy: where it looked
     segments, skipped = SegmentationReport(), Counter()
     device = next(model.parameters()).device
     for batch in _eval_batches(urls, model.preprocess, batch_size, limit, skipped):
@@ -103,7 +104,7 @@ def evaluate(model, urls: list[str], batch_size: int = 64, max_new_tokens: int =
             texts = model.answer_batch(images, batch["records"], max_new_tokens=max_new_tokens)
         if crops is not None:
             crops.add_many(texts, batch["records"], model.preprocess.image_size)
-        if getattr(model, "answers_questions", True):  # a rationale-only stage has nothing to score
+        if model.can(ANSWERS):  # a rationale-only stage has nothing to score
             report.add_many(texts, batch["records"])
         records += batch["records"]
     skip_report, skip_line = _skip_summary(skipped, len(records), urls)

@@ -13,8 +13,11 @@ from collections.abc import Callable
 
 from torch import nn
 
+from mmreason.models.config_schema import check_config
+
 _FAMILIES: dict[str, type[nn.Module]] = {}
 _MODELS: dict[str, dict] = {}
+_BUILTINS_LOADED = False
 
 
 def register_family(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
@@ -64,12 +67,19 @@ def merge_config(base: dict, overrides: dict) -> dict:
 
 
 def create_model(name: str, **overrides) -> nn.Module:
-    """A freshly initialised model of a registered name, with config keys overridden."""
+    """A freshly initialised model of a registered name, with config keys overridden; a key the
+    family does not read (at any depth) is refused."""
     info = model_info(name)
-    return family_class(info["family"])(merge_config(info["config"], overrides))
+    cls = family_class(info["family"])
+    config = merge_config(info["config"], overrides)
+    check_config(config, cls.config_schema, info["family"], "model_config")
+    return cls(config)
 
 
 def _register_builtin() -> None:
-    if _FAMILIES:
+    """Load the built-in families once, whatever a user registered before."""
+    global _BUILTINS_LOADED
+    if _BUILTINS_LOADED:
         return
+    _BUILTINS_LOADED = True
     from mmreason.models import registry  # noqa: F401  (registers the built-in families and models)

@@ -128,3 +128,11 @@ def fit_args(data: Path, root: Path, steps: int, *extra: str) -> list[str]:
         "--data.init_args.val", str(data / "val0-000000.tar"), "--data.init_args.batch_size", "4",
         "--data.init_args.num_workers", "0", *extra,
     ]
+
+
+@pytest.fixture(autouse=True)
+def fresh_skip_log(monkeypatch):
+    """Each test starts with the skip log's in-full budget unspent (the tally is per process)."""
+    from mmreason.data.shards import SKIPPED
+
+    monkeypatch.setattr(SKIPPED, "total", 0)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import ROOT, mmreason
 from test_convert import scienceqa_folder
 from test_mccot import MCCOT_TEST_CONFIG
-from test_training import ROOT, mmreason
 
 from mmreason.data.convert import convert
 

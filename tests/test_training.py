@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import fit_args, make_image, mmreason, write_shards
+from conftest import TINY_TEST_CONFIG, fit_args, make_image, mmreason, write_shards
+
+from mmreason.export import load_export, save_export
+from mmreason.models.baseline import VisionLanguageModel
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +59,12 @@ def test_predict_eval_and_export_verbs_on_a_fresh_export(shards, tmp_path):
     assert report["majority_baseline"]["exist"] == 1.0  # every exist record answers "yes"
     mmreason("export", "--ckpt", str(tmp_path / "checkpoints" / "last.ckpt"), "--out", str(tmp_path / "again"))
     assert json.loads((tmp_path / "again" / "config.json").read_text())["family"] == "baseline"
+    older = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    del older["mmreason_export"]  # as written before checkpoints carried their export entry
+    torch.save(older, tmp_path / "older.ckpt")
+    mmreason("export", "--ckpt", str(tmp_path / "older.ckpt"), "--out", str(tmp_path / "older"))
+    assert torch.equal(load_export(tmp_path / "older").lm.get_input_embeddings().weight,
+                       load_export(tmp_path / "again").lm.get_input_embeddings().weight)
 
 
 def test_cli_help_lists_every_verb():
@@ -101,3 +111,17 @@ def test_data_verbs_write_valid_shards(tmp_path):
                                  "--out", str(tmp_path / "mine")).stdout)
     assert report["written"] == 1
     assert json.loads((tmp_path / "mine" / "sizes.json").read_text()) == {"train-000000.tar": 1}
+
+
+def test_export_from_a_checkpoint_needs_none_of_the_folders_training_started_from(shards, tmp_path, tiny_tokenizer):
+    torch.manual_seed(0)
+    parent = save_export(VisionLanguageModel(TINY_TEST_CONFIG, tokenizer=tiny_tokenizer), tmp_path / "parent")
+    run = tmp_path / "run"
+    mmreason(*fit_args(shards, run, 2), "--model.init_args.model_config", "null",
+             "--model.init_args.init_from", str(parent))
+    shutil.rmtree(parent)
+    mmreason("export", "--ckpt", str(run / "checkpoints" / "last.ckpt"), "--out", str(tmp_path / "again"))
+    again, fitted = load_export(tmp_path / "again"), load_export(run / "export")
+    assert again.state_dict().keys() == fitted.state_dict().keys()
+    assert all(torch.equal(value, fitted.state_dict()[key]) for key, value in again.state_dict().items())
+    assert json.loads((tmp_path / "again" / "config.json").read_text())["metrics"]["global_step"] == 2

@@ -12,7 +12,6 @@ import copy
 import logging
 
 import torch
-from torch import nn
 
 from mmreason.data.preprocess import Preprocess
 from mmreason.data.schema import Record
@@ -21,6 +20,8 @@ from mmreason.layers.language import build_language_model, splice_image_features
 from mmreason.layers.position import sincos_2d
 from mmreason.layers.projector import build_projector
 from mmreason.layers.vision import VisionEncoder
+from mmreason.models.base import ZooModel
+from mmreason.models.config_schema import VLM
 from mmreason.models.pretrained_vision import adopt_vision_export, freeze, load_vision_export
 from mmreason.text.prompts import OUTPUT_FORMATS, query_record, target_text, user_prompt
 from mmreason.text.tokenizer import build_tokenizer
@@ -64,8 +65,9 @@ class PromptTooLong(ValueError):
     """The prompt (image tokens included) does not fit ``max_length``."""
 
 
-class VisionLanguageModel(nn.Module):
+class VisionLanguageModel(ZooModel):
     family = "baseline"
+    config_schema = VLM
 
     def __init__(self, config: dict, tokenizer=None):
         """``config["backbone_from"]``, an export of this family or one built on it, starts the

@@ -20,8 +20,11 @@ from torch import nn
 
 from mmreason.data import scene_targets as targets
 from mmreason.data.preprocess import Preprocess
+from mmreason.data.scene_targets import scenes_of
 from mmreason.layers.vision import VisionEncoder
+from mmreason.models.base import PERCEIVES, ZooModel
 from mmreason.models.baseline import TINY_CONFIG as BASELINE_TINY
+from mmreason.models.config_schema import LEAF, PREPROCESS, VISION
 
 TINY_CONFIG = {
     # the tiny VLMs' ViT (same width, depth and input, so their step times do not change), convolutional stem
@@ -36,10 +39,13 @@ HEAD_LAYOUT = {"centre": 1, "colour": N_COLOURS, "shape": N_SHAPES, "size": N_SI
                "cover_colour": N_COLOURS + 1, "cover_shape": N_SHAPES + 1}
 
 
-class SceneEncoder(nn.Module):
+class SceneEncoder(ZooModel):
     """The vision tower plus linear per-patch heads; ``perceive`` lists the objects it sees."""
 
     family = "encoder"
+    capabilities = frozenset({PERCEIVES})
+    config_schema = {"vision": VISION, "preprocess": PREPROCESS, "centre_pos_weight": LEAF,
+                     "loss_weights": dict.fromkeys(("centre", "attributes", "geometry", "cover"), LEAF)}
 
     def __init__(self, config: dict, tokenizer=None):
         super().__init__()
@@ -72,6 +78,11 @@ class SceneEncoder(nn.Module):
         """Dense targets of scenes laid out at ``scene_size`` px, as tensors on ``device``."""
         return {k: torch.from_numpy(v).to(device)
                 for k, v in targets.batch_targets(scenes, scene_size, self.grid).items()}
+
+    def loss(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Dense targets come from the scene graphs the records carry (synthetic shards or streams)."""
+        scenes, size = scenes_of(batch)
+        return self.batch_loss(batch["images"], scenes, size)
 
     def batch_loss(self, images: torch.Tensor, scenes: list[list[dict]], scene_size: int) -> dict[str, torch.Tensor]:
         """Weighted sum of: centre-cell BCE, attribute CE at centre cells, L1 on centre offset and box

@@ -34,8 +34,10 @@ from mmreason.layers.gated_fusion import GatedCrossAttentionFusion
 from mmreason.layers.language import build_language_model
 from mmreason.layers.logit_voting import fuse_pass_logits
 from mmreason.layers.vision import VisionEncoder
+from mmreason.models.base import ANSWERS, CACHED_FEATURES, PIPELINE, ZooModel
 from mmreason.models.baseline import IGNORE_INDEX
 from mmreason.models.baseline import TINY_CONFIG as BASELINE_TINY
+from mmreason.models.config_schema import LANGUAGE, LEAF, PREPROCESS, VISION
 from mmreason.models.pretrained_vision import adopt_vision_export, load_vision_export
 from mmreason.text.prompts import (
     answer_sentence,
@@ -133,10 +135,13 @@ class MCCoTStage(nn.Module):
                                 max_new_tokens=max_new_tokens, num_return_sequences=samples, **sampling)
 
 
-class MCCoT(nn.Module):
+class MCCoT(ZooModel):
     """The pipeline of stages (``rationale`` + ``answer``, or ``direct``) with one tokenizer."""
 
     family = "mccot"
+    config_schema = {"vision": VISION, "language": LANGUAGE, "init_language": LANGUAGE, "tokenizer": LEAF,
+                     "preprocess": PREPROCESS, "stages": LEAF, "train_stage": LEAF, "max_length": LEAF,
+                     "max_target_length": LEAF, "self_consistency": dict.fromkeys(("passes", "alpha", "vote"), LEAF)}
 
     def __init__(self, config: dict, tokenizer=None):
         super().__init__()
@@ -174,14 +179,12 @@ class MCCoT(nn.Module):
         """The first stage's language model (every stage has its architecture)."""
         return next(iter(self.stages.values())).t5
 
-    @property
-    def accepts_cached_features(self) -> bool:
-        """Cached features stand in for images only when every stage's encoder is frozen."""
-        return all(stage.frozen_vision for stage in self.stages.values())
-
-    @property
-    def answers_questions(self) -> bool:
-        return "answer" in self.stages or "direct" in self.stages
+    def capability_set(self) -> frozenset[str]:
+        """A rationale-only stage answers nothing; cached features stand in for images only when
+        every stage's encoder is frozen."""
+        answers = {ANSWERS} if "answer" in self.stages or "direct" in self.stages else set()
+        cached = {CACHED_FEATURES} if all(stage.frozen_vision for stage in self.stages.values()) else set()
+        return frozenset({PIPELINE} | answers | cached)
 
     @property
     def vision(self) -> nn.Module:
@@ -337,13 +340,13 @@ class MCCoT(nn.Module):
         """
         if votes < 1:
             raise ValueError(f"votes must be at least 1, got {votes}")
-        if votes > 1 and not self.answers_questions:
+        if votes > 1 and not self.can(ANSWERS):
             raise ValueError("voting needs an answer stage; this export holds only "
                              f"{list(self.stages)} (train one with stage: answer, rationale_from: this export)")
         has_rationale = "rationale" in self.stages
         rationales = self.rationales(visual, records, rationale_source, votes, temperature, top_p,
                                      max_new_tokens, sample) if has_rationale else None
-        if not self.answers_questions:
+        if not self.can(ANSWERS):
             return [{"rationale": q, "text": q, "answer": None, "confidence": None, "votes": []} for q in rationales]
         texts = self.answers(visual, records, rationales, max_answer_tokens)
         k = len(texts) // len(records)

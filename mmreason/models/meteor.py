@@ -1,6 +1,6 @@
 """Meteor: a small Mamba traverses the rationale, and the backbone answers from its `<tor>` states.
 
-A long rationale is costly in the backbone's context. Meteor (papers.md §1) lets
+A long rationale is costly in the backbone's context. Meteor (Lee et al., NeurIPS 2024) lets
 a small embedder read image + question (+ the rationale, during its first
 training step) with N `<tor>` tokens in it; its hidden states at those N
 positions, projected to the backbone width, replace the embeddings of N `<tor>`
@@ -57,6 +57,7 @@ from mmreason.layers.mamba import MambaStack
 from mmreason.layers.projector import build_projector
 from mmreason.models.baseline import TINY_CONFIG as BASELINE_TINY
 from mmreason.models.baseline import PromptTooLong, VisionLanguageModel
+from mmreason.models.config_schema import ANY, LEAF, VLM
 from mmreason.text.prompts import RATIONALE_CUE, format_choices
 from mmreason.text.tor import PLACEMENTS, TOR_TOKEN, RationaleTooShort, bare_tor, insert_tor
 from mmreason.zoo import merge_config
@@ -142,6 +143,8 @@ class Meteor(VisionLanguageModel):
     """
 
     family = "meteor"
+    config_schema = {**VLM, "step": LEAF, "traversal": {"embedder": LEAF, "mamba": ANY, "transformer": ANY,
+                                                        "num_tor": LEAF, "placement": LEAF, "path": LEAF, "seed": LEAF}}
     fine_tune_options = ("step",)
 
     def __init__(self, config: dict, tokenizer=None):

@@ -39,6 +39,11 @@ class Trajectory:
 class TrajectoryPolicy:
     """Mixin for a :class:`~mmreason.models.baseline.VisionLanguageModel` subclass."""
 
+    def reward_columns(self, trajectories: list[Trajectory], records: list, batch: dict,
+                       images: torch.Tensor) -> dict[str, list]:
+        """Reward inputs only the model can compute, one value per trajectory (e.g. its masks' IoU)."""
+        return {}
+
     def trajectory_embeddings(self, images: torch.Tensor, trajectories: list[Trajectory],
                               left: bool) -> dict[str, torch.Tensor]:
         """Padded input embeddings and attention mask of prompt + completion per trajectory: the

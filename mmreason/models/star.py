@@ -8,7 +8,7 @@ decoder (:mod:`mmreason.layers.mask_decoder`) over the shared vision encoder's
 patch tokens (projected to d); the decoder's logits are resized to the input.
 Several ``<seg>`` in one answer give several masks (each reads its sample's image).
 
-Loss (papers.md §4) = w_text·CE(text) + w_bce·BCE(mask) + w_dice·Dice(mask), BCE
+Loss (LISA, Lai et al., CVPR 2024) = w_text·CE(text) + w_bce·BCE(mask) + w_dice·Dice(mask), BCE
 averaged over each mask's pixels, Dice = 1 − (2Σσ(x)t + 1)/(Σσ(x) + Σt + 1), both
 averaged over masks; a sample's target is its mask (255 = object in the shards).
 At inference the text is generated, then one forward pass over prompt + text
@@ -36,8 +36,10 @@ from mmreason.data.schema import Record
 from mmreason.eval.answers import extract_answer_span
 from mmreason.layers.language import splice_image_features
 from mmreason.layers.mask_decoder import MaskDecoder, PromptEncoder
+from mmreason.models.base import ANSWERS, POLICY, SEGMENTS
 from mmreason.models.baseline import TINY_CONFIG as BASELINE_TINY
 from mmreason.models.baseline import VisionLanguageModel
+from mmreason.models.config_schema import LEAF, VLM
 from mmreason.models.policy import Trajectory, TrajectoryPolicy
 from mmreason.seg.answers import format_box_point, mask_box_point, parse_box_points
 from mmreason.seg.rewards import matched_ious
@@ -47,7 +49,7 @@ from mmreason.zoo import merge_config
 
 SEG_TOKEN = "<seg>"
 SEG_TASK = "seg"
-ANSWERS = ("seg", "box")
+ANSWER_KINDS = ("seg", "box")
 DEFAULT_SEGMENTATION = {"answer": "seg", "embed_dim": 64, "num_heads": 4, "depth": 2, "upscale": 4,
                         "loss_weights": {"text": 1.0, "bce": 2.0, "dice": 0.5}}
 TINY_CONFIG = merge_config(BASELINE_TINY, {"output_format": "answer", "segmentation": DEFAULT_SEGMENTATION})
@@ -65,16 +67,16 @@ class ReasoningSegmenter(TrajectoryPolicy, VisionLanguageModel):
     upscale, loss_weights."""
 
     family = "star"
-    uses_masks = True
+    config_schema = {**VLM, "segmentation": {**dict.fromkeys(("answer", "embed_dim", "num_heads", "depth", "upscale"), LEAF),
+                                             "loss_weights": dict.fromkeys(("text", "bce", "dice"), LEAF)}}
 
     def __init__(self, config: dict, tokenizer=None):
         super().__init__(config, tokenizer)
         spec = merge_config(DEFAULT_SEGMENTATION, config.get("segmentation", {}))
         self.loss_weights = spec["loss_weights"]
-        if spec["answer"] not in ANSWERS:
-            raise ValueError(f"segmentation.answer must be one of {ANSWERS}, got {spec['answer']!r}")
+        if spec["answer"] not in ANSWER_KINDS:
+            raise ValueError(f"segmentation.answer must be one of {ANSWER_KINDS}, got {spec['answer']!r}")
         self.answer_kind = spec["answer"]
-        self.answers_questions = self.answer_kind == "seg"  # a box answer names no object to score as text
         width, dim = self.lm.config.hidden_size, int(spec["embed_dim"])
         self.seg_token_id = self.tokenizer.convert_tokens_to_ids(SEG_TOKEN)
         self.seg_projection = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, dim))
@@ -114,6 +116,13 @@ class ReasoningSegmenter(TrajectoryPolicy, VisionLanguageModel):
         before = F.pad(input_ids[:, 1:] == self.seg_token_id, (0, 1))
         rows = torch.nonzero(before)[:, 0]
         return hidden[before], rows
+
+    def capability_set(self) -> frozenset[str]:
+        """A box answer names no object, so only the ``<seg>`` path is scored as text answers."""
+        return frozenset({SEGMENTS, POLICY} | ({ANSWERS} if self.answer_kind == "seg" else set()))
+
+    def loss(self, batch: dict) -> dict[str, torch.Tensor]:
+        return self.batch_loss(batch["images"], batch["records"], masks=batch.get("masks"))
 
     def batch_loss(self, images: torch.Tensor, records: list[Record], masks=None) -> dict[str, torch.Tensor]:
         """Text CE + mask BCE and Dice. ``seg`` answers: masks from the `<seg>` states; ``box`` answers:

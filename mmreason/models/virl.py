@@ -13,7 +13,7 @@ for each rationale step, its box as a crop action (with the crop's image tokens)
 then the step's text; then the answer. Everything is a :class:`Trajectory` (prompt,
 completion, which completion tokens the policy wrote, crop boxes), so supervised
 loss, GRPO log-probabilities and generation share one embedding path.
-(Design ours, after ViRL's description; papers.md §3.)
+(Design ours, after ViRL's description of visual rationales as crop actions.)
 """
 
 from __future__ import annotations
@@ -24,8 +24,10 @@ import torch.nn.functional as F
 from mmreason.data.schema import Record
 from mmreason.eval.answers import extract_answer_span
 from mmreason.eval.crops import record_boxes
+from mmreason.models.base import ANSWERS, CROPS, POLICY
 from mmreason.models.baseline import TINY_CONFIG as BASELINE_TINY
 from mmreason.models.baseline import VisionLanguageModel, split_rationale
+from mmreason.models.config_schema import LEAF, VLM
 from mmreason.models.policy import Trajectory, TrajectoryPolicy
 from mmreason.rl.crop import CROP_CLOSE, CROP_OPEN, clamp_box, crop_and_resize, crop_text, parse_box
 from mmreason.rl.grpo import token_log_probs
@@ -40,6 +42,8 @@ class VisualRationalePolicy(TrajectoryPolicy, VisionLanguageModel):
     """Extra config: ``crop`` = {max_actions, min_size (px), tokens (per crop, a square number)}."""
 
     family = "virl"
+    capabilities = frozenset({ANSWERS, CROPS, POLICY})
+    config_schema = {**VLM, "crop": dict.fromkeys(("tokens", "max_actions", "min_size"), LEAF)}
 
     def __init__(self, config: dict, tokenizer=None):
         super().__init__(config, tokenizer)

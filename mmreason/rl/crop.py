@@ -1,6 +1,6 @@
 """Crop actions as pure functions: write, parse, clamp and apply ``<crop>…</crop>`` boxes.
 
-A crop action is the visual analogue of a reasoning step (papers.md §3, ViRL); the
+A crop action is the visual analogue of a reasoning step (ViRL); the
 multi-turn loop that pauses after ``</crop>`` and feeds the crop back as new image
 tokens is mmreason's design and lives elsewhere — nothing here holds a model.
 

@@ -2,7 +2,7 @@
 
 No model lives here: a trainer computes log-probabilities with :func:`token_log_probs`,
 rewards with :mod:`mmreason.rl.rewards`, and hands tensors to :func:`grpo_loss`.
-The formulas are those of papers.md §3 (GRPO as in TRL, with the DAPO and
+The formulas are those of GRPO (Shao et al. 2024, as TRL implements it, with the DAPO and
 Dr.GRPO switches). Shapes: B completions (prompts × group), T completion tokens.
 """
 
@@ -151,7 +151,7 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tens
 
 @dataclass
 class GRPOConfig:
-    """GRPO hyper-parameters (papers.md §3); ``num_iterations`` μ = policy updates per rollout batch.
+    """GRPO hyper-parameters (Shao et al. 2024; TRL's names); ``num_iterations`` μ = policy updates per rollout batch.
 
     With μ = 1 the policy that sampled is the one being updated (ρ = 1); μ > 1
     reuses the rollout, and the clip keeps the later updates near the sampler.

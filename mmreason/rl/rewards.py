@@ -3,7 +3,7 @@
 ``completions`` are the generated strings; each dataset column arrives as a list
 aligned with them (``answer``, ``box``, ``image_id``, ``quality``). A completion that
 cannot be parsed scores 0: a reward never raises on model output. A column of
-the wrong length is a data bug and raises. papers.md §3: format + accuracy
+the wrong length is a data bug and raises. Rewards: format + accuracy
 (Reason-RFT), IoU for grounding, and VisualQuality-R1's Thurstone fidelity reward.
 """
 

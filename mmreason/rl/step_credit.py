@@ -1,6 +1,6 @@
 """Step-level visual credit: label each crop action correct, redundant or erroneous.
 
-ViRL (papers.md §3, no public code) credits visual actions against ground-truth
+ViRL (visual-rationale RL, no public code) credits visual actions against ground-truth
 visual rationales; the rule below is mmreason's design, not the paper's. A rollout's
 crop boxes (from :func:`mmreason.rl.crop.parse_crops`, ``None`` for a malformed one)
 are matched one-to-one to the rationale boxes, deduplicated first (a rationale often

@@ -22,7 +22,6 @@ from mmreason.training.callbacks import (
 )
 from mmreason.training.class_paths import check_command_line
 
-
 CHECKPOINT_EVERY_N_STEPS = 100  # a kill loses at most this many steps; recipes may set checkpoint.every_n_train_steps
 
 

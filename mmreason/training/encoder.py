@@ -22,8 +22,7 @@ class EncoderModule(SFTModule):
         self.perception: dict[str, PerceptionReport] = {}
 
     def training_step(self, batch, batch_idx):
-        scenes, size = scenes_of(batch)
-        out = self.model.batch_loss(batch["images"], scenes, size)
+        out = self.model.loss(batch)
         for key, value in out.items():
             self.log(f"train/{key}", value, prog_bar=key == "loss")
         return out["loss"]

@@ -1,4 +1,4 @@
-"""GRPO fine-tuning of a crop-action policy with Lightning (papers.md §3).
+"""GRPO fine-tuning of a crop-action policy with Lightning (GRPO as in DeepSeekMath, Shao et al. 2024; crop actions after ViRL).
 
 Every step: G sampled rollouts per prompt (crop actions included), rewards summed
 with the recipe's weights, group-relative advantages, optional step-level credit
@@ -18,7 +18,8 @@ import torch
 
 from mmreason.eval.accuracy import AccuracyReport
 from mmreason.eval.crops import CropReport, record_boxes
-from mmreason.export import load_export
+from mmreason.export import checkpoint_payload, load_export
+from mmreason.models.base import ANSWERS, CROPS, POLICY, SEGMENTS
 from mmreason.rl.grpo import GRPOConfig, group_advantages, grpo_loss
 from mmreason.rl.rewards import accuracy_reward, format_reward, weighted_sum
 from mmreason.rl.step_credit import action_rewards
@@ -68,10 +69,10 @@ class GRPOModule(AnswerEvaluation, L.LightningModule):
         self.reward_fns = {name: (REWARDS[name], float(weight)) for name, weight in rewards.items()}
         self.step_credit = None if step_credit is None else {**STEP_CREDIT_DEFAULTS, **step_credit}
         self.model = load_export(init_from).train()
-        if not hasattr(self.model, "rollout"):
+        if not self.model.can(POLICY):
             raise ValueError(f"GRPO needs a policy export (family 'virl' or 'star'); {init_from} holds a "
                              f"{self.model.family!r} model")
-        self.crops = hasattr(self.model, "crop_tokens")  # a policy whose actions are crops
+        self.crops = self.model.can(CROPS)
         if self.step_credit is not None and not self.crops:
             raise ValueError("step_credit rewards crop actions; this policy takes none (set step_credit: null)")
         if rollouts_per_prompt is not None and (rollouts_per_prompt < group_size or group_size % 2):
@@ -95,6 +96,8 @@ class GRPOModule(AnswerEvaluation, L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["mmreason_module"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        checkpoint["mmreason_export"] = checkpoint_payload(self.model)
+        checkpoint["mmreason_metrics"] = dict(self.last_metrics)
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=self.hparams.lr,
@@ -112,8 +115,7 @@ class GRPOModule(AnswerEvaluation, L.LightningModule):
         texts = [self.model.completion_text(t) for t in trajectories]
         prompts = [records[t.image_index].question for t in trajectories]
         columns = {"answer": [records[t.image_index].answer for t in trajectories]}
-        if hasattr(self.model, "reward_columns"):  # what only the model can compute (e.g. its masks)
-            columns.update(self.model.reward_columns(trajectories, records, batch, images))
+        columns.update(self.model.reward_columns(trajectories, records, batch, images))  # e.g. its masks' IoU
         totals, components = weighted_sum(self.reward_fns, prompts, texts, **columns)
         if not self.crops:
             return torch.tensor(totals), components, None, [[] for _ in trajectories]
@@ -188,7 +190,7 @@ class GRPOModule(AnswerEvaluation, L.LightningModule):
 
     # ---- evaluation: answers (AnswerEvaluation), and where the policy looked or what it segmented ---
     def _eval_step(self, batch, stage: str):
-        if hasattr(self.model, "segment"):
+        if self.model.can(SEGMENTS):
             segmentation_eval_step(self, batch, stage)
             return
         texts = super()._eval_step(batch, stage)
@@ -196,9 +198,9 @@ class GRPOModule(AnswerEvaluation, L.LightningModule):
         crops.add_many(texts, batch["records"], self.model.preprocess.image_size)
 
     def _eval_epoch_end(self, stage: str):
-        if getattr(self.model, "answers_questions", True):
+        if self.model.can(ANSWERS):
             super()._eval_epoch_end(stage)
-        if hasattr(self.model, "segment"):
+        if self.model.can(SEGMENTS):
             segmentation_eval_epoch_end(self, stage)
             return
         crops = gather_report(self.reports.pop(f"{stage}/crops", CropReport())).to_dict()

@@ -14,6 +14,7 @@ from __future__ import annotations
 from mmreason.eval.accuracy import AccuracyReport
 from mmreason.eval.rationale import RationaleReport
 from mmreason.export import load_export
+from mmreason.models.base import ANSWERS
 from mmreason.models.mccot import RATIONALE_SOURCES, STAGES
 from mmreason.training.sft import SFTModule, gather_report
 from mmreason.zoo import create_model
@@ -82,7 +83,7 @@ class MCCoTModule(SFTModule):
         results = self.model.run(batch["images"], records, votes=h.eval_votes, temperature=h.eval_temperature,
                                  rationale_source=h.eval_rationales, max_new_tokens=h.max_new_tokens,
                                  max_answer_tokens=h.max_answer_tokens)
-        if self.model.answers_questions:
+        if self.model.can(ANSWERS):
             self.reports.setdefault(stage, AccuracyReport()).add_many([r["text"] for r in results], records)
         if "rationale" in self.model.stages and h.eval_rationales == "generated":
             self.rationale_reports.setdefault(stage, RationaleReport()).add_many(
@@ -93,5 +94,5 @@ class MCCoTModule(SFTModule):
         if "rationale" in self.model.stages and self.hparams.eval_rationales == "generated":
             scores = gather_report(self.rationale_reports.pop(stage, RationaleReport())).to_dict()
             self.log_metrics({f"{stage}/rationale_{k}": float(scores[k]) for k in ("bleu1", "bleu4", "rougeL")})
-        if self.model.answers_questions:
+        if self.model.can(ANSWERS):
             super()._eval_epoch_end(stage)

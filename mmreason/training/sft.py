@@ -15,7 +15,8 @@ import torch
 import torch.distributed as dist
 
 from mmreason.eval.accuracy import AccuracyReport
-from mmreason.export import load_export
+from mmreason.export import checkpoint_payload, load_export
+from mmreason.models.base import CACHED_FEATURES
 from mmreason.training.schedule import warmup_cosine
 from mmreason.zoo import create_model, merge_config
 
@@ -95,7 +96,7 @@ class SFTModule(AnswerEvaluation, L.LightningModule):
         if not init_from:
             return create_model(self.hparams.model, **model_config)
         model = load_export(init_from).train()
-        allowed = (*FINE_TUNE_OPTIONS, *getattr(model, "fine_tune_options", ()))
+        allowed = (*FINE_TUNE_OPTIONS, *model.fine_tune_options)
         unchangeable = sorted(set(model_config) - set(allowed))
         if unchangeable:
             raise ValueError(
@@ -119,7 +120,7 @@ class SFTModule(AnswerEvaluation, L.LightningModule):
         """The model's visual input: cached vision features when the shards carry them and the model
         takes them (its encoder is frozen), else uint8 pixels normalised on the model's device."""
         features = batch.pop("features", None) if isinstance(batch, dict) else None
-        if features is not None and getattr(self.model, "accepts_cached_features", False):
+        if features is not None and self.model.can(CACHED_FEATURES):
             batch["images"] = features
             batch.pop("pixels", None)
         elif isinstance(batch, dict) and "pixels" in batch:
@@ -128,6 +129,8 @@ class SFTModule(AnswerEvaluation, L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["mmreason_module"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        checkpoint["mmreason_export"] = checkpoint_payload(self.model)
+        checkpoint["mmreason_metrics"] = dict(self.last_metrics)
 
     # ---- optimisation ---------------------------------------------------------------------
     def configure_optimizers(self):
@@ -144,8 +147,7 @@ class SFTModule(AnswerEvaluation, L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def training_step(self, batch, batch_idx):
-        masks = {"masks": batch.get("masks")} if getattr(self.model, "uses_masks", False) else {}
-        out = self.model.batch_loss(batch["images"], batch["records"], **masks)
+        out = self.model.loss(batch)
         now = time.perf_counter()
         n = len(batch["records"])
         self.log("train/loss", out["loss"], prog_bar=True)

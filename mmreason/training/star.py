@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from mmreason.eval.accuracy import AccuracyReport
 from mmreason.eval.segmentation import SegmentationReport, score_segments, with_text_answers
+from mmreason.models.base import ANSWERS
 from mmreason.models.star import strip_seg
 from mmreason.training.sft import SFTModule, gather_report
 
@@ -17,7 +18,7 @@ def segmentation_eval_step(module, batch, stage: str) -> None:
     """Segment greedily; text answers (of a model that names objects) go to the accuracy report,
     masks to the segmentation one."""
     results = module.model.segment(batch["images"], batch["records"], max_new_tokens=module.hparams.max_new_tokens)
-    if module.model.answers_questions:
+    if module.model.can(ANSWERS):
         texts, records = with_text_answers([strip_seg(r["text"]) for r in results], batch["records"])
         module.reports.setdefault(stage, AccuracyReport()).add_many(texts, records)
     score_segments(module.reports.setdefault(f"{stage}/segmentation", SegmentationReport()), results, batch)
@@ -38,6 +39,6 @@ class SegmentationModule(SFTModule):
         segmentation_eval_step(self, batch, stage)
 
     def _eval_epoch_end(self, stage: str):
-        if self.model.answers_questions:
+        if self.model.can(ANSWERS):
             super()._eval_epoch_end(stage)
         segmentation_eval_epoch_end(self, stage)

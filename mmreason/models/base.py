@@ -1,0 +1,50 @@
+"""The contract every family keeps, and what each can do — declared, not probed.
+
+A family is one ``nn.Module`` subclass of :class:`ZooModel`, registered by
+name in its own file (``@register_family``) with the config keys it reads
+(``config_schema``, see :mod:`mmreason.models.config_schema`). Trainers,
+evaluators and the CLI ask ``model.can(CAPABILITY)`` instead of guessing from
+method names, and train through one entry point, :meth:`ZooModel.loss`, that
+takes the loader's batch as it is.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+ANSWERS = "answers"  # its generations answer the records' questions (accuracy applies)
+PIPELINE = "pipeline"  # ``run``: rationale, then answer; inference voting
+SEGMENTS = "segments"  # ``segment``: a mask per question
+CROPS = "crops"  # its actions are crops of the image
+POLICY = "policy"  # ``rollout``: sampled trajectories GRPO can train
+PERCEIVES = "perceives"  # ``perceive``: the objects in each image (a vision encoder)
+CACHED_FEATURES = "cached_features"  # trains on vision features cached in the shards
+CAPABILITIES = (ANSWERS, PIPELINE, SEGMENTS, CROPS, POLICY, PERCEIVES, CACHED_FEATURES)
+
+
+class ZooModel(nn.Module):
+    """Base of every family.
+
+    Subclasses set ``family`` (by registering), ``config_schema``, ``capabilities`` (a class default;
+    override :meth:`capability_set` when the config decides) and ``fine_tune_options`` (config keys a
+    fine-tuning run may still change), and implement ``batch_loss``, ``predict`` and their capabilities'
+    methods.
+    """
+
+    family: str = ""
+    config_schema: dict = {}
+    capabilities: frozenset[str] = frozenset({ANSWERS})
+    fine_tune_options: tuple[str, ...] = ()
+
+    def capability_set(self) -> frozenset[str]:
+        return self.capabilities
+
+    def can(self, capability: str) -> bool:
+        if capability not in CAPABILITIES:
+            raise ValueError(f"unknown capability {capability!r}; known: {CAPABILITIES}")
+        return capability in self.capability_set()
+
+    def loss(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Training loss and its metrics on a loader batch (``images`` already on the model's device)."""
+        return self.batch_loss(batch["images"], batch["records"])

@@ -1,0 +1,132 @@
+"""The family contract, checked for every registered model that builds offline.
+
+A new family registered with ``register_family``/``register_model`` is picked
+up here with no test of its own: it must build from its config, train through
+``loss(batch)`` on a loader batch, do what its declared capabilities promise,
+round-trip through an export and a checkpoint with equal outputs, answer
+``predict`` and refuse an unknown config key.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from mmreason.data.preprocess import Preprocess
+from mmreason.data.shards import eval_stream, resolve_shards
+from mmreason.data.synth import SynthConfig
+from mmreason.data.synth_shards import synthesize
+from mmreason.export import (
+    _external_references,
+    checkpoint_payload,
+    load_export,
+    model_from_checkpoint,
+    save_export,
+)
+from mmreason.models.base import ANSWERS, CAPABILITIES, PERCEIVES, PIPELINE, POLICY, SEGMENTS
+from mmreason.zoo import create_model, family_class, list_models, model_info
+
+OFFLINE_MODELS = [name for name in list_models() if not list(_external_references(model_info(name)["config"]))]
+# what each capability promises: the method that provides it
+CAPABILITY_METHODS = {ANSWERS: "answer_batch", PIPELINE: "run", SEGMENTS: "segment", POLICY: "rollout",
+                      PERCEIVES: "perceive"}
+# the data a family trains on (default: short-rationale questions)
+FAMILY_DATA = {"star": {"tasks": ("seg",)}, "meteor": {"tasks": ("count",), "rationale_style": "long"}}
+
+
+@pytest.fixture(scope="module")
+def shards_for(tmp_path_factory):
+    """Tiny synthetic shards of the data a family trains on, written once per kind of data."""
+    root, written = tmp_path_factory.mktemp("contract"), {}
+
+    def shards(family: str) -> list[str]:
+        options = FAMILY_DATA.get(family, {"tasks": ("count", "exist")})
+        key = repr(sorted(options.items()))
+        if key not in written:
+            folder = root / str(len(written))
+            synthesize(folder, {"train": 4}, SynthConfig(**options), progress=False)
+            written[key] = resolve_shards(folder, "train")
+        return written[key]
+
+    return shards
+
+
+def _batch(model, urls) -> dict:
+    """A loader batch as training sees it: ``images`` normalised by the model; ``pixels`` kept for predict."""
+    batch = next(iter(eval_stream(urls, Preprocess.from_dict(model.preprocess.to_dict()), 4)[0]))
+    batch["images"] = model.preprocess.normalize(batch["pixels"])
+    return batch
+
+
+@pytest.fixture(scope="module", params=OFFLINE_MODELS)
+def built(request, shards_for):
+    torch.manual_seed(0)
+    model = create_model(request.param)
+    return request.param, model, _batch(model, shards_for(model.family))
+
+
+def test_the_registry_offers_every_family():
+    assert {model_info(n)["family"] for n in OFFLINE_MODELS} >= {"baseline", "encoder", "mccot", "meteor", "virl",
+                                                                 "star"}
+
+
+def test_declared_capabilities_are_provided(built):
+    _, model, _ = built
+    assert model.capability_set() <= set(CAPABILITIES)
+    for capability in model.capability_set():
+        if capability in CAPABILITY_METHODS:
+            assert callable(getattr(model, CAPABILITY_METHODS[capability], None)), capability
+
+
+def test_loss_on_a_loader_batch_trains(built):
+    _, model, batch = built
+    model.train()
+    out = model.loss(batch)
+    assert out["loss"].ndim == 0 and torch.isfinite(out["loss"])
+    out["loss"].backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads if g is not None)
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+    model.zero_grad()
+
+
+def _same_loss(a, b, batch) -> None:
+    a.eval(), b.eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        expected = a.loss(batch)["loss"]
+    torch.manual_seed(0)
+    with torch.no_grad():
+        assert torch.allclose(b.loss(batch)["loss"], expected, atol=1e-6)
+
+
+def test_export_and_checkpoint_round_trips_keep_the_outputs(built, tmp_path):
+    _, model, batch = built
+    loaded = load_export(save_export(model, tmp_path / "export"))
+    assert type(loaded) is type(model) and loaded.capability_set() == model.capability_set()
+    _same_loss(model, loaded, batch)
+    from_checkpoint = model_from_checkpoint(checkpoint_payload(model), model.state_dict(), "checkpoint")
+    _same_loss(model, from_checkpoint, batch)
+
+
+def test_generation_and_predict_answer(built, tmp_path):
+    _, model, batch = built
+    model.eval()
+    if model.can(ANSWERS):
+        texts = model.answer_batch(batch["images"][:2], batch["records"][:2], max_new_tokens=4)
+        assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+    path = tmp_path / "image.png"
+    Image.fromarray(batch["pixels"][0].numpy()).save(path)
+    out = model.predict(path, batch["records"][0].question, max_new_tokens=4)
+    assert isinstance(out["answer"], str) or out["answer"] is None
+
+
+def test_an_unknown_config_key_is_refused_at_any_depth(built):
+    name, model, _ = built
+    with pytest.raises(ValueError, match="unknown key 'not_a_setting'"):
+        create_model(name, not_a_setting=1)
+    schema = family_class(model.family).config_schema
+    nested = next(key for key, sub in schema.items() if isinstance(sub, dict))
+    with pytest.raises(ValueError, match=rf"model_config.{nested}: unknown key 'not_a_setting'"):
+        create_model(name, **{nested: {"not_a_setting": 1}})
