@@ -18,7 +18,6 @@ from mmreason.data.shards import eval_stream, resolve_shards
 from mmreason.data.synth import SynthConfig
 from mmreason.data.synth_shards import synthesize
 from mmreason.export import (
-    _external_references,
     checkpoint_payload,
     load_export,
     model_from_checkpoint,
@@ -27,7 +26,15 @@ from mmreason.export import (
 from mmreason.models.base import ANSWERS, CAPABILITIES, PERCEIVES, PIPELINE, POLICY, SEGMENTS
 from mmreason.zoo import create_model, family_class, list_models, model_info
 
-OFFLINE_MODELS = [name for name in list_models() if not list(_external_references(model_info(name)["config"]))]
+
+def _downloads(config) -> bool:
+    """Whether building this config fetches pretrained weights (hub names, pretrained towers)."""
+    if isinstance(config, dict):
+        return bool(config.get("pretrained") or config.get("path")) or any(map(_downloads, config.values()))
+    return False
+
+
+OFFLINE_MODELS = [name for name in list_models() if not _downloads(model_info(name)["config"])]
 # what each capability promises: the method that provides it
 CAPABILITY_METHODS = {ANSWERS: "answer_batch", PIPELINE: "run", SEGMENTS: "segment", POLICY: "rollout",
                       PERCEIVES: "perceive"}
