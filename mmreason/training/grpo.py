@@ -18,14 +18,14 @@ import torch
 
 from mmreason.eval.accuracy import AccuracyReport
 from mmreason.eval.crops import CropReport, record_boxes
-from mmreason.export import checkpoint_payload, load_export
+from mmreason.export import load_export
 from mmreason.models.base import ANSWERS, CROPS, POLICY, SEGMENTS
 from mmreason.rl.grpo import GRPOConfig, group_advantages, grpo_loss
 from mmreason.rl.rewards import accuracy_reward, format_reward, weighted_sum
 from mmreason.rl.step_credit import action_rewards
 from mmreason.seg.rewards import box_point_format_reward, mask_iou_reward
 from mmreason.training.schedule import warmup_cosine
-from mmreason.training.sft import AnswerEvaluation, gather_report
+from mmreason.training.sft import AnswerEvaluation, ModelHooks, gather_report
 from mmreason.training.star import segmentation_eval_epoch_end, segmentation_eval_step
 
 REWARDS = {"format": format_reward, "accuracy": accuracy_reward, "box_format": box_point_format_reward,
@@ -33,7 +33,7 @@ REWARDS = {"format": format_reward, "accuracy": accuracy_reward, "box_format": b
 STEP_CREDIT_DEFAULTS = {"tau": 0.5, "r_correct": 0.5, "r_redundant": 0.0, "r_erroneous": 0.5}
 
 
-class GRPOModule(AnswerEvaluation, L.LightningModule):
+class GRPOModule(ModelHooks, AnswerEvaluation, L.LightningModule):
     """Args:
     init_from: the supervised policy's export: a crop-action policy (``virl``) or a segmentation
         policy answering boxes and points (``star`` with ``segmentation.answer: box``).
@@ -83,21 +83,6 @@ class GRPOModule(AnswerEvaluation, L.LightningModule):
             self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.reports: dict[str, AccuracyReport | CropReport] = {}
         self.last_metrics: dict[str, float] = {}
-
-    def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is not None and hasattr(datamodule, "preprocess"):
-            for key in ("image_size", "mean", "std"):
-                setattr(datamodule.preprocess, key, getattr(self.model.preprocess, key))
-
-    def on_after_batch_transfer(self, batch, dataloader_idx: int = 0):
-        batch["images"] = self.model.preprocess.normalize(batch.pop("pixels"))
-        return batch
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["mmreason_module"] = f"{type(self).__module__}.{type(self).__qualname__}"
-        checkpoint["mmreason_export"] = checkpoint_payload(self.model)
-        checkpoint["mmreason_metrics"] = dict(self.last_metrics)
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=self.hparams.lr,

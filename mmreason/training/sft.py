@@ -70,7 +70,35 @@ class AnswerEvaluation:
         self._eval_epoch_end("test")
 
 
-class SFTModule(AnswerEvaluation, L.LightningModule):
+class ModelHooks:
+    """Lightning hooks every mmreason training module shares; it holds its family model as ``self.model``."""
+
+    def setup(self, stage: str) -> None:
+        """The model owns its preprocessing; the data module adopts it so the two never disagree."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "preprocess"):
+            datamodule.preprocess.image_size = self.model.preprocess.image_size
+            datamodule.preprocess.mean = self.model.preprocess.mean
+            datamodule.preprocess.std = self.model.preprocess.std
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int = 0):
+        """The model's visual input: cached vision features when the shards carry them and the model
+        takes them (its encoder is frozen), else uint8 pixels normalised on the model's device."""
+        features = batch.pop("features", None) if isinstance(batch, dict) else None
+        if features is not None and self.model.can(CACHED_FEATURES):
+            batch["images"] = features
+            batch.pop("pixels", None)
+        elif isinstance(batch, dict) and "pixels" in batch:
+            batch["images"] = self.model.preprocess.normalize(batch.pop("pixels"))
+        return batch
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["mmreason_module"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        checkpoint["mmreason_export"] = checkpoint_payload(self.model)
+        checkpoint["mmreason_metrics"] = dict(self.last_metrics)
+
+
+class SFTModule(ModelHooks, AnswerEvaluation, L.LightningModule):
     """Args:
     model: a registered model name (``mmreason list``).
     model_config: overrides of that model's config (e.g. ``{output_format: answer}``).
@@ -107,30 +135,6 @@ class SFTModule(AnswerEvaluation, L.LightningModule):
             model.config = merge_config(model.config, {key: value})
             setattr(model, key, value)
         return model
-
-    def setup(self, stage: str) -> None:
-        """The model owns its preprocessing; the data module adopts it so the two never disagree."""
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is not None and hasattr(datamodule, "preprocess"):
-            datamodule.preprocess.image_size = self.model.preprocess.image_size
-            datamodule.preprocess.mean = self.model.preprocess.mean
-            datamodule.preprocess.std = self.model.preprocess.std
-
-    def on_after_batch_transfer(self, batch, dataloader_idx: int = 0):
-        """The model's visual input: cached vision features when the shards carry them and the model
-        takes them (its encoder is frozen), else uint8 pixels normalised on the model's device."""
-        features = batch.pop("features", None) if isinstance(batch, dict) else None
-        if features is not None and self.model.can(CACHED_FEATURES):
-            batch["images"] = features
-            batch.pop("pixels", None)
-        elif isinstance(batch, dict) and "pixels" in batch:
-            batch["images"] = self.model.preprocess.normalize(batch.pop("pixels"))
-        return batch
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["mmreason_module"] = f"{type(self).__module__}.{type(self).__qualname__}"
-        checkpoint["mmreason_export"] = checkpoint_payload(self.model)
-        checkpoint["mmreason_metrics"] = dict(self.last_metrics)
 
     # ---- optimisation ---------------------------------------------------------------------
     def configure_optimizers(self):
