@@ -9,6 +9,9 @@ round-trip through an export and a checkpoint with equal outputs, answer
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from PIL import Image
@@ -139,3 +142,11 @@ def test_an_unknown_config_key_is_refused_at_any_depth(built):
     nested = next(key for key, sub in schema.items() if isinstance(sub, dict))
     with pytest.raises(ValueError, match=rf"model_config.{nested}: unknown key 'not_a_setting'"):
         create_model(name, **{nested: {"not_a_setting": 1}})
+
+
+def test_a_family_registered_first_leaves_the_built_ins_visible():
+    script = ("from torch import nn\nfrom mmreason.zoo import register_family, family_class, list_models\n"
+              "register_family('mine')(type('Mine', (nn.Module,), {}))\n"
+              "print(family_class('baseline').__name__, family_class('mine').__name__, len(list_models()))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
+    assert out[:2] == ["VisionLanguageModel", "Mine"] and int(out[2]) >= 8
