@@ -38,8 +38,8 @@ FORMAT_VERSION = 1
 TEXTLESS_FAMILIES = ("encoder",)  # families that read no text and so export no tokenizer
 
 
-EXTERNAL_REFERENCES = ("backbone_from", "from_export", "init_from", "rationale_from", "weights_file", "path",
-                       "gguf_file")  # config keys that would make loading read beyond the folder
+EXTERNAL_REFERENCES = ("init", "backbone_from", "from_export", "init_from", "rationale_from", "weights_file",
+                       "path", "gguf_file")  # config keys that would make loading read beyond the folder
 
 
 class ExportError(ValueError):
@@ -100,7 +100,6 @@ def portable_config(model) -> dict:
     if hasattr(model, "lm"):
         config["language"] = {"config": {"model_type": model.lm.config.model_type, **model.lm.config.to_diff_dict()}}
     config["vision"] = {**config["vision"], "pretrained": False, "weights_file": None}
-    config["vision"].pop("from_export", None)
     if model.tokenizer is not None:
         config["tokenizer"] = "."
     config["preprocess"] = model.preprocess.to_dict()

@@ -1,8 +1,11 @@
 """The model registry: names → family + architecture config, and family classes by name.
 
-Mirrors timm's ``register_model`` / ``list_models`` / ``create_model``. An
-export stores its family explicitly, so loading never guesses a model type
-from a path.
+Mirrors timm's ``register_model`` / ``list_models``: each family registers
+itself and its named configurations in its own file, and importing
+``mmreason`` imports them all (``mmreason.models``). This module imports no
+family, so it is safe to import from anywhere; models are built by
+:func:`mmreason.build.create_model`. An export stores its family explicitly,
+so loading never guesses a model type from a path.
 """
 
 from __future__ import annotations
@@ -13,11 +16,8 @@ from collections.abc import Callable
 
 from torch import nn
 
-from mmreason.models.config_schema import check_config
-
 _FAMILIES: dict[str, type[nn.Module]] = {}
 _MODELS: dict[str, dict] = {}
-_BUILTINS_LOADED = False
 
 
 def register_family(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
@@ -32,7 +32,6 @@ def register_family(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
 
 
 def family_class(name: str) -> type[nn.Module]:
-    _register_builtin()
     if name not in _FAMILIES:
         raise ValueError(f"unknown model family {name!r}; known families: {sorted(_FAMILIES)}")
     return _FAMILIES[name]
@@ -44,12 +43,10 @@ def register_model(name: str, family: str, config: dict, description: str = "", 
 
 
 def list_models(pattern: str = "*") -> list[str]:
-    _register_builtin()
     return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
 
 
 def model_info(name: str) -> dict:
-    _register_builtin()
     if name not in _MODELS:
         raise ValueError(f"unknown model {name!r}; registered models: {list_models()}")
     return copy.deepcopy(_MODELS[name])
@@ -64,22 +61,3 @@ def merge_config(base: dict, overrides: dict) -> dict:
         else:
             out[key] = copy.deepcopy(value)
     return out
-
-
-def create_model(name: str, **overrides) -> nn.Module:
-    """A freshly initialised model of a registered name, with config keys overridden; a key the
-    family does not read (at any depth) is refused."""
-    info = model_info(name)
-    cls = family_class(info["family"])
-    config = merge_config(info["config"], overrides)
-    check_config(config, cls.config_schema, info["family"], "model_config")
-    return cls(config)
-
-
-def _register_builtin() -> None:
-    """Load the built-in families once, whatever a user registered before."""
-    global _BUILTINS_LOADED
-    if _BUILTINS_LOADED:
-        return
-    _BUILTINS_LOADED = True
-    from mmreason.models import registry  # noqa: F401  (registers the built-in families and models)

@@ -9,13 +9,17 @@ round-trip through an export and a checkpoint with equal outputs, answer
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
+import mmreason
+from mmreason.build import create_model
 from mmreason.data.preprocess import Preprocess
 from mmreason.data.shards import eval_stream, resolve_shards
 from mmreason.data.synth import SynthConfig
@@ -27,7 +31,7 @@ from mmreason.export import (
     save_export,
 )
 from mmreason.models.base import ANSWERS, CAPABILITIES, PERCEIVES, PIPELINE, POLICY, SEGMENTS
-from mmreason.zoo import create_model, family_class, list_models, model_info
+from mmreason.zoo import family_class, list_models, model_info
 
 
 def _downloads(config) -> bool:
@@ -150,3 +154,47 @@ def test_a_family_registered_first_leaves_the_built_ins_visible():
               "print(family_class('baseline').__name__, family_class('mine').__name__, len(list_models()))")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
     assert out[:2] == ["VisionLanguageModel", "Mine"] and int(out[2]) >= 8
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Every mmreason module → the mmreason modules it imports, at module level or inside functions."""
+    root = Path(mmreason.__file__).parent
+    modules = {".".join(p.relative_to(root.parent).with_suffix("").parts).removesuffix(".__init__"): p
+               for p in root.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                imported |= {m for m in (node.module, *(f"{node.module}.{a.name}" for a in node.names)) if m in modules}
+            elif isinstance(node, ast.Import):
+                imported |= {a.name for a in node.names if a.name in modules}
+        graph[name] = imported - {name}
+    return graph
+
+
+def test_the_package_has_no_import_cycles():
+    graph, state, cycles = _import_graph(), {}, []
+
+    def visit(module, path):
+        state[module] = "open"
+        for dependency in sorted(graph[module]):
+            if state.get(dependency) == "open":
+                cycles.append(path[path.index(dependency):] + [dependency])
+            elif dependency not in state:
+                visit(dependency, path + [dependency])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert len(graph) > 50 and not cycles, cycles[:3]
+
+
+def test_init_names_what_it_cannot_start(tmp_path):
+    with pytest.raises(ValueError, match=r"init.parts must name some of \('vision',\)"):
+        create_model("encoder-tiny", init={"from": str(tmp_path), "parts": ["language"]})
+    with pytest.raises(ValueError, match="init must be"):
+        create_model("baseline-tiny", init={"form": str(tmp_path)})
+    with pytest.raises(FileNotFoundError, match="init.from: export folder .*nowhere"):
+        create_model("baseline-tiny", init={"from": str(tmp_path / "nowhere"), "parts": ["vision"]})

@@ -14,6 +14,7 @@ from test_meteor import TINY_METEOR
 from test_star import STAR_TEST_CONFIG
 from test_virl import VIRL_TEST_CONFIG
 
+from mmreason.build import build_model
 from mmreason.data import scenes
 from mmreason.data.preprocess import Preprocess
 from mmreason.data.scene_stream import SceneStream, random_scene
@@ -23,7 +24,6 @@ from mmreason.eval.perception import PerceptionReport, match_objects
 from mmreason.export import load_export, save_export
 from mmreason.models.baseline import VisionLanguageModel
 from mmreason.models.encoder import SceneEncoder
-from mmreason.models.mccot import MCCoT
 from mmreason.models.meteor import Meteor
 from mmreason.models.star import ReasoningSegmenter
 from mmreason.models.virl import VisualRationalePolicy
@@ -186,9 +186,10 @@ FAMILIES = {
 def test_every_vlm_family_starts_its_vision_from_the_encoder(family, frozen, encoder_export, tiny_tokenizer, tmp_path):
     encoder, folder = encoder_export
     cls, config = FAMILIES[family]
-    wide = merge_config(config, {"vision": {"from_export": str(folder), "frozen": frozen, "name": "resnet18"},
-                                 "preprocess": {"image_size": 48}})
-    model = cls(wide, tokenizer=tiny_tokenizer)
+    init = {"from": str(folder), "parts": ["vision"], "frozen": ["vision"] if frozen else []}
+    wide = merge_config(config, {"init": init, "vision": {"name": "resnet18"}, "preprocess": {"image_size": 48}})
+    model = build_model(family, wide, tokenizer=tiny_tokenizer)
+    assert type(model) is cls
     assert model.preprocess.image_size == 32 and model.config["vision"]["name"] == encoder.config["vision"]["name"]
     for key, value in encoder.vision.state_dict().items():
         assert torch.equal(model.vision.state_dict()[key], value), key
@@ -206,8 +207,8 @@ def test_a_frozen_encoder_stays_fixed_while_the_vlm_learns(encoder_export, tiny_
 
     encoder, folder = encoder_export
     torch.manual_seed(0)
-    model = VisionLanguageModel(merge_config(TINY_TEST_CONFIG, {"vision": {"from_export": str(folder), "frozen": True}}),
-                                tokenizer=tiny_tokenizer)
+    init = {"from": str(folder), "parts": ["vision"], "frozen": ["vision"]}
+    model = build_model("baseline", merge_config(TINY_TEST_CONFIG, {"init": init}), tokenizer=tiny_tokenizer)
     before = {k: v.clone() for k, v in model.vision.state_dict().items()}
     losses, _ = train_steps(model, model_images(model), valid_records(), 10)
     assert losses[-1] < losses[0]
@@ -216,7 +217,8 @@ def test_a_frozen_encoder_stays_fixed_while_the_vlm_learns(encoder_export, tiny_
 
 def test_mccot_stages_start_from_the_encoder(encoder_export, tiny_tokenizer):
     encoder, folder = encoder_export
-    model = MCCoT(merge_config(MCCOT_TEST_CONFIG, {"vision": {"from_export": str(folder)}}), tokenizer=tiny_tokenizer)
+    init = {"from": str(folder), "parts": ["vision"], "frozen": ["vision"]}
+    model = build_model("mccot", merge_config(MCCOT_TEST_CONFIG, {"init": init}), tokenizer=tiny_tokenizer)
     for stage in model.stages.values():
         assert stage.frozen_vision
         for key, value in encoder.vision.state_dict().items():

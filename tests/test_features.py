@@ -11,12 +11,12 @@ import pytest
 import torch
 from conftest import TINY_TEST_CONFIG, make_image, make_record, png_bytes
 
+from mmreason.build import create_model
 from mmreason.cli import main
 from mmreason.data.features import write_feature_shards
 from mmreason.data.shards import SKIPPED, collate, decode_sample, eval_stream, resolve_shards
 from mmreason.data.writer import ShardSetWriter, read_sizes
 from mmreason.export import ExportError, save_export
-from mmreason.zoo import create_model
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +126,8 @@ def test_a_model_on_a_frozen_exported_encoder_trains_on_cached_features_as_on_im
 
     encoder, folder = export
     write_feature_shards(str(folder), str(src), str(tmp_path / "feat"), splits=("train",), progress=False)
-    config = {**MCCOT_TEST_CONFIG, "vision": {"from_export": str(folder)}, "preprocess": {"image_size": 48}}
+    config = {**MCCOT_TEST_CONFIG, "init": {"from": str(folder), "parts": ["vision"], "frozen": ["vision"]},
+              "preprocess": {"image_size": 48}}
     module = MCCoTModule(stage="rationale", model_config=config)
     model = module.model.eval()
     assert model.preprocess.image_size == encoder.preprocess.image_size  # the encoder's, not the override
@@ -144,7 +145,7 @@ def test_a_model_on_a_frozen_exported_encoder_trains_on_cached_features_as_on_im
     torch.testing.assert_close(from_features, from_images, rtol=1e-3, atol=1e-3)
 
     save_export(model, tmp_path / "mccot")
-    assert "from_export" not in json.loads((tmp_path / "mccot" / "config.json").read_text())["config"]["vision"]
+    assert "init" not in json.loads((tmp_path / "mccot" / "config.json").read_text())["config"]
     reloaded = load_export(tmp_path / "mccot")
     torch.testing.assert_close(reloaded.vision.state_dict(), encoder.vision.state_dict())
 

@@ -8,7 +8,6 @@ import torch
 from conftest import make_record, write_shards
 from test_virl import VIRL_TEST_CONFIG
 
-import mmreason.models.registry  # noqa: F401  (load_export finds the families by name)
 from mmreason.data.datamodule import ShardDataModule
 from mmreason.data.schema import validate_record
 from mmreason.export import save_export

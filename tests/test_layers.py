@@ -6,11 +6,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from mmreason.build import create_model
 from mmreason.layers.language import build_language_model, resolve_path, splice_image_features
 from mmreason.layers.position import sincos_2d
 from mmreason.layers.vision import VisionEncoder
 from mmreason.text.tokenizer import SPECIAL_TOKENS, add_special_tokens, bpe_tokenizer, build_tokenizer
-from mmreason.zoo import create_model, list_models, merge_config, model_info
+from mmreason.zoo import list_models, merge_config, model_info
 
 TINY_VIT = {"img_size": 32, "patch_size": 8, "embed_dim": 16, "depth": 1, "num_heads": 2}
 

@@ -22,7 +22,7 @@ from conftest import (
 from PIL import Image
 from transformers import MambaConfig, MambaModel
 
-import mmreason.models.registry  # noqa: F401  (load_export finds the families by name)
+from mmreason.build import build_model
 from mmreason.data.schema import validate_record
 from mmreason.export import load_export, save_export
 from mmreason.layers.mamba import MambaStack
@@ -128,22 +128,26 @@ def test_step_one_trains_the_traversal_into_a_frozen_backbone(tiny_tokenizer):
         assert any(n.startswith(prefix) for n in changed), prefix
 
 
-def test_backbone_from_a_baseline_export_and_an_export_without_it(tiny_tokenizer, tmp_path):
+BACKBONE = ["vision", "projector", "language"]
+
+
+def test_the_backbone_starts_from_a_baseline_export_and_its_export_stands_alone(tiny_tokenizer, tmp_path):
     torch.manual_seed(3)
     baseline = VisionLanguageModel(TINY_TEST_CONFIG, tokenizer=tiny_tokenizer)
     source = save_export(baseline, tmp_path / "baseline")
-    model = Meteor(merge_config(TINY_METEOR, {"backbone_from": str(source), "max_length": 300}))
+    model = build_model("meteor", merge_config(TINY_METEOR, {"init": {"from": str(source), "parts": BACKBONE},
+                                                             "max_length": 300}))
     assert model.max_length == 300 and model.preprocess.to_dict() == baseline.preprocess.to_dict()
     assert model.tokenizer.get_vocab() == baseline.tokenizer.get_vocab()
     for part in ("vision", "projector", "lm"):
         theirs = getattr(baseline, part).state_dict()
         assert all(torch.equal(v, theirs[k]) for k, v in getattr(model, part).state_dict().items()), part
-    assert model.config["backbone_from"] is None
+    assert "init" not in model.config
     folder = save_export(model, tmp_path / "meteor")
     for path in source.iterdir():
         path.unlink()
     assert torch.equal(load_export(folder).lm.get_input_embeddings().weight, model.lm.get_input_embeddings().weight)
-    again = Meteor(merge_config(TINY_METEOR, {"backbone_from": str(folder)}))  # any VLM-based export
+    again = build_model("meteor", merge_config(TINY_METEOR, {"init": {"from": str(folder), "parts": BACKBONE}}))
     assert torch.equal(again.lm.get_input_embeddings().weight, model.lm.get_input_embeddings().weight)
 
 

@@ -11,9 +11,9 @@ import importlib.util
 import pytest
 import torch
 
+from mmreason.build import create_model
 from mmreason.data.schema import validate_record
 from mmreason.training.cli import parse_recipe
-from mmreason.zoo import create_model
 
 pytestmark = [
     pytest.mark.slow,

@@ -9,7 +9,6 @@ from conftest import make_image, make_record, model_images, train_steps
 from PIL import Image
 from test_star import STAR_TEST_CONFIG, square_masks
 
-import mmreason.models.registry  # noqa: F401  (load_export finds the families by name)
 from mmreason.data.datamodule import ShardDataModule
 from mmreason.data.schema import validate_record
 from mmreason.data.writer import ShardSetWriter

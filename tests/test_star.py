@@ -14,7 +14,6 @@ import torch
 from conftest import TINY_TEST_CONFIG, make_image, make_record, model_images, train_steps
 from PIL import Image
 
-import mmreason.models.registry  # noqa: F401  (load_export finds the families by name)
 from mmreason.data.schema import validate_record
 from mmreason.export import load_export, save_export
 from mmreason.models.star import ReasoningSegmenter, dice_loss

@@ -12,8 +12,8 @@ import argparse
 import torch
 from timing import interleaved_medians
 
+from mmreason.build import create_model
 from mmreason.data.schema import Record
-from mmreason.zoo import create_model
 
 
 def main() -> None:

@@ -17,11 +17,10 @@ from pathlib import Path
 import torch
 from timing import interleaved_medians
 
-import mmreason.models.registry  # noqa: F401  (the built-in models)
+from mmreason.build import create_model
 from mmreason.data.schema import Record
 from mmreason.data.synth import SynthConfig, make_sample
 from mmreason.export import load_export
-from mmreason.zoo import create_model
 
 
 def main() -> None:

@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 from timing import interleaved_medians
 
+from mmreason.build import create_model
 from mmreason.data.schema import Record
 from mmreason.export import load_export
-from mmreason.zoo import create_model
 
 
 def main() -> None:

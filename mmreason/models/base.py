@@ -27,15 +27,20 @@ class ZooModel(nn.Module):
     """Base of every family.
 
     Subclasses set ``family`` (by registering), ``config_schema``, ``capabilities`` (a class default;
-    override :meth:`capability_set` when the config decides) and ``fine_tune_options`` (config keys a
-    fine-tuning run may still change), and implement ``batch_loss``, ``predict`` and their capabilities'
-    methods.
+    override :meth:`capability_set` when the config decides), ``fine_tune_options`` (config keys a
+    fine-tuning run may still change) and ``init_parts``/:meth:`part_modules` (what can start from an
+    export), and implement ``batch_loss``, ``predict`` and their capabilities' methods.
     """
 
     family: str = ""
     config_schema: dict = {}
     capabilities: frozenset[str] = frozenset({ANSWERS})
     fine_tune_options: tuple[str, ...] = ()
+    init_parts: tuple[str, ...] = ()  # the parts ``init: {from: EXPORT, parts: [...]}`` can start
+
+    def part_modules(self, part: str) -> list[nn.Module]:
+        """The modules holding ``part`` (one of :attr:`init_parts`); several when the part is repeated."""
+        raise ValueError(f"a {self.family} model has no part {part!r}; its parts: {self.init_parts}")
 
     def capability_set(self) -> frozenset[str]:
         return self.capabilities
@@ -48,3 +53,8 @@ class ZooModel(nn.Module):
     def loss(self, batch: dict) -> dict[str, torch.Tensor]:
         """Training loss and its metrics on a loader batch (``images`` already on the model's device)."""
         return self.batch_loss(batch["images"], batch["records"])
+
+
+def freeze(module: nn.Module) -> None:
+    for parameter in module.parameters():
+        parameter.requires_grad_(False)

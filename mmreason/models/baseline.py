@@ -12,6 +12,7 @@ import copy
 import logging
 
 import torch
+from torch import nn
 
 from mmreason.data.preprocess import Preprocess
 from mmreason.data.schema import Record
@@ -20,29 +21,16 @@ from mmreason.layers.language import build_language_model, splice_image_features
 from mmreason.layers.position import sincos_2d
 from mmreason.layers.projector import build_projector
 from mmreason.layers.vision import VisionEncoder
-from mmreason.models.base import ZooModel
+from mmreason.models.base import ZooModel, freeze
 from mmreason.models.config_schema import VLM
-from mmreason.models.pretrained_vision import adopt_vision_export, freeze, load_vision_export
 from mmreason.text.prompts import OUTPUT_FORMATS, query_record, target_text, user_prompt
 from mmreason.text.tokenizer import build_tokenizer
+from mmreason.zoo import merge_config, register_family, register_model
 
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 IMAGE_POSITIONS = ("none", "sincos2d")
-BACKBONE_FIELDS = ("vision", "projector", "language", "preprocess", "image_position")  # what its weights assume
-
-
-def adopt_backbone(config: dict) -> dict:
-    """``config`` with the architecture fields and tokenizer of the export named by its
-    ``backbone_from`` (whose weights the model then loads); ``backbone_from`` is cleared so
-    the model's own export rebuilds without the source folder."""
-    from mmreason.export import read_export_config  # export → zoo → families: import when used
-
-    source = config["backbone_from"]
-    exported = read_export_config(source)["config"]
-    fields = {k: exported[k] for k in BACKBONE_FIELDS if k in exported}
-    return {**config, **fields, "tokenizer": str(source), "backbone_from": None}
 
 TINY_CONFIG = {
     "vision": {
@@ -65,22 +53,16 @@ class PromptTooLong(ValueError):
     """The prompt (image tokens included) does not fit ``max_length``."""
 
 
+@register_family("baseline")
 class VisionLanguageModel(ZooModel):
-    family = "baseline"
     config_schema = VLM
+    init_parts = ("vision", "projector", "language")
 
     def __init__(self, config: dict, tokenizer=None):
-        """``config["backbone_from"]``, an export of this family or one built on it, starts the
-        vision encoder, projector, LM and tokenizer from that export (a family's extra parts stay new);
-        ``config["vision"]["from_export"]`` starts only the vision tower from an export (the pretrained
-        encoder), ``config["vision"]["frozen"]`` keeps it fixed."""
+        """``config["vision"]["frozen"]`` keeps the vision tower fixed. Parts start from an export
+        through :mod:`mmreason.build` (``init``); the constructor reads no files but a pretrained
+        tower's or language model's own weights."""
         super().__init__()
-        backbone_from = config.get("backbone_from")
-        if backbone_from:
-            config = adopt_backbone(config)
-        vision_from = config["vision"].get("from_export")
-        if vision_from:
-            config = adopt_vision_export(config)
         self.config = copy.deepcopy(config)
         if config.get("output_format", "cot") not in OUTPUT_FORMATS:
             raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}, got {config['output_format']!r}")
@@ -98,8 +80,6 @@ class VisionLanguageModel(ZooModel):
         vision = config["vision"]
         self.vision = VisionEncoder(vision["name"], vision.get("overrides"), vision.get("pretrained", False),
                                     vision.get("weights_file"), vision.get("stem", "patch"))
-        if vision_from:
-            load_vision_export(vision_from, self.vision)
         if vision.get("frozen"):
             freeze(self.vision)
         self.lm = build_language_model(language.get("config"), language.get("path"), language.get("gguf_file"),
@@ -113,18 +93,10 @@ class VisionLanguageModel(ZooModel):
         codes = sincos_2d(self.num_image_tokens, self.lm.config.hidden_size) if position == "sincos2d" else None
         self.register_buffer("image_position_codes", codes, persistent=False)
         self.image_token_id = self.tokenizer.convert_tokens_to_ids("<image>")
-        if backbone_from:
-            self._load_backbone(backbone_from)
 
-    def _load_backbone(self, folder: str) -> None:
-        from mmreason.export import load_export
-
-        trained = load_export(folder)
-        if not isinstance(trained, VisionLanguageModel):
-            raise ValueError(f"backbone_from needs an export of the baseline VLM or a family built on it; "
-                             f"{folder} holds a {trained.family!r} model")
-        for part in ("vision", "projector", "lm"):
-            getattr(self, part).load_state_dict(getattr(trained, part).state_dict())
+    def part_modules(self, part: str) -> list[nn.Module]:
+        modules = {"vision": self.vision, "projector": self.projector, "language": self.lm}
+        return [modules[part]] if part in modules else super().part_modules(part)
 
     # ---- inputs -------------------------------------------------------------------------------
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
@@ -298,3 +270,10 @@ def split_rationale(text: str) -> str | None:
     if "<think>" not in text:
         return None
     return text.split("<think>", 1)[1].split("</think>", 1)[0].strip()
+
+
+register_model("baseline-tiny-cot", "baseline", TINY_CONFIG,
+               "2.0M-parameter ViT + Llama VLM writing a rationale before its answer (CPU-sized)",
+               recipe="recipes/baseline/synth-tiny-cot.yaml")
+register_model("baseline-tiny", "baseline", merge_config(TINY_CONFIG, {"output_format": "answer"}),
+               "the same tiny VLM answering directly", recipe="recipes/baseline/synth-tiny.yaml")

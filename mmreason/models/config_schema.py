@@ -13,12 +13,11 @@ from __future__ import annotations
 ANY = "any"  # a free-form subtree
 LEAF = None  # a value, not a subtree
 
-VISION = {"name": LEAF, "overrides": ANY, "pretrained": LEAF, "weights_file": LEAF, "stem": LEAF, "frozen": LEAF,
-          "from_export": LEAF}
+VISION = {"name": LEAF, "overrides": ANY, "pretrained": LEAF, "weights_file": LEAF, "stem": LEAF, "frozen": LEAF}
 LANGUAGE = {"config": ANY, "path": LEAF, "gguf_file": LEAF}
 PREPROCESS = {"image_size": LEAF, "mean": LEAF, "std": LEAF, "max_pixels": LEAF}
 VLM = {"vision": VISION, "projector": LEAF, "language": LANGUAGE, "tokenizer": LEAF, "output_format": LEAF,
-       "preprocess": PREPROCESS, "max_length": LEAF, "image_position": LEAF, "backbone_from": LEAF}
+       "preprocess": PREPROCESS, "max_length": LEAF, "image_position": LEAF}
 
 
 def check_config(config: dict, schema: dict, family: str, where: str = "config") -> None:

@@ -6,7 +6,7 @@ heads on every patch token predict the targets of
 :mod:`mmreason.data.scene_targets`; being linear, they force the patch tokens
 themselves to carry colour, shape, size and position, which is what a family
 reading those tokens needs. Its export is an ordinary export folder whose
-``vision`` any family starts from (``vision: {from_export: FOLDER}``).
+``vision`` any family starts from (``init: {from: FOLDER, parts: [vision]}``, see mmreason.build).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from mmreason.layers.vision import VisionEncoder
 from mmreason.models.base import PERCEIVES, ZooModel
 from mmreason.models.baseline import TINY_CONFIG as BASELINE_TINY
 from mmreason.models.config_schema import LEAF, PREPROCESS, VISION
+from mmreason.zoo import register_family, register_model
 
 TINY_CONFIG = {
     # the tiny VLMs' ViT (same width, depth and input, so their step times do not change), convolutional stem
@@ -39,11 +40,12 @@ HEAD_LAYOUT = {"centre": 1, "colour": N_COLOURS, "shape": N_SHAPES, "size": N_SI
                "cover_colour": N_COLOURS + 1, "cover_shape": N_SHAPES + 1}
 
 
+@register_family("encoder")
 class SceneEncoder(ZooModel):
     """The vision tower plus linear per-patch heads; ``perceive`` lists the objects it sees."""
 
-    family = "encoder"
     capabilities = frozenset({PERCEIVES})
+    init_parts = ("vision",)
     config_schema = {"vision": VISION, "preprocess": PREPROCESS, "centre_pos_weight": LEAF,
                      "loss_weights": dict.fromkeys(("centre", "attributes", "geometry", "cover"), LEAF)}
 
@@ -78,6 +80,9 @@ class SceneEncoder(ZooModel):
         """Dense targets of scenes laid out at ``scene_size`` px, as tensors on ``device``."""
         return {k: torch.from_numpy(v).to(device)
                 for k, v in targets.batch_targets(scenes, scene_size, self.grid).items()}
+
+    def part_modules(self, part: str) -> list[nn.Module]:
+        return [self.vision] if part == "vision" else super().part_modules(part)
 
     def loss(self, batch: dict) -> dict[str, torch.Tensor]:
         """Dense targets come from the scene graphs the records carry (synthetic shards or streams)."""
@@ -139,3 +144,8 @@ class SceneEncoder(ZooModel):
         return {"objects": objects, "rationale": None,
                 "answer": f"{len(objects)} objects: " + ", ".join(
                     f"{o['size']} {o['colour']} {o['shape']}" for o in objects)}
+
+
+register_model("encoder-tiny", "encoder", TINY_CONFIG,
+               "the tiny ViT pretrained on dense scene-graph targets (colour, shape, size, centres, boxes per "
+               "patch); every tiny family starts its vision tower from it", recipe="recipes/encoder/synth-tiny-scene.yaml")

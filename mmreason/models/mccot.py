@@ -38,7 +38,6 @@ from mmreason.models.base import ANSWERS, CACHED_FEATURES, PIPELINE, ZooModel
 from mmreason.models.baseline import IGNORE_INDEX
 from mmreason.models.baseline import TINY_CONFIG as BASELINE_TINY
 from mmreason.models.config_schema import LANGUAGE, LEAF, PREPROCESS, VISION
-from mmreason.models.pretrained_vision import adopt_vision_export, load_vision_export
 from mmreason.text.prompts import (
     answer_sentence,
     qcm_input,
@@ -47,6 +46,7 @@ from mmreason.text.prompts import (
     strip_rationale_cue,
 )
 from mmreason.text.tokenizer import build_tokenizer
+from mmreason.zoo import merge_config, register_family, register_model
 
 log = logging.getLogger(__name__)
 
@@ -135,22 +135,20 @@ class MCCoTStage(nn.Module):
                                 max_new_tokens=max_new_tokens, num_return_sequences=samples, **sampling)
 
 
+@register_family("mccot")
 class MCCoT(ZooModel):
     """The pipeline of stages (``rationale`` + ``answer``, or ``direct``) with one tokenizer."""
 
-    family = "mccot"
     config_schema = {"vision": VISION, "language": LANGUAGE, "init_language": LANGUAGE, "tokenizer": LEAF,
                      "preprocess": PREPROCESS, "stages": LEAF, "train_stage": LEAF, "max_length": LEAF,
                      "max_target_length": LEAF, "self_consistency": dict.fromkeys(("passes", "alpha", "vote"), LEAF)}
+    init_parts = ("vision",)
 
     def __init__(self, config: dict, tokenizer=None):
         super().__init__()
         self.config = copy.deepcopy(config)
         # what a stage added later starts from: the original language spec (a pretrained path survives export)
         self.config.setdefault("init_language", copy.deepcopy(config["language"]))
-        if config["vision"].get("from_export"):  # the encoder and the preprocessing its features assume
-            self.config = adopt_vision_export(self.config)
-            self.config["vision"]["frozen"] = True
         config = self.config
         stages = list(config.get("stages", ["rationale", "answer"]))
         unknown = [s for s in stages if s not in STAGES]
@@ -168,8 +166,6 @@ class MCCoT(ZooModel):
         self.alpha = float(consistency.get("alpha", 0.5))
         self.vote = consistency.get("vote", "soft")
         self.stages = nn.ModuleDict({name: MCCoTStage(config, self.tokenizer) for name in stages})
-        if config["vision"].get("from_export"):  # a trained encoder, frozen, read once for every stage
-            load_vision_export(config["vision"]["from_export"], *(stage.vision for stage in self.stages.values()))
         self.train_stage = config.get("train_stage", stages[-1])
         if self.train_stage not in self.stages:
             raise ValueError(f"train_stage {self.train_stage!r} is not one of this model's stages {stages}")
@@ -178,6 +174,12 @@ class MCCoT(ZooModel):
     def lm(self) -> nn.Module:
         """The first stage's language model (every stage has its architecture)."""
         return next(iter(self.stages.values())).t5
+
+    def part_modules(self, part: str) -> list[nn.Module]:
+        """``vision``: every stage's image encoder (one encoder, copied into each stage)."""
+        if part == "vision":
+            return [stage.vision for stage in self.stages.values()]
+        return super().part_modules(part)
 
     def capability_set(self) -> frozenset[str]:
         """A rationale-only stage answers nothing; cached features stand in for images only when
@@ -393,3 +395,13 @@ def majority_vote(texts: list[str], record: Record) -> tuple[int, float, list[st
         return 0, 0.0, ballots
     best, n = counts.most_common(1)[0]
     return ballots.index(best), n / len(texts), ballots
+
+
+register_model("mccot-tiny", "mccot", TINY_CONFIG,
+               "two-stage MM-CoT: tiny ViT + gated fusion + T5, rationale then answer (CPU-sized)",
+               recipe="recipes/mccot/synth-tiny-rationale.yaml")
+register_model("mccot-tiny-direct", "mccot", merge_config(TINY_CONFIG, {"stages": ["direct"]}),
+               "the same tiny encoder-decoder answering without a rationale", recipe="recipes/mccot/synth-tiny-direct.yaml")
+register_model("mccot-base", "mccot", BASE_CONFIG,
+               "two-stage MC-CoT at upstream scale: FLAN-T5-base + frozen ViT-B/16 (downloads both once)",
+               recipe="recipes/mccot/scienceqa-base.yaml")

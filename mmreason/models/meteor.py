@@ -35,7 +35,7 @@ Training (``step``; upstream released no training code, so this is our reading):
 With a traversal embedder the step picks the target (``output_format`` follows
 it). A frozen backbone that cannot already write rationales cannot learn to
 expand them, so the tiny recipes start the backbone from a rationale-SFT
-baseline export (``backbone_from``, see the baseline model), as upstream starts
+baseline export (``init`` with parts vision, projector, language; see mmreason.build), as upstream starts
 from a pretrained LLM. ``embedder: none`` is the baseline VLM (same parts, prompts and logits: the
 "no Mamba" ablation); ``transformer`` is the embedder ablation. The backbone
 never generates `<image>` or `<tor>`: generation suppresses both, in every mode.
@@ -60,7 +60,7 @@ from mmreason.models.baseline import PromptTooLong, VisionLanguageModel
 from mmreason.models.config_schema import ANY, LEAF, VLM
 from mmreason.text.prompts import RATIONALE_CUE, format_choices
 from mmreason.text.tor import PLACEMENTS, TOR_TOKEN, RationaleTooShort, bare_tor, insert_tor
-from mmreason.zoo import merge_config
+from mmreason.zoo import merge_config, register_family, register_model
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +134,7 @@ def load_mamba(path: str, vocab_size: int) -> MambaStack:
     return stack
 
 
+@register_family("meteor")
 class Meteor(VisionLanguageModel):
     """The baseline VLM plus a traversal embedder whose `<tor>` states are injected into the backbone.
 
@@ -142,7 +143,6 @@ class Meteor(VisionLanguageModel):
     ``traversal_projector`` (vision → embedder width), ``tor_projector`` (embedder → backbone width).
     """
 
-    family = "meteor"
     config_schema = {**VLM, "step": LEAF, "traversal": {"embedder": LEAF, "mamba": ANY, "transformer": ANY,
                                                         "num_tor": LEAF, "placement": LEAF, "path": LEAF, "seed": LEAF}}
     fine_tune_options = ("step",)
@@ -329,3 +329,8 @@ class Meteor(VisionLanguageModel):
         if self.traversal is None:
             return inputs
         return {**inputs, **self.traversal_inputs(records, with_rationale=False)}
+
+
+register_model("meteor-tiny", "meteor", TINY_CONFIG,
+               "Meteor: the tiny VLM as backbone + a 2-layer Mamba (width 64) traversing the rationale with "
+               "10 <tor> (CPU-sized)", recipe="recipes/meteor/synth-tiny-step1.yaml")

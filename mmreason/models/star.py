@@ -45,7 +45,7 @@ from mmreason.seg.answers import format_box_point, mask_box_point, parse_box_poi
 from mmreason.seg.rewards import matched_ious
 from mmreason.seg.tts import aggregate_masks
 from mmreason.text.prompts import answer_tag, query_record, target_text
-from mmreason.zoo import merge_config
+from mmreason.zoo import merge_config, register_family, register_model
 
 SEG_TOKEN = "<seg>"
 SEG_TASK = "seg"
@@ -62,11 +62,11 @@ def dice_loss(logits: torch.Tensor, targets: torch.Tensor, eps: float = 1.0) -> 
     return (1 - (2 * (probs * targets).sum(1) + eps) / (probs.sum(1) + targets.sum(1) + eps)).mean()
 
 
+@register_family("star")
 class ReasoningSegmenter(TrajectoryPolicy, VisionLanguageModel):
     """Extra config ``segmentation``: answer (seg | box), embed_dim (decoder width), num_heads, depth,
     upscale, loss_weights."""
 
-    family = "star"
     config_schema = {**VLM, "segmentation": {**dict.fromkeys(("answer", "embed_dim", "num_heads", "depth", "upscale"), LEAF),
                                              "loss_weights": dict.fromkeys(("text", "bce", "dice"), LEAF)}}
 
@@ -281,3 +281,8 @@ def _with_box_point(record: Record, target: torch.Tensor | None) -> Record:
     """The record with its target's box and point in ``meta["box_point"]`` (what a ``box`` answer says)."""
     pair = None if target is None or record.task != SEG_TASK else mask_box_point(target.cpu() > 0)
     return record if pair is None else dataclasses.replace(record, meta={**(record.meta or {}), "box_point": pair})
+
+
+register_model("star-tiny", "star", TINY_CONFIG,
+               "the tiny VLM answering segmentation questions with a <seg> token and a SAM-style mask decoder "
+               "(LISA; StAR test-time scaling)", recipe="recipes/star/synth-tiny.yaml")

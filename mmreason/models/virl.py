@@ -32,16 +32,16 @@ from mmreason.models.policy import Trajectory, TrajectoryPolicy
 from mmreason.rl.crop import CROP_CLOSE, CROP_OPEN, clamp_box, crop_and_resize, crop_text, parse_box
 from mmreason.rl.grpo import token_log_probs
 from mmreason.text.prompts import answer_tag, query_record
-from mmreason.zoo import merge_config
+from mmreason.zoo import merge_config, register_family, register_model
 
 DEFAULT_CROP = {"max_actions": 3, "min_size": 8, "tokens": 16}
 TINY_CONFIG = merge_config(BASELINE_TINY, {"crop": DEFAULT_CROP})
 
 
+@register_family("virl")
 class VisualRationalePolicy(TrajectoryPolicy, VisionLanguageModel):
     """Extra config: ``crop`` = {max_actions, min_size (px), tokens (per crop, a square number)}."""
 
-    family = "virl"
     capabilities = frozenset({ANSWERS, CROPS, POLICY})
     config_schema = {**VLM, "crop": dict.fromkeys(("tokens", "max_actions", "min_size"), LEAF)}
 
@@ -197,3 +197,8 @@ def _last_index(items: list[int], value: int, since: int = 0) -> int | None:
         if items[i] == value:
             return i
     return None
+
+
+register_model("virl-tiny", "virl", TINY_CONFIG,
+               "the tiny VLM as a policy that crops its image while reasoning (<crop> actions, CPU-sized)",
+               recipe="recipes/virl/synth-tiny-sft.yaml")

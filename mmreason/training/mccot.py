@@ -11,13 +11,13 @@ rationale's BLEU/ROUGE-L against the gold rationale (when it writes one).
 
 from __future__ import annotations
 
+from mmreason.build import create_model
 from mmreason.eval.accuracy import AccuracyReport
 from mmreason.eval.rationale import RationaleReport
 from mmreason.export import load_export
 from mmreason.models.base import ANSWERS
 from mmreason.models.mccot import RATIONALE_SOURCES, STAGES
 from mmreason.training.sft import SFTModule, gather_report
-from mmreason.zoo import create_model
 
 
 class MCCoTModule(SFTModule):

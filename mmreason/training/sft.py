@@ -14,11 +14,12 @@ import lightning as L
 import torch
 import torch.distributed as dist
 
+from mmreason.build import create_model
 from mmreason.eval.accuracy import AccuracyReport
 from mmreason.export import checkpoint_payload, load_export
 from mmreason.models.base import CACHED_FEATURES
 from mmreason.training.schedule import warmup_cosine
-from mmreason.zoo import create_model, merge_config
+from mmreason.zoo import merge_config
 
 STANDARD_OUTPUTS = {"loss", "token_accuracy", "target_tokens", "tokens", "skipped"}  # of a model's batch_loss
 FINE_TUNE_OPTIONS = ("output_format", "max_length")  # a family adds its own as ``fine_tune_options``
