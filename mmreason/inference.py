@@ -84,7 +84,7 @@ def evaluate(model, urls: list[str], batch_size: int = 64, max_new_tokens: int =
                          f"segmentation families), not to a {model.family!r} model")
     report, rationale_report, records, confidences = AccuracyReport(), RationaleReport(), [], []
     crops = CropReport() if model.can(CROPS) else None  # a crop-action policy: where it looked
-    segments, skipped = SegmentationReport(), Counter()
+    segments, skipped, scored = SegmentationReport(), Counter(), 0
     device = next(model.parameters()).device
     for batch in _eval_batches(urls, model.preprocess, batch_size, limit, skipped):
         images = model.preprocess.normalize(batch["pixels"].to(device))
@@ -107,7 +107,8 @@ def evaluate(model, urls: list[str], batch_size: int = 64, max_new_tokens: int =
         if model.can(ANSWERS):  # a rationale-only stage has nothing to score
             report.add_many(texts, batch["records"])
         records += batch["records"]
-    skip_report, skip_line = _skip_summary(skipped, len(records), urls)
+        scored += len(batch["pixels"])
+    skip_report, skip_line = _skip_summary(skipped, scored, urls)
     baseline = majority_baseline(records)
     out = {"report": report.to_dict(baseline) | {"skipped": skip_report},
            "table": format_table(report, baseline) + "\n\n" + skip_line}
