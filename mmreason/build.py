@@ -1,16 +1,18 @@
-"""Building a model: a registered configuration, overrides, and parts started from an export.
+"""Building a model: a registered configuration with overrides, started from an export by one spec.
 
-One spec starts any family's parts from an earlier export::
+Every way of starting from an earlier export is the one ``init`` spec::
 
-    model_config:
-      init: {from: runs/encoder-synth-tiny-scene/export, parts: [vision], frozen: [vision]}
+    init: {from: runs/encoder-synth-tiny-scene/export, parts: [vision], frozen: [vision]}
+    init: {from: runs/meteor-synth-tiny-step1/export}          # the whole export, to train on
 
-For each part in ``parts`` the export's architecture of that part is adopted
-(with what its weights assume: the preprocessing for ``vision``, the
-tokenizer for ``language``, the image positions for ``projector``), the model
-is built — family constructors read no files — and the part's weights are
-copied in; parts in ``frozen`` stay fixed in training. The model keeps no
-reference to the folder, so its own export and checkpoints stand alone.
+With ``parts``, the named model is built with the export's architecture of
+each part (and what its weights assume: the preprocessing for ``vision``, the
+tokenizer for ``language``, the image positions for ``projector``) and those
+weights are copied in. Without ``parts`` the model *is* the export: its
+architecture stays, and only a family's fine-tune options (for example
+``output_format``) may be overridden. Parts in ``frozen`` stay fixed in
+training either way. Family constructors read no files and the model keeps
+no reference to the folder, so its own export and checkpoints stand alone.
 """
 
 from __future__ import annotations
@@ -27,26 +29,36 @@ from mmreason.zoo import family_class, merge_config, model_info
 PART_CONFIG = {"vision": ("vision", "preprocess"), "projector": ("projector", "image_position"),
                "language": ("language",)}  # the config fields that describe each part's weights
 INIT_KEYS = ("from", "parts", "frozen")
+FINE_TUNE_OPTIONS = ("output_format", "max_length")  # a family adds its own as ``fine_tune_options``
 
 
-def create_model(name: str, **overrides) -> nn.Module:
-    """A model of a registered name with config keys overridden (``init`` starts parts from an export);
-    a key the family does not read, at any depth, is refused with the valid ones."""
+def create_model(name: str | None = None, init: dict | None = None, **overrides) -> nn.Module:
+    """A model of a registered ``name`` with config keys overridden, started from an export by ``init``
+    (without ``init.parts`` the export itself, and ``name`` may be left out); a key the family does not
+    read, at any depth, is refused with the valid ones."""
+    if init is not None and not _check_init(init)["parts"]:
+        return _whole_export(name, _check_init(init), overrides)
+    if name is None:
+        raise ValueError("name a registered model (`mmreason list`) or start from a whole export "
+                         "with init: {from: EXPORT}")
     info = model_info(name)
-    return build_model(info["family"], merge_config(info["config"], overrides))
+    return build_model(info["family"], merge_config(info["config"], overrides), init=init)
 
 
-def build_model(family: str, config: dict, tokenizer=None) -> nn.Module:
+def build_model(family: str, config: dict, tokenizer=None, init: dict | None = None) -> nn.Module:
     """A ``family`` model of ``config`` (with ``tokenizer``, unless ``init`` starts the language model,
-    which brings its own)."""
+    which brings its own); ``init`` names parts of an export to start from."""
     cls = family_class(family)
-    config = dict(config)
-    init = config.pop("init", None)
+    if "init" in config:
+        raise ValueError("init is not part of a model's config: pass it beside the config "
+                         "(a training module's init argument, or create_model(name, init=...))")
     check_config(config, cls.config_schema, family, "model_config")
     if not init:
-        return cls(config, tokenizer=tokenizer)
-    parts, frozen, source = _check_init(init, cls)
-    exported = read_export_config(source)["config"]
+        return cls(dict(config), tokenizer=tokenizer)
+    init = _check_init(init)
+    parts, frozen, source = init["parts"], init["frozen"], init["from"]
+    _check_parts(parts, frozen, cls)
+    config, exported = dict(config), read_export_config(source)["config"]
     for part in parts:
         missing = [k for k in PART_CONFIG[part][:1] if k not in exported]
         if missing:
@@ -60,21 +72,50 @@ def build_model(family: str, config: dict, tokenizer=None) -> nn.Module:
         weights = parent.part_modules(part)[0].state_dict()
         for module in model.part_modules(part):
             module.load_state_dict(weights)
-    for part in frozen:
-        for module in model.part_modules(part):
-            freeze(module)
+    _freeze(model, frozen)
     return model
 
 
-def _check_init(init, cls) -> tuple[list[str], list[str], str]:
+def _whole_export(name: str | None, init: dict, overrides: dict) -> nn.Module:
+    """The export ``init.from`` to train on, with only fine-tune options overridden."""
+    model = load_export(init["from"]).train()
+    if name is not None and model_info(name)["family"] != model.family:
+        raise ValueError(f"model {name!r} is a {model_info(name)['family']!r} model but init.from {init['from']} "
+                         f"holds a {model.family!r} one; leave the model name out to train the export as it is")
+    allowed = (*FINE_TUNE_OPTIONS, *model.fine_tune_options)
+    unchangeable = sorted(set(overrides) - set(allowed))
+    if unchangeable:
+        raise ValueError(f"model_config {unchangeable} cannot change an exported model's architecture; starting "
+                         f"from a whole export (init without parts) only {list(allowed)} may be set")
+    for key, value in overrides.items():
+        model.config = merge_config(model.config, {key: value})
+        setattr(model, key, value)
+    if init["frozen"]:
+        _check_parts(init["frozen"], init["frozen"], type(model))
+    _freeze(model, init["frozen"])
+    return model
+
+
+def _check_init(init) -> dict:
+    """``init`` with ``parts``/``frozen`` as lists, after checking its shape and that its folder exists."""
     if not isinstance(init, dict) or set(init) - set(INIT_KEYS) or "from" not in init:
-        raise ValueError(f"init must be {{from: EXPORT, parts: [...], frozen: [...]}} (keys {INIT_KEYS}), got {init!r}")
-    parts, frozen = list(init.get("parts") or ()), list(init.get("frozen") or ())
+        raise ValueError(f"init must be {{from: EXPORT, parts: [...], frozen: [...]}} (keys {INIT_KEYS}; without "
+                         f"parts, the whole export), got {init!r}")
+    if not Path(str(init["from"])).is_dir():
+        raise FileNotFoundError(f"init.from: export folder {init['from']!r} does not exist")
+    return {"from": str(init["from"]), "parts": list(init.get("parts") or ()),
+            "frozen": list(init.get("frozen") or ())}
+
+
+def _check_parts(parts: list[str], frozen: list[str], cls) -> None:
     offered = cls.init_parts
     unknown = [p for p in parts + frozen if p not in offered]
     if unknown or not parts or set(frozen) - set(parts):
         raise ValueError(f"init.parts must name some of {offered} (a {cls.family} model's parts) and init.frozen "
                          f"some of those; got parts {parts}, frozen {frozen}")
-    if not Path(str(init["from"])).is_dir():
-        raise FileNotFoundError(f"init.from: export folder {init['from']!r} does not exist")
-    return parts, frozen, str(init["from"])
+
+
+def _freeze(model: nn.Module, parts: list[str]) -> None:
+    for part in parts:
+        for module in model.part_modules(part):
+            freeze(module)

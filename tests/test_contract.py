@@ -19,7 +19,8 @@ import torch
 from PIL import Image
 
 import mmreason
-from mmreason.build import create_model
+from conftest import TINY_TEST_CONFIG
+from mmreason.build import build_model, create_model
 from mmreason.data.preprocess import Preprocess
 from mmreason.data.shards import eval_stream, resolve_shards
 from mmreason.data.synth import SynthConfig
@@ -198,3 +199,29 @@ def test_init_names_what_it_cannot_start(tmp_path):
         create_model("baseline-tiny", init={"form": str(tmp_path)})
     with pytest.raises(FileNotFoundError, match="init.from: export folder .*nowhere"):
         create_model("baseline-tiny", init={"from": str(tmp_path / "nowhere"), "parts": ["vision"]})
+    with pytest.raises(ValueError, match="init is not part of a model's config"):
+        build_model("baseline", {**TINY_TEST_CONFIG, "init": {"from": str(tmp_path), "parts": ["vision"]}})
+    with pytest.raises(ValueError, match="name a registered model"):
+        create_model(None)
+
+
+def test_init_without_parts_trains_the_whole_export_and_each_module_starts_that_way(tmp_path, tiny_tokenizer):
+    from mmreason.training.grpo import GRPOModule
+    from mmreason.training.sft import SFTModule
+
+    torch.manual_seed(0)
+    baseline = save_export(build_model("baseline", TINY_TEST_CONFIG, tokenizer=tiny_tokenizer), tmp_path / "baseline")
+    model = create_model(init={"from": str(baseline), "frozen": ["vision"]}, output_format="answer")
+    source = load_export(baseline)
+    assert model.training and model.output_format == "answer"
+    assert all(torch.equal(v, source.state_dict()[k]) for k, v in model.state_dict().items())
+    assert not any(p.requires_grad for p in model.vision.parameters())
+    assert all(p.requires_grad for p in model.lm.parameters())
+    same = SFTModule(model="baseline-tiny-cot", init={"from": str(baseline)}).model
+    assert all(torch.equal(v, source.state_dict()[k]) for k, v in same.state_dict().items())
+    with pytest.raises(ValueError, match="model 'meteor-tiny' is a 'meteor' model but init.from .* holds a 'baseline'"):
+        SFTModule(model="meteor-tiny", init={"from": str(baseline)})
+    with pytest.raises(ValueError, match="GRPO trains a whole policy export"):
+        GRPOModule(init={"from": str(baseline), "parts": ["vision"]})
+    with pytest.raises(ValueError, match="GRPO needs a policy export .* holds a 'baseline' model"):
+        GRPOModule(init={"from": str(baseline)})

@@ -187,8 +187,8 @@ def test_every_vlm_family_starts_its_vision_from_the_encoder(family, frozen, enc
     encoder, folder = encoder_export
     cls, config = FAMILIES[family]
     init = {"from": str(folder), "parts": ["vision"], "frozen": ["vision"] if frozen else []}
-    wide = merge_config(config, {"init": init, "vision": {"name": "resnet18"}, "preprocess": {"image_size": 48}})
-    model = build_model(family, wide, tokenizer=tiny_tokenizer)
+    wide = merge_config(config, {"vision": {"name": "resnet18"}, "preprocess": {"image_size": 48}})
+    model = build_model(family, wide, tokenizer=tiny_tokenizer, init=init)
     assert type(model) is cls
     assert model.preprocess.image_size == 32 and model.config["vision"]["name"] == encoder.config["vision"]["name"]
     for key, value in encoder.vision.state_dict().items():
@@ -208,7 +208,7 @@ def test_a_frozen_encoder_stays_fixed_while_the_vlm_learns(encoder_export, tiny_
     encoder, folder = encoder_export
     torch.manual_seed(0)
     init = {"from": str(folder), "parts": ["vision"], "frozen": ["vision"]}
-    model = build_model("baseline", merge_config(TINY_TEST_CONFIG, {"init": init}), tokenizer=tiny_tokenizer)
+    model = build_model("baseline", TINY_TEST_CONFIG, tokenizer=tiny_tokenizer, init=init)
     before = {k: v.clone() for k, v in model.vision.state_dict().items()}
     losses, _ = train_steps(model, model_images(model), valid_records(), 10)
     assert losses[-1] < losses[0]
@@ -218,7 +218,7 @@ def test_a_frozen_encoder_stays_fixed_while_the_vlm_learns(encoder_export, tiny_
 def test_mccot_stages_start_from_the_encoder(encoder_export, tiny_tokenizer):
     encoder, folder = encoder_export
     init = {"from": str(folder), "parts": ["vision"], "frozen": ["vision"]}
-    model = build_model("mccot", merge_config(MCCOT_TEST_CONFIG, {"init": init}), tokenizer=tiny_tokenizer)
+    model = build_model("mccot", MCCOT_TEST_CONFIG, tokenizer=tiny_tokenizer, init=init)
     for stage in model.stages.values():
         assert stage.frozen_vision
         for key, value in encoder.vision.state_dict().items():

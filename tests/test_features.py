@@ -126,9 +126,9 @@ def test_a_model_on_a_frozen_exported_encoder_trains_on_cached_features_as_on_im
 
     encoder, folder = export
     write_feature_shards(str(folder), str(src), str(tmp_path / "feat"), splits=("train",), progress=False)
-    config = {**MCCOT_TEST_CONFIG, "init": {"from": str(folder), "parts": ["vision"], "frozen": ["vision"]},
-              "preprocess": {"image_size": 48}}
-    module = MCCoTModule(stage="rationale", model_config=config)
+    config = {**MCCOT_TEST_CONFIG, "preprocess": {"image_size": 48}}
+    module = MCCoTModule(stage="rationale", model_config=config,
+                         init={"from": str(folder), "parts": ["vision"], "frozen": ["vision"]})
     model = module.model.eval()
     assert model.preprocess.image_size == encoder.preprocess.image_size  # the encoder's, not the override
     torch.testing.assert_close(model.vision.state_dict(), encoder.vision.state_dict())

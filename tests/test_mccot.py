@@ -203,7 +203,7 @@ def test_pipeline_export_round_trip_predicts_rationale_then_answer(model, tmp_pa
 def test_answer_stage_is_added_next_to_a_frozen_rationale_stage(model, tmp_path):
     rationale_only = MCCoT({**MCCOT_TEST_CONFIG, "stages": ["rationale"]}, tokenizer=model.tokenizer)
     save_export(rationale_only, tmp_path / "stage1")
-    module = MCCoTModule(stage="answer", rationale_from=str(tmp_path / "stage1"), passes=2)
+    module = MCCoTModule(stage="answer", init={"from": str(tmp_path / "stage1")}, passes=2)
     assert list(module.model.stages) == ["rationale", "answer"]
     assert not any(p.requires_grad for p in module.model.stages["rationale"].parameters())
     assert all(p.requires_grad for p in module.model.stages["answer"].parameters())
@@ -212,12 +212,12 @@ def test_answer_stage_is_added_next_to_a_frozen_rationale_stage(model, tmp_path)
                                rationale_only.stages["rationale"].t5.shared.weight)
     torch.testing.assert_close(module.model.stages["answer"].vision.state_dict(),  # starts from stage 1's encoder
                                rationale_only.stages["rationale"].vision.state_dict())
-    with pytest.raises(ValueError, match="set rationale_from"):
+    with pytest.raises(ValueError, match=r"start it from the rationale stage's export, init: \{from: EXPORT\}"):
         MCCoTModule(stage="answer")
-    with pytest.raises(ValueError, match="not both"):
-        MCCoTModule(stage="answer", init_from=str(tmp_path / "stage1"), rationale_from=str(tmp_path / "stage1"))
-    with pytest.raises(ValueError, match="use --model.init_args.rationale_from"):
-        MCCoTModule(stage="answer", init_from=str(tmp_path / "stage1"))
+    with pytest.raises(ValueError, match=r"holds stages \['rationale'\], not 'direct'"):
+        MCCoTModule(stage="direct", init={"from": str(tmp_path / "stage1")})
+    with pytest.raises(ValueError, match=r"\[.language.\] cannot change an exported model.s architecture"):
+        MCCoTModule(stage="answer", init={"from": str(tmp_path / "stage1")}, model_config={"language": {}})
     with pytest.raises(ValueError, match="voting needs an answer stage"):
         rationale_only.run(model_images(rationale_only, 1), valid_records(1), votes=2)
     with pytest.raises(ValueError, match="stage must be one of"):

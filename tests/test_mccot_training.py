@@ -47,7 +47,7 @@ def test_scienceqa_recipe_trains_both_stages_then_the_export_predicts_and_evalua
     assert config["metrics"]["global_step"] == 2 and "val/rationale_rougeL" in config["metrics"]
 
     mmreason(*stage_args(scienceqa_shards, tmp_path / "answer", "answer",
-                         "--model.init_args.rationale_from", str(stage1)))
+                         "--model.init_args.init", f"{{from: {stage1}}}"))
     pipeline = tmp_path / "answer" / "export"
     config = json.loads((pipeline / "config.json").read_text())
     assert config["config"]["stages"] == ["rationale", "answer"]

@@ -135,8 +135,8 @@ def test_the_backbone_starts_from_a_baseline_export_and_its_export_stands_alone(
     torch.manual_seed(3)
     baseline = VisionLanguageModel(TINY_TEST_CONFIG, tokenizer=tiny_tokenizer)
     source = save_export(baseline, tmp_path / "baseline")
-    model = build_model("meteor", merge_config(TINY_METEOR, {"init": {"from": str(source), "parts": BACKBONE},
-                                                             "max_length": 300}))
+    model = build_model("meteor", merge_config(TINY_METEOR, {"max_length": 300}),
+                        init={"from": str(source), "parts": BACKBONE})
     assert model.max_length == 300 and model.preprocess.to_dict() == baseline.preprocess.to_dict()
     assert model.tokenizer.get_vocab() == baseline.tokenizer.get_vocab()
     for part in ("vision", "projector", "lm"):
@@ -147,7 +147,7 @@ def test_the_backbone_starts_from_a_baseline_export_and_its_export_stands_alone(
     for path in source.iterdir():
         path.unlink()
     assert torch.equal(load_export(folder).lm.get_input_embeddings().weight, model.lm.get_input_embeddings().weight)
-    again = build_model("meteor", merge_config(TINY_METEOR, {"init": {"from": str(folder), "parts": BACKBONE}}))
+    again = build_model("meteor", TINY_METEOR, init={"from": str(folder), "parts": BACKBONE})
     assert torch.equal(again.lm.get_input_embeddings().weight, model.lm.get_input_embeddings().weight)
 
 
@@ -155,11 +155,11 @@ def test_step_two_fine_tunes_a_step_one_export(model, tmp_path):
     from mmreason.training.sft import SFTModule
 
     folder = save_export(model, tmp_path / "step1")
-    module = SFTModule(init_from=str(folder), model_config={"step": 2})
+    module = SFTModule(init={"from": str(folder)}, model_config={"step": 2})
     assert module.model.step == 2 and module.model.output_format == "answer"
     assert all(p.requires_grad for p in module.model.parameters())
     with pytest.raises(ValueError, match=r"cannot change an exported model's architecture.*'step'"):
-        SFTModule(init_from=str(folder), model_config={"traversal": {"num_tor": 2}})
+        SFTModule(init={"from": str(folder)}, model_config={"traversal": {"num_tor": 2}})
 
 
 def test_step_two_trains_everything_on_the_answer(model):

@@ -161,7 +161,7 @@ def test_image_position_codes_survive_export(tiny_tokenizer, tmp_path):
 
 def test_fine_tuning_starts_from_an_export_and_refuses_architecture_changes(model, tmp_path):
     folder = save_export(model, tmp_path / "export")
-    module = SFTModule(init_from=str(folder), model_config={"output_format": "answer"})
+    module = SFTModule(init={"from": str(folder)}, model_config={"output_format": "answer"})
     assert module.model.output_format == "answer" and module.model.training
     records = valid_records(1)
     text = module.model.tokenizer.decode(
@@ -170,4 +170,4 @@ def test_fine_tuning_starts_from_an_export_and_refuses_architecture_changes(mode
     for name, value in model.state_dict().items():
         assert torch.equal(module.model.state_dict()[name], value)
     with pytest.raises(ValueError, match=r"\['projector'\] cannot change an exported model"):
-        SFTModule(init_from=str(folder), model_config={"projector": "linear"})
+        SFTModule(init={"from": str(folder)}, model_config={"projector": "linear"})

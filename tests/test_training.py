@@ -118,7 +118,7 @@ def test_export_from_a_checkpoint_needs_none_of_the_folders_training_started_fro
     parent = save_export(VisionLanguageModel(TINY_TEST_CONFIG, tokenizer=tiny_tokenizer), tmp_path / "parent")
     run = tmp_path / "run"
     mmreason(*fit_args(shards, run, 2), "--model.init_args.model_config", "null",
-             "--model.init_args.init_from", str(parent))
+             "--model.init_args.init", f"{{from: {parent}}}")
     shutil.rmtree(parent)
     mmreason("export", "--ckpt", str(run / "checkpoints" / "last.ckpt"), "--out", str(tmp_path / "again"))
     again, fitted = load_export(tmp_path / "again"), load_export(run / "export")

@@ -16,9 +16,9 @@ class EncoderModule(SFTModule):
     """Args: as :class:`~mmreason.training.sft.SFTModule` (``model``: a registered encoder, e.g.
     ``encoder-tiny``); the loss terms are logged as ``train/{centre,attributes,geometry,cover}``."""
 
-    def __init__(self, model: str = "encoder-tiny", model_config: dict | None = None, init_from: str | None = None,
+    def __init__(self, model: str | None = "encoder-tiny", model_config: dict | None = None, init: dict | None = None,
                  lr: float = 1e-3, weight_decay: float = 0.05, warmup_steps: int = 100, min_lr_ratio: float = 0.05):
-        super().__init__(model, model_config, init_from, lr, weight_decay, warmup_steps, min_lr_ratio)
+        super().__init__(model, model_config, init, lr, weight_decay, warmup_steps, min_lr_ratio)
         self.perception: dict[str, PerceptionReport] = {}
 
     def training_step(self, batch, batch_idx):

@@ -18,7 +18,7 @@ import torch
 
 from mmreason.eval.accuracy import AccuracyReport
 from mmreason.eval.crops import CropReport, record_boxes
-from mmreason.export import load_export
+from mmreason.build import create_model
 from mmreason.models.base import ANSWERS, CROPS, POLICY, SEGMENTS
 from mmreason.rl.grpo import GRPOConfig, group_advantages, grpo_loss
 from mmreason.rl.rewards import accuracy_reward, format_reward, weighted_sum
@@ -35,8 +35,9 @@ STEP_CREDIT_DEFAULTS = {"tau": 0.5, "r_correct": 0.5, "r_redundant": 0.0, "r_err
 
 class GRPOModule(ModelHooks, AnswerEvaluation, L.LightningModule):
     """Args:
-    init_from: the supervised policy's export: a crop-action policy (``virl``) or a segmentation
-        policy answering boxes and points (``star`` with ``segmentation.answer: box``).
+    init: ``{from: EXPORT}`` (optionally ``frozen: [parts]``), the supervised policy's export to train on:
+        a crop-action policy (``virl``) or a segmentation policy answering boxes and points (``star``
+        with ``segmentation.answer: box``).
     rewards: ``{name: weight}`` over the built-in rewards: ``format``, ``accuracy`` (answers),
         ``box_format``, ``mask_iou`` (StAR's tiered mask IoU, Hungarian-matched; segmentation).
     step_credit: ``{tau, r_correct, r_redundant, r_erroneous}`` to add each crop action's credit to
@@ -51,7 +52,7 @@ class GRPOModule(ModelHooks, AnswerEvaluation, L.LightningModule):
     ``trainer.max_steps`` counts optimizer steps, as Lightning does: μ per rollout batch.
     """
 
-    def __init__(self, init_from: str, rewards: dict[str, float] | None = None, step_credit: dict | None = None,
+    def __init__(self, init: dict, rewards: dict[str, float] | None = None, step_credit: dict | None = None,
                  group_size: int = 8, scale_rewards: str = "group", epsilon_low: float = 0.2,
                  epsilon_high: float | None = None, beta: float = 0.0, loss_type: str = "dapo",
                  num_iterations: int = 1, rollouts_per_prompt: int | None = None, temperature: float = 1.0,
@@ -68,9 +69,11 @@ class GRPOModule(ModelHooks, AnswerEvaluation, L.LightningModule):
             raise ValueError(f"unknown rewards {unknown}; built-in rewards are {sorted(REWARDS)}")
         self.reward_fns = {name: (REWARDS[name], float(weight)) for name, weight in rewards.items()}
         self.step_credit = None if step_credit is None else {**STEP_CREDIT_DEFAULTS, **step_credit}
-        self.model = load_export(init_from).train()
+        if isinstance(init, dict) and init.get("parts"):
+            raise ValueError("GRPO trains a whole policy export: init: {from: EXPORT} without parts")
+        self.model = create_model(init=init)
         if not self.model.can(POLICY):
-            raise ValueError(f"GRPO needs a policy export (family 'virl' or 'star'); {init_from} holds a "
+            raise ValueError(f"GRPO needs a policy export (family 'virl' or 'star'); {init['from']} holds a "
                              f"{self.model.family!r} model")
         self.crops = self.model.can(CROPS)
         if self.step_credit is not None and not self.crops:

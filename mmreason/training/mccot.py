@@ -1,7 +1,7 @@
 """Training the two stages of MM-CoT / MC-CoT with Lightning.
 
 Stage 1 (``stage: rationale``) learns to write the rationale. Stage 2
-(``stage: answer``, ``rationale_from``: stage 1's export) adds a fresh answer
+(``stage: answer``, ``init: {from: STAGE_1_EXPORT}``) adds a fresh answer
 stage next to the frozen rationale stage, trains it on gold rationales and
 validates it on rationales the rationale stage generates, so its export holds
 the whole pipeline. ``stage: direct`` answers without a rationale.
@@ -14,7 +14,6 @@ from __future__ import annotations
 from mmreason.build import create_model
 from mmreason.eval.accuracy import AccuracyReport
 from mmreason.eval.rationale import RationaleReport
-from mmreason.export import load_export
 from mmreason.models.base import ANSWERS
 from mmreason.models.mccot import RATIONALE_SOURCES, STAGES
 from mmreason.training.sft import SFTModule, gather_report
@@ -22,8 +21,8 @@ from mmreason.training.sft import SFTModule, gather_report
 
 class MCCoTModule(SFTModule):
     """Args (the optimiser's are :class:`SFTModule`'s):
-    stage: the stage this run trains: ``rationale``, ``answer`` or ``direct``.
-    rationale_from: for ``answer``, the export of a trained rationale stage (kept frozen).
+    stage: the stage this run trains: ``rationale``, ``answer`` or ``direct``; ``answer`` with
+        ``init: {from: EXPORT}`` of a rationale stage adds the answer stage beside it (kept frozen).
     passes, alpha, vote: self-consistency training; ``passes: 1`` is plain MM-CoT.
     eval_rationales: what the answer stage reads when validating/testing: ``generated``
         (autoregressive, the honest protocol), ``teacher_forced`` (upstream's) or ``gold``.
@@ -31,8 +30,8 @@ class MCCoTModule(SFTModule):
     max_new_tokens, max_answer_tokens: generation budgets of the two stages.
     """
 
-    def __init__(self, model: str = "mccot-tiny", model_config: dict | None = None, init_from: str | None = None,
-                 stage: str = "rationale", rationale_from: str | None = None, passes: int = 1, alpha: float = 0.5,
+    def __init__(self, model: str | None = "mccot-tiny", model_config: dict | None = None, init: dict | None = None,
+                 stage: str = "rationale", passes: int = 1, alpha: float = 0.5,
                  vote: str = "soft", eval_rationales: str = "generated", eval_votes: int = 1,
                  eval_temperature: float = 0.7, lr: float = 1e-3, weight_decay: float = 0.05,
                  warmup_steps: int = 100, min_lr_ratio: float = 0.05, max_new_tokens: int = 160,
@@ -41,37 +40,26 @@ class MCCoTModule(SFTModule):
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
         if eval_rationales not in RATIONALE_SOURCES:
             raise ValueError(f"eval_rationales must be one of {RATIONALE_SOURCES}, got {eval_rationales!r}")
-        super().__init__(model=model, model_config=model_config, init_from=init_from, lr=lr,
+        super().__init__(model=model, model_config=model_config, init=init, lr=lr,
                          weight_decay=weight_decay, warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio,
                          max_new_tokens=max_new_tokens)
         self.rationale_reports: dict[str, RationaleReport] = {}
 
     def build_model(self):
         h = self.hparams
-        if h.init_from and h.rationale_from:
-            raise ValueError("set init_from (fine-tune a whole export) or rationale_from (add an answer stage to "
-                             "a rationale stage's export), not both")
-        if h.init_from:
+        whole_export = isinstance(h.init, dict) and not h.init.get("parts")
+        if whole_export:
             model = super().build_model()
             if h.stage not in model.stages:
-                raise ValueError(f"{h.init_from} holds stages {list(model.stages)}, not {h.stage!r}; to add an "
-                                 "answer stage to a rationale stage use --model.init_args.rationale_from")
-        elif h.rationale_from:
-            if h.stage != "answer":
-                raise ValueError(f"rationale_from starts the answer stage; this run trains stage {h.stage!r}")
-            if h.model_config:
-                raise ValueError("model_config does not apply with rationale_from: the answer stage takes the "
-                                 "rationale stage's architecture from its export")
-            model = load_export(h.rationale_from).train()
-            if "rationale" not in model.stages:
-                raise ValueError(f"{h.rationale_from} holds stages {list(model.stages)}, not a rationale stage")
-            if "answer" not in model.stages:
+                if h.stage != "answer" or "rationale" not in model.stages:
+                    raise ValueError(f"{h.init['from']} holds stages {list(model.stages)}, not {h.stage!r}; an "
+                                     "answer stage starts from a rationale stage's export")
                 model.add_stage("answer")
         else:
             if h.stage == "answer" and h.eval_rationales != "gold":
-                raise ValueError("the answer stage reads generated rationales at evaluation: set rationale_from "
-                                 "to the rationale stage's export (or eval_rationales: gold)")
-            model = create_model(h.model, **{**(h.model_config or {}), "stages": [h.stage]})
+                raise ValueError("the answer stage reads generated rationales at evaluation: start it from the "
+                                 "rationale stage's export, init: {from: EXPORT} (or set eval_rationales: gold)")
+            model = create_model(h.model, init=h.init, **{**(h.model_config or {}), "stages": [h.stage]})
         model.set_train_stage(h.stage)
         model.passes, model.alpha, model.vote = h.passes, h.alpha, h.vote
         model.config["self_consistency"] = {"passes": h.passes, "alpha": h.alpha, "vote": h.vote}

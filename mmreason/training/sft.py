@@ -2,7 +2,7 @@
 
 Loss on target tokens only; AdamW with warm-up + cosine; validation and test
 generate answers and score them (parse failures reported separately). The
-model is a registry name plus overrides, or an export folder to fine-tune.
+model is a registry name plus overrides, started from an export by ``init``.
 """
 
 from __future__ import annotations
@@ -16,13 +16,11 @@ import torch.distributed as dist
 
 from mmreason.build import create_model
 from mmreason.eval.accuracy import AccuracyReport
-from mmreason.export import checkpoint_payload, load_export
+from mmreason.export import checkpoint_payload
 from mmreason.models.base import CACHED_FEATURES
 from mmreason.training.schedule import warmup_cosine
-from mmreason.zoo import merge_config
 
 STANDARD_OUTPUTS = {"loss", "token_accuracy", "target_tokens", "tokens", "skipped"}  # of a model's batch_loss
-FINE_TUNE_OPTIONS = ("output_format", "max_length")  # a family adds its own as ``fine_tune_options``
 
 
 def gather_report(report):
@@ -101,15 +99,16 @@ class ModelHooks:
 
 class SFTModule(ModelHooks, AnswerEvaluation, L.LightningModule):
     """Args:
-    model: a registered model name (``mmreason list``).
+    model: a registered model name (``mmreason list``); may be left out when ``init`` starts from a whole export.
     model_config: overrides of that model's config (e.g. ``{output_format: answer}``).
-    init_from: an export folder to start from (fine-tuning); ``model`` is then ignored.
+    init: where to start from an earlier export: ``{from: EXPORT}`` (the whole model, to train on) or
+        ``{from: EXPORT, parts: [vision, ...], frozen: [...]}`` (parts of a new model); see mmreason.build.
     lr, weight_decay, warmup_steps, min_lr_ratio: AdamW and its warm-up + cosine schedule.
     max_new_tokens: generation budget when validating/testing.
     """
 
-    def __init__(self, model: str = "baseline-tiny-cot", model_config: dict | None = None,
-                 init_from: str | None = None, lr: float = 1e-3, weight_decay: float = 0.05,
+    def __init__(self, model: str | None = None, model_config: dict | None = None,
+                 init: dict | None = None, lr: float = 1e-3, weight_decay: float = 0.05,
                  warmup_steps: int = 100, min_lr_ratio: float = 0.05, max_new_tokens: int = 160):
         super().__init__()
         self.save_hyperparameters()
@@ -120,22 +119,8 @@ class SFTModule(ModelHooks, AnswerEvaluation, L.LightningModule):
         self.last_metrics: dict[str, float] = {}
 
     def build_model(self):
-        """A registered model with overrides, or an export folder to fine-tune."""
-        init_from, model_config = self.hparams.init_from, self.hparams.model_config or {}
-        if not init_from:
-            return create_model(self.hparams.model, **model_config)
-        model = load_export(init_from).train()
-        allowed = (*FINE_TUNE_OPTIONS, *model.fine_tune_options)
-        unchangeable = sorted(set(model_config) - set(allowed))
-        if unchangeable:
-            raise ValueError(
-                f"model_config {unchangeable} cannot change an exported model's architecture; with init_from "
-                f"only {allowed} may be set"
-            )
-        for key, value in model_config.items():
-            model.config = merge_config(model.config, {key: value})
-            setattr(model, key, value)
-        return model
+        """The registered model with its overrides, started from an export as ``init`` says."""
+        return create_model(self.hparams.model, init=self.hparams.init, **(self.hparams.model_config or {}))
 
     # ---- optimisation ---------------------------------------------------------------------
     def configure_optimizers(self):
