@@ -344,7 +344,7 @@ class MCCoT(ZooModel):
             raise ValueError(f"votes must be at least 1, got {votes}")
         if votes > 1 and not self.can(ANSWERS):
             raise ValueError("voting needs an answer stage; this export holds only "
-                             f"{list(self.stages)} (train one with stage: answer, init: {from: this export})")
+                             f"{list(self.stages)} (train one with stage: answer, init: {{from: this export}})")
         has_rationale = "rationale" in self.stages
         rationales = self.rationales(visual, records, rationale_source, votes, temperature, top_p,
                                      max_new_tokens, sample) if has_rationale else None
