@@ -122,7 +122,7 @@ def fit_args(data: Path, root: Path, steps: int, *extra: str) -> list[str]:
         "--trainer.max_time", "null", "--trainer.val_check_interval", str(steps),
         "--trainer.limit_val_batches", "1", "--trainer.log_every_n_steps", "1",
         "--trainer.enable_progress_bar", "false",
-        "--model.init_args.model_config", json.dumps(TINY_TEST_CONFIG),
+        "--model.init_args.model_config", json.dumps(TINY_TEST_CONFIG), "--model.init_args.init", "null",
         "--model.init_args.max_new_tokens", "4", "--model.init_args.warmup_steps", "2",
         "--data.init_args.synth", "null", "--data.init_args.train", str(data / "train{0..2}-000000.tar"),
         "--data.init_args.val", str(data / "val0-000000.tar"), "--data.init_args.batch_size", "4",

@@ -225,3 +225,13 @@ def test_init_without_parts_trains_the_whole_export_and_each_module_starts_that_
         GRPOModule(init={"from": str(baseline), "parts": ["vision"]})
     with pytest.raises(ValueError, match="GRPO needs a policy export .* holds a 'baseline' model"):
         GRPOModule(init={"from": str(baseline)})
+
+
+def test_checkpoints_name_training_modules_from_a_fixed_list_that_keeps_former_names():
+    from mmreason.training.modules import training_module
+    from mmreason.training.star import StarModule
+
+    assert training_module("mmreason.training.star.StarModule") is StarModule
+    assert training_module("mmreason.training.star.SegmentationModule") is StarModule  # checkpoints written before
+    with pytest.raises(ValueError, match="names training module 'os.system', which is not one of mmreason's"):
+        training_module("os.system")

@@ -25,8 +25,8 @@ from mmreason.export import load_export, save_export
 from mmreason.models.baseline import VisionLanguageModel
 from mmreason.models.encoder import SceneEncoder
 from mmreason.models.meteor import Meteor
-from mmreason.models.star import ReasoningSegmenter
-from mmreason.models.virl import VisualRationalePolicy
+from mmreason.models.star import StarSegmenter
+from mmreason.models.virl import VirlPolicy
 from mmreason.zoo import merge_config
 
 ENCODER_TEST_CONFIG = {"vision": TINY_TEST_CONFIG["vision"], "preprocess": {"image_size": 32}}
@@ -176,8 +176,8 @@ def test_encoder_export_round_trip(encoder_export):
 FAMILIES = {
     "baseline": (VisionLanguageModel, TINY_TEST_CONFIG),
     "meteor": (Meteor, TINY_METEOR),
-    "virl": (VisualRationalePolicy, VIRL_TEST_CONFIG),
-    "star": (ReasoningSegmenter, STAR_TEST_CONFIG),
+    "virl": (VirlPolicy, VIRL_TEST_CONFIG),
+    "star": (StarSegmenter, STAR_TEST_CONFIG),
 }
 
 

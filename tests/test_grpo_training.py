@@ -12,7 +12,7 @@ from mmreason.data.datamodule import ShardDataModule
 from mmreason.data.schema import validate_record
 from mmreason.export import save_export
 from mmreason.models.policy import Trajectory
-from mmreason.models.virl import VisualRationalePolicy
+from mmreason.models.virl import VirlPolicy
 from mmreason.text.prompts import TEMPLATE_WORDS
 from mmreason.text.tokenizer import word_tokenizer
 from mmreason.training.grpo import GRPOModule
@@ -24,12 +24,12 @@ WORDS = ("is there a red blue circle square yes no how many shapes the at left r
 @pytest.fixture(scope="module")
 def policy_export(tmp_path_factory):
     torch.manual_seed(0)
-    policy = VisualRationalePolicy(VIRL_TEST_CONFIG, tokenizer=word_tokenizer([*TEMPLATE_WORDS, *WORDS]))
+    policy = VirlPolicy(VIRL_TEST_CONFIG, tokenizer=word_tokenizer([*TEMPLATE_WORDS, *WORDS]))
     return str(save_export(policy, tmp_path_factory.mktemp("policy") / "export"))
 
 
 def test_step_credit_is_added_to_the_tokens_of_each_action(policy_export):
-    module = GRPOModule(policy_export, step_credit={"tau": 0.5, "r_correct": 0.5, "r_erroneous": 0.25},
+    module = GRPOModule({"from": str(policy_export)}, step_credit={"tau": 0.5, "r_correct": 0.5, "r_erroneous": 0.25},
                         group_size=2)
     trajectory = Trajectory(0, [1], completion=list(range(12)), policy_mask=[True] * 12,
                             actions=[[1, 1, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30]],
@@ -42,13 +42,13 @@ def test_step_credit_is_added_to_the_tokens_of_each_action(policy_export):
     expected[9:11] -= 0.25
     torch.testing.assert_close(out[0], expected)
     torch.testing.assert_close(out[1], -torch.ones(12))
-    outcome_only = GRPOModule(policy_export, group_size=2)
+    outcome_only = GRPOModule({"from": str(policy_export)}, group_size=2)
     torch.testing.assert_close(outcome_only.token_advantages(torch.tensor([1.0, -1.0]), [trajectory, plain],
                                                              labels, width=12)[0], torch.ones(12))
 
 
 def test_rewards_and_action_labels_of_a_group(policy_export):
-    module = GRPOModule(policy_export, group_size=2, rewards={"format": 0.5, "accuracy": 1.0})
+    module = GRPOModule({"from": str(policy_export)}, group_size=2, rewards={"format": 0.5, "accuracy": 1.0})
     record = validate_record({**make_record(0), "steps": [{"text": "look", "box": [2, 2, 12, 12]}]})
     tokenizer = module.model.tokenizer
     good = tokenizer("<think> <crop> 2 , 2 , 1 2 , 1 2 </crop> </think> <answer> yes </answer>",
@@ -69,7 +69,7 @@ def test_grpo_fit_updates_the_policy_and_logs_its_signals(policy_export, tmp_pat
     write_shards(tmp_path / "data", "val", [2])
     data = ShardDataModule(train=str(tmp_path / "data" / "train0-000000.tar"),
                            val=str(tmp_path / "data" / "val0-000000.tar"), batch_size=2, num_workers=0)
-    module = GRPOModule(policy_export, group_size=4, max_new_tokens=10, lr=1e-2, num_iterations=2, beta=0.1,
+    module = GRPOModule({"from": str(policy_export)}, group_size=4, max_new_tokens=10, lr=1e-2, num_iterations=2, beta=0.1,
                         step_credit={})
     assert module.reference is not None and not any(p.requires_grad for p in module.reference.parameters())
     before = {n: p.detach().clone() for n, p in module.model.named_parameters()}
@@ -88,7 +88,7 @@ def test_grpo_fit_updates_the_policy_and_logs_its_signals(policy_export, tmp_pat
 
 def test_bad_grpo_settings_name_the_problem(policy_export, tmp_path):
     with pytest.raises(ValueError, match=r"unknown rewards \['iou'\]; built-in rewards are \['accuracy', 'box_format'"):
-        GRPOModule(policy_export, rewards={"iou": 1.0})
+        GRPOModule({"from": str(policy_export)}, rewards={"iou": 1.0})
     with pytest.raises(ValueError, match="loss_type"):
-        GRPOModule(policy_export, loss_type="ppo")
-    assert GRPOModule(policy_export).reference is None  # β = 0: no reference model at all
+        GRPOModule({"from": str(policy_export)}, loss_type="ppo")
+    assert GRPOModule({"from": str(policy_export)}).reference is None  # β = 0: no reference model at all

@@ -14,7 +14,7 @@ from mmreason.data.schema import validate_record
 from mmreason.data.writer import ShardSetWriter
 from mmreason.export import save_export
 from mmreason.models.policy import Trajectory
-from mmreason.models.star import ReasoningSegmenter
+from mmreason.models.star import StarSegmenter
 from mmreason.seg.answers import format_box_point, mask_box_point, parse_box_points
 from mmreason.seg.rewards import box_point_format_reward, iou_tier, mask_iou_reward, matched_ious
 from mmreason.training.grpo import GRPOModule
@@ -71,7 +71,7 @@ def _seg_record(i: int):
 
 def test_box_answers_learn_the_target_and_its_promptable_mask(tiny_tokenizer):
     torch.manual_seed(0)
-    model = ReasoningSegmenter(BOX_CONFIG, tokenizer=tiny_tokenizer)
+    model = StarSegmenter(BOX_CONFIG, tokenizer=tiny_tokenizer)
     images, records, masks = model_images(model, 2), [_seg_record(0), _seg_record(1)], square_masks(2)
     inputs = model.training_inputs([r for r in records])  # without masks, no box to say yet
     assert "object" not in model.tokenizer.decode(inputs["labels"][0][inputs["labels"][0] >= 0])
@@ -90,22 +90,22 @@ def test_box_answers_learn_the_target_and_its_promptable_mask(tiny_tokenizer):
 
 
 def test_selective_tuning_keeps_the_best_and_worst_of_each_prompt(tiny_tokenizer, tmp_path):
-    folder = save_export(ReasoningSegmenter(BOX_CONFIG, tokenizer=tiny_tokenizer), tmp_path / "policy")
-    module = GRPOModule(str(folder), rewards={"mask_iou": 1.0}, group_size=2, rollouts_per_prompt=4)
+    folder = save_export(StarSegmenter(BOX_CONFIG, tokenizer=tiny_tokenizer), tmp_path / "policy")
+    module = GRPOModule({"from": str(folder)}, rewards={"mask_iou": 1.0}, group_size=2, rollouts_per_prompt=4)
     trajectories = [Trajectory(i // 4, [1], [i]) for i in range(8)]
     rewards = torch.tensor([1.0, 5.0, 3.0, 0.0, 2.0, 2.0, 2.0, 4.0])
     kept, kept_rewards, labels = module.select(trajectories, rewards, list("abcdefgh"))
     assert [t.completion[0] for t in kept] == [1, 3, 6, 7] and labels == list("bdgh")  # ties: the later is worse
     assert kept_rewards.tolist() == [5.0, 0.0, 2.0, 4.0]  # kept in sampling order
     with pytest.raises(ValueError, match="step_credit rewards crop actions"):
-        GRPOModule(str(folder), rewards={"mask_iou": 1.0}, step_credit={})
+        GRPOModule({"from": str(folder)}, rewards={"mask_iou": 1.0}, step_credit={})
     with pytest.raises(ValueError, match="rollouts_per_prompt"):
-        GRPOModule(str(folder), rewards={"mask_iou": 1.0}, group_size=4, rollouts_per_prompt=3)
+        GRPOModule({"from": str(folder)}, rewards={"mask_iou": 1.0}, group_size=4, rollouts_per_prompt=3)
 
 
 def test_grpo_on_a_segmentation_policy_runs_and_reportssquare_masks(tiny_tokenizer, tmp_path):
     torch.manual_seed(0)
-    policy = ReasoningSegmenter(BOX_CONFIG, tokenizer=tiny_tokenizer)  # half-trained: its rewards vary
+    policy = StarSegmenter(BOX_CONFIG, tokenizer=tiny_tokenizer)  # half-trained: its rewards vary
     train_steps(policy, model_images(policy, 2), [_seg_record(0), _seg_record(1)], steps=50, lr=5e-3,
                 masks=square_masks(2))
     folder = save_export(policy, tmp_path / "policy")
@@ -116,7 +116,7 @@ def test_grpo_on_a_segmentation_policy_runs_and_reportssquare_masks(tiny_tokeniz
             writer.write(f"{split}{i}", make_image(i), {**make_record(i), "task": "seg", "answer": ""}, mask)
         writer.close()
     data = ShardDataModule(train=str(tmp_path / "data"), val=str(tmp_path / "data"), batch_size=2, num_workers=0)
-    module = GRPOModule(str(folder), rewards={"box_format": 0.5, "mask_iou": 1.0}, group_size=2,
+    module = GRPOModule({"from": str(folder)}, rewards={"box_format": 0.5, "mask_iou": 1.0}, group_size=2,
                         rollouts_per_prompt=4, max_new_tokens=24, lr=1e-2)
     before = {n: p.detach().clone() for n, p in module.model.named_parameters()}
     trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,

@@ -16,7 +16,7 @@ from PIL import Image
 
 from mmreason.data.schema import validate_record
 from mmreason.export import load_export, save_export
-from mmreason.models.star import ReasoningSegmenter, dice_loss
+from mmreason.models.star import StarSegmenter, dice_loss
 from mmreason.zoo import merge_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +29,7 @@ STAR_TEST_CONFIG = merge_config(TINY_TEST_CONFIG, {
 @pytest.fixture
 def model(tiny_tokenizer):
     torch.manual_seed(0)
-    return ReasoningSegmenter(STAR_TEST_CONFIG, tokenizer=tiny_tokenizer)
+    return StarSegmenter(STAR_TEST_CONFIG, tokenizer=tiny_tokenizer)
 
 
 def _seg_record(i: int):
@@ -124,6 +124,7 @@ def test_reasonseg_shards_train_with_the_recipe_then_predict_and_eval(tmp_path):
              "--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1",
              "--trainer.max_time", "null", "--trainer.enable_progress_bar", "false",
              "--model.init_args.model_config", json.dumps({**STAR_TEST_CONFIG, "tokenizer": "synth-word"}),
+             "--model.init_args.init", "null",
              "--data.init_args.synth", "null", "--data.init_args.train", str(tmp_path / "data"),
              "--data.init_args.val", str(tmp_path / "data"), "--data.init_args.batch_size", "2",
              "--data.init_args.num_workers", "0")

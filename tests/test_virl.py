@@ -13,7 +13,7 @@ from mmreason.data.schema import validate_record
 from mmreason.export import load_export, save_export
 from mmreason.inference import evaluate
 from mmreason.models.policy import Trajectory
-from mmreason.models.virl import VisualRationalePolicy
+from mmreason.models.virl import VirlPolicy
 from mmreason.rl.crop import crop_text
 from mmreason.text.prompts import TEMPLATE_WORDS
 from mmreason.text.tokenizer import word_tokenizer
@@ -31,7 +31,7 @@ def tokenizer():
 @pytest.fixture
 def policy(tokenizer):
     torch.manual_seed(0)
-    return VisualRationalePolicy(VIRL_TEST_CONFIG, tokenizer=tokenizer)
+    return VirlPolicy(VIRL_TEST_CONFIG, tokenizer=tokenizer)
 
 
 def _record(i: int, boxes=((1, 1, 10, 10), (20, 4, 30, 12), (0, 20, 5, 22)), image_size=None):
@@ -153,7 +153,7 @@ def test_export_predict_with_an_overlay_and_eval_reports_crops(policy, tmp_path,
     policy.eval()
     folder = save_export(policy, tmp_path / "export")
     loaded = load_export(folder)
-    assert isinstance(loaded, VisualRationalePolicy) and loaded.crop_tokens == CROP_TOKENS
+    assert isinstance(loaded, VirlPolicy) and loaded.crop_tokens == CROP_TOKENS
     make_image(0).save(tmp_path / "x.png")
     predictions = [m.predict(str(tmp_path / "x.png"), "is there a red circle?", max_new_tokens=12)
                    for m in (policy, loaded)]

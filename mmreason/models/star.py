@@ -63,7 +63,7 @@ def dice_loss(logits: torch.Tensor, targets: torch.Tensor, eps: float = 1.0) -> 
 
 
 @register_family("star")
-class ReasoningSegmenter(TrajectoryPolicy, VisionLanguageModel):
+class StarSegmenter(TrajectoryPolicy, VisionLanguageModel):
     """Extra config ``segmentation``: answer (seg | box), embed_dim (decoder width), num_heads, depth,
     upscale, loss_weights."""
 

@@ -39,7 +39,7 @@ TINY_CONFIG = merge_config(BASELINE_TINY, {"crop": DEFAULT_CROP})
 
 
 @register_family("virl")
-class VisualRationalePolicy(TrajectoryPolicy, VisionLanguageModel):
+class VirlPolicy(TrajectoryPolicy, VisionLanguageModel):
     """Extra config: ``crop`` = {max_actions, min_size (px), tokens (per crop, a square number)}."""
 
     capabilities = frozenset({ANSWERS, CROPS, POLICY})

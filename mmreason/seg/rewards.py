@@ -1,7 +1,7 @@
 """Rewards of the RL segmentation path (StAR / Seg-Zero), in the TRL reward signature.
 
 The policy's answer is turned into masks by the model's promptable decoder (the
-``mask_ious`` column, :meth:`ReasoningSegmenter.reward_columns`); predicted and
+``mask_ious`` column, :meth:`StarSegmenter.reward_columns`); predicted and
 target objects are Hungarian-matched on IoU, and each target scores StAR's tier of
 its matched IoU (.3–.5 → 1, .5–.7 → 2, .7–.8 → 3, .8–.9 → 4, > .9 → 5; unmatched 0).
 """

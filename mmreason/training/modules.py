@@ -13,7 +13,8 @@ TRAINING_MODULES = {
     "mmreason.training.sft.SFTModule": ("mmreason.training.sft", "SFTModule"),
     "mmreason.training.encoder.EncoderModule": ("mmreason.training.encoder", "EncoderModule"),
     "mmreason.training.mccot.MCCoTModule": ("mmreason.training.mccot", "MCCoTModule"),
-    "mmreason.training.star.SegmentationModule": ("mmreason.training.star", "SegmentationModule"),
+    "mmreason.training.star.StarModule": ("mmreason.training.star", "StarModule"),
+    "mmreason.training.star.SegmentationModule": ("mmreason.training.star", "StarModule"),  # its former name
     "mmreason.training.grpo.GRPOModule": ("mmreason.training.grpo", "GRPOModule"),
 }
 

@@ -32,7 +32,7 @@ def segmentation_eval_epoch_end(module, stage: str) -> None:
     module.log_metrics(metrics)
 
 
-class SegmentationModule(SFTModule):
+class StarModule(SFTModule):
     """:class:`SFTModule` whose evaluation also scores the masks (``val/giou``, ``val/ciou``, per type)."""
 
     def _eval_step(self, batch, stage: str):
