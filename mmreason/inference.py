@@ -1,8 +1,9 @@
 """Inference verbs without a Trainer: ``predict`` one image, ``eval`` an export on shards.
 
-Families that run a pipeline (rationale, then answer) expose ``run``; for them
-``eval`` also scores the rationales (BLEU/ROUGE-L) and takes the pipeline's
-options: inference voting and where the answer stage's rationale comes from.
+``eval`` scores what a model's ``respond`` returns with the evaluators its
+declared capabilities call for, the same ones validation uses in training
+(:mod:`mmreason.eval.evaluators`); a family's options (inference voting, the
+answer stage's rationale source, test-time scaling) pass through to it.
 """
 
 from __future__ import annotations
@@ -15,16 +16,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from mmreason.data.scene_targets import scenes_of
 from mmreason.data.shards import SKIPPED, eval_stream, resolve_shards
-from mmreason.eval.accuracy import AccuracyReport, format_table, majority_baseline
-from mmreason.eval.crops import CropReport
-from mmreason.eval.perception import PerceptionReport, scaled_scene
-from mmreason.eval.rationale import RationaleReport
-from mmreason.eval.segmentation import SegmentationReport, score_segments, with_text_answers
+from mmreason.eval.evaluators import evaluators_for
 from mmreason.export import load_export
-from mmreason.models.base import ANSWERS, CROPS, PERCEIVES, PIPELINE, SEGMENTS
-from mmreason.models.star import strip_seg
 from mmreason.overlay import draw_crops, draw_mask
 
 log = logging.getLogger(__name__)
@@ -66,83 +60,36 @@ def _skip_summary(skipped: Counter, scored: int, urls: list[str]) -> tuple[dict,
 
 
 def evaluate(model, urls: list[str], batch_size: int = 64, max_new_tokens: int = 160,
-             limit: int | None = None, **pipeline_options) -> dict:
-    """Greedy answers for every sample of ``urls``: the accuracy report with the majority baseline;
-    for pipeline families the rationale scores and the mean vote share (``pipeline_options`` go to
-    their ``run``: ``votes``, ``temperature``, ``rationale_source``); for segmentation families
-    gIoU/cIoU per question type (``samples``, ``temperature``: test-time scaling); for crop
-    policies the crop IoU and action shares."""
-    if model.can(PERCEIVES):
-        if pipeline_options:
-            raise ValueError(f"{sorted(pipeline_options)} do not apply to a {model.family!r} model")
-        return evaluate_perception(model, urls, batch_size, limit)
-    pipeline, segmenter = model.can(PIPELINE), model.can(SEGMENTS)
-    segment_options = {k: pipeline_options.pop(k) for k in ("samples", "temperature")
-                       if segmenter and k in pipeline_options}
-    if pipeline_options and not pipeline:
-        raise ValueError(f"{sorted(pipeline_options)} apply to pipeline families (e.g. mccot; --samples to "
-                         f"segmentation families), not to a {model.family!r} model")
-    report, rationale_report, records, confidences = AccuracyReport(), RationaleReport(), [], []
-    crops = CropReport() if model.can(CROPS) else None  # a crop-action policy: where it looked
-    segments, skipped, scored = SegmentationReport(), Counter(), 0
+             limit: int | None = None, **options) -> dict:
+    """Greedy responses for every sample of ``urls``, scored by the evaluators the model's capabilities
+    call for (:func:`~mmreason.eval.evaluators.evaluators_for`): answer accuracy with the majority
+    baseline, rationale scores, crops, masks or perception. ``options`` go to the model's ``respond``
+    (its ``response_options``: e.g. ``votes``, ``rationale_source`` for a pipeline, ``samples`` for
+    test-time scaling of masks)."""
+    unknown = sorted(set(options) - set(model.response_options))
+    if unknown:
+        raise ValueError(f"{unknown} do not apply to a {model.family!r} model; its options: "
+                         f"{list(model.response_options) or 'none'}")
+    evaluators = evaluators_for(model, options.get("rationale_source", "generated"))
+    skipped, scored = Counter(), 0
     device = next(model.parameters()).device
-    for batch in _eval_batches(urls, model.preprocess, batch_size, limit, skipped):
+    unit = "sample" if evaluators and evaluators[0].key is None else "image"
+    for batch in _eval_batches(urls, model.preprocess, batch_size, limit, skipped, unit):
         images = model.preprocess.normalize(batch["pixels"].to(device))
-        if pipeline:
-            results = model.run(images, batch["records"], max_new_tokens=max_new_tokens, **pipeline_options)
-            texts = [r["text"] for r in results]
-            if pipeline_options.get("votes", 1) > 1:
-                confidences += [r["confidence"] for r in results]
-            if pipeline_options.get("rationale_source", "generated") != "gold" and results[0]["rationale"] is not None:
-                rationale_report.add_many([r["rationale"] for r in results],
-                                          [r.rationale for r in batch["records"]])
-        elif segmenter:
-            results = model.segment(images, batch["records"], max_new_tokens=max_new_tokens, **segment_options)
-            score_segments(segments, results, batch)
-            texts, batch["records"] = with_text_answers([strip_seg(r["text"]) for r in results], batch["records"])
-        else:
-            texts = model.answer_batch(images, batch["records"], max_new_tokens=max_new_tokens)
-        if crops is not None:
-            crops.add_many(texts, batch["records"], model.preprocess.image_size)
-        if model.can(ANSWERS):  # a rationale-only stage has nothing to score
-            report.add_many(texts, batch["records"])
-        records += batch["records"]
+        responses = model.respond(images, batch["records"], max_new_tokens=max_new_tokens, **options)
+        for evaluator in evaluators:
+            evaluator.add(responses, batch)
         scored += len(batch["pixels"])
     skip_report, skip_line = _skip_summary(skipped, scored, urls)
-    baseline = majority_baseline(records)
-    out = {"report": report.to_dict(baseline) | {"skipped": skip_report},
-           "table": format_table(report, baseline) + "\n\n" + skip_line}
-    if rationale_report.predictions:
-        out["report"]["rationale"] = rationale_report.to_dict()
-        scores = out["report"]["rationale"]
-        out["table"] += (f"\n\nrationale: BLEU-1 {scores['bleu1']:.1f}, BLEU-4 {scores['bleu4']:.1f}, "
-                         f"ROUGE-L {scores['rougeL']:.3f} (n={scores['n']})")
-    if confidences:
-        out["report"]["mean_confidence"] = sum(confidences) / len(confidences)
-    if segments.n:
-        out["report"]["segmentation"] = summary = segments.to_dict()
-        out["table"] += (f"\n\nsegmentation (n={summary['n']}): gIoU {summary['giou']:.4f}, cIoU {summary['ciou']:.4f}; "
-                         + ", ".join(f"{g} {v['giou']:.3f}" for g, v in summary["per_group"].items()))
-    if crops is not None:
-        out["report"]["crops"] = summary = crops.to_dict()
-        out["table"] += "\n\ncrops: " + ", ".join(f"{k} {v:.3f}" for k, v in summary.items() if v is not None)
-    return out
-
-
-def evaluate_perception(model, urls: list[str], batch_size: int = 64, limit: int | None = None) -> dict:
-    """The objects a vision encoder sees in each image of ``urls``, scored against the scene graphs
-    in the records' ``meta`` (synthetic shards): per-object attributes, counts, localisation."""
-    report, skipped, images = PerceptionReport(), Counter(), 0
-    device = next(model.parameters()).device
-    for batch in _eval_batches(urls, model.preprocess, batch_size, limit, skipped, unit="image"):
-        scenes, size = scenes_of(batch)
-        seen = model.perceive(model.preprocess.normalize(batch["pixels"].to(device)))
-        for objects, scene in zip(seen, scenes):
-            report.add(objects, scaled_scene(scene, model.preprocess.image_size / size))
-        images += len(scenes)
-    skip_report, skip_line = _skip_summary(skipped, images, urls)
-    return {"report": {"perception": report.to_dict(), "skipped": skip_report},
-            "table": report.table() + "\n\n" + skip_line}
+    report, tables = {}, []
+    for evaluator in evaluators:
+        if evaluator.key is None:
+            report.update(evaluator.report())
+        else:
+            report[evaluator.key] = evaluator.report()
+        tables.append(evaluator.table())
+    tables.insert(1, skip_line)
+    return {"report": report | {"skipped": skip_report}, "table": "\n\n".join(tables)}
 
 
 def eval_command(args) -> None:

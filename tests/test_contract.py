@@ -31,7 +31,8 @@ from mmreason.export import (
     model_from_checkpoint,
     save_export,
 )
-from mmreason.models.base import ANSWERS, CAPABILITIES, PERCEIVES, PIPELINE, POLICY, SEGMENTS
+from mmreason.inference import evaluate
+from mmreason.models.base import ANSWERS, CAPABILITIES, CROPS, PERCEIVES, PIPELINE, POLICY, SEGMENTS
 from mmreason.zoo import family_class, list_models, model_info
 
 
@@ -123,6 +124,20 @@ def test_export_and_checkpoint_round_trips_keep_the_outputs(built, tmp_path):
     _same_loss(model, loaded, batch)
     from_checkpoint = model_from_checkpoint(checkpoint_payload(model), model.state_dict(), "checkpoint")
     _same_loss(model, from_checkpoint, batch)
+
+
+def test_evaluation_scores_what_the_capabilities_declare(built, shards_for):
+    _, model, _ = built
+    urls = shards_for(model.family)
+    report = evaluate(model.eval(), urls, batch_size=4, max_new_tokens=4)["report"]
+    assert ("accuracy" in report) == model.can(ANSWERS)
+    assert ("perception" in report) == model.can(PERCEIVES)
+    assert ("segmentation" in report) == model.can(SEGMENTS)
+    assert ("crops" in report) == model.can(CROPS)
+    assert ("rationale" in report) == model.writes_rationales()
+    assert report["skipped"]["count"] == 0
+    with pytest.raises(ValueError, match=r"\['beams'\] do not apply to a"):
+        evaluate(model, urls, batch_size=4, max_new_tokens=4, beams=2)
 
 
 def test_generation_and_predict_agree_after_export(built, tmp_path):

@@ -148,7 +148,7 @@ def test_merge_equals_one_report_fed_everything(semantics):
     for i, (pred, target, group) in enumerate(samples):
         parts[i % 3].add(pred, target, group)
     states = [part.state() for part in parts]
-    # as gather_report does: a default report, merged with every rank's from_state, in any order
+    # as training.evaluation.gathered does: a default report, merged with every rank's from_state, in any order
     for order in ((0, 1, 2), (2, 0, 1)):
         merged = SegmentationReport()
         for k in order:

@@ -52,7 +52,7 @@ class CropReport:
                 "actions_per_rollout": actions / self.rollouts if self.rollouts else None,
                 **{f"{label}_share": (self.counts[label] / actions if actions else None) for label in ACTION_LABELS}}
 
-    # ---- merging across ranks (see training.sft.gather_report) -------------------------------
+    # ---- merging across ranks (see training.evaluation.gathered) -------------------------------
     def state(self) -> dict:
         return {"tau": self.tau, "rollouts": self.rollouts, "counts": self.counts, "iou_sum": self.iou_sum,
                 "iou_rollouts": self.iou_rollouts}

@@ -70,6 +70,17 @@ class PerceptionReport:
         out["exact_count"] = _rate(self.exact_counts, self.images)
         return out
 
+    def state(self) -> dict:
+        return {"hits": dict(self.hits), "objects": self.objects, "predictions": self.predictions,
+                "images": self.images, "exact_counts": self.exact_counts}
+
+    def merge_state(self, state: dict) -> None:
+        """Add another report's counts (of the same tolerances), e.g. another rank's."""
+        for k, v in state["hits"].items():
+            self.hits[k] += v
+        for k in ("objects", "predictions", "images", "exact_counts"):
+            setattr(self, k, getattr(self, k) + state[k])
+
     def table(self) -> str:
         names = {"colour": "colour", "shape": "shape", "size": "size", "all_attributes": "colour+shape+size",
                  "exact_count": "exact object count (per image)", "centre": f"centre within {self.centre_tolerance:g} px",

@@ -28,7 +28,7 @@ both give 0 there). An empty report has gIoU = cIoU = 0.0 and ``n`` = 0.
 A report holds integer I/U/n counts and the per-mask IoUs as an exact float
 sum (non-overlapping partials, Shewchuk's algorithm), so each rank can score
 its own shard and ``state()`` → ``from_state()`` → ``merge`` (see
-:func:`mmreason.training.sft.gather_report`) gives exactly, bit for bit, the
+:func:`mmreason.training.evaluation.gathered`) gives exactly, bit for bit, the
 numbers of one report fed the whole split, in any merge order.
 """
 
@@ -170,7 +170,7 @@ class SegmentationReport:
     def n(self) -> int:
         return sum(counts["n"] for counts in self.per_group.values())
 
-    # ---- merging across ranks (see training.sft.gather_report) -------------------------------
+    # ---- merging across ranks (see training.evaluation.gathered) -------------------------------
     def state(self) -> dict:
         """Plain ``{semantics, groups: {group: {n, intersection, union, no_prediction, iou_partials}}}``."""
         return {"semantics": self.semantics,
@@ -189,7 +189,7 @@ class SegmentationReport:
     def merge(self, other: SegmentationReport) -> SegmentationReport:
         """Add another report's counts into this one (e.g. another rank's); returns self.
 
-        An empty report takes the other's semantics (``gather_report`` merges into a
+        An empty report takes the other's semantics (``gathered`` merges into a
         default-constructed report); two non-empty reports of different semantics
         cannot be merged.
         """

@@ -28,8 +28,10 @@ class ZooModel(nn.Module):
 
     Subclasses set ``family`` (by registering), ``config_schema``, ``capabilities`` (a class default;
     override :meth:`capability_set` when the config decides), ``fine_tune_options`` (config keys a
-    fine-tuning run may still change) and ``init_parts``/:meth:`part_modules` (what can start from an
-    export), and implement ``batch_loss``, ``predict`` and their capabilities' methods.
+    fine-tuning run may still change), ``init_parts``/:meth:`part_modules` (what can start from an
+    export) and ``response_options`` (what :meth:`respond` takes beyond ``max_new_tokens``), and
+    implement ``batch_loss``, ``predict``, :meth:`respond` when they do not answer by ``answer_batch``,
+    and their capabilities' methods.
     """
 
     family: str = ""
@@ -37,6 +39,7 @@ class ZooModel(nn.Module):
     capabilities: frozenset[str] = frozenset({ANSWERS})
     fine_tune_options: tuple[str, ...] = ()
     init_parts: tuple[str, ...] = ()  # the parts ``init: {from: EXPORT, parts: [...]}`` can start
+    response_options: tuple[str, ...] = ()  # e.g. ``votes``: evaluation options :meth:`respond` takes
 
     def part_modules(self, part: str) -> list[nn.Module]:
         """The modules holding ``part`` (one of :attr:`init_parts`); several when the part is repeated."""
@@ -49,6 +52,17 @@ class ZooModel(nn.Module):
         if capability not in CAPABILITIES:
             raise ValueError(f"unknown capability {capability!r}; known: {CAPABILITIES}")
         return capability in self.capability_set()
+
+    def respond(self, images: torch.Tensor, records: list, max_new_tokens: int | None = None,
+                **options) -> list[dict]:
+        """What evaluation scores, one dict per record: ``text`` (the answer as generated), plus
+        ``rationale``, ``confidence``, ``mask`` or ``objects`` where the family makes them."""
+        budget = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
+        return [{"text": text} for text in self.answer_batch(images, records, **budget, **options)]
+
+    def writes_rationales(self) -> bool:
+        """Whether :meth:`respond` returns a generated ``rationale`` to score apart from the answer."""
+        return False
 
     def loss(self, batch: dict) -> dict[str, torch.Tensor]:
         """Training loss and its metrics on a loader batch (``images`` already on the model's device)."""

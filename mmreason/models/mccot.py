@@ -143,6 +143,7 @@ class MCCoT(ZooModel):
                      "preprocess": PREPROCESS, "stages": LEAF, "train_stage": LEAF, "max_length": LEAF,
                      "max_target_length": LEAF, "self_consistency": dict.fromkeys(("passes", "alpha", "vote"), LEAF)}
     init_parts = ("vision",)
+    response_options = ("votes", "temperature", "top_p", "rationale_source", "max_answer_tokens")
 
     def __init__(self, config: dict, tokenizer=None):
         super().__init__()
@@ -360,9 +361,19 @@ class MCCoT(ZooModel):
                         "answer": extract_answer_span(group[winner]), "confidence": share, "votes": ballots})
         return out
 
+    def respond(self, visual: torch.Tensor, records: list[Record], max_new_tokens: int | None = None,
+                **run_kwargs) -> list[dict]:
+        """The pipeline's results (:meth:`run`), what evaluation scores; a confidence only where answers
+        were voted (one vote's share says nothing)."""
+        results = self.run(visual, records, max_new_tokens=max_new_tokens, **run_kwargs)
+        return results if run_kwargs.get("votes", 1) > 1 else [{**r, "confidence": None} for r in results]
+
+    def writes_rationales(self) -> bool:
+        return "rationale" in self.stages
+
     def answer_batch(self, visual: torch.Tensor, records: list[Record], max_new_tokens: int | None = None,
                      **run_kwargs) -> list[str]:
-        """Final texts ready for scoring (the trainer's and ``mmreason eval``'s entry point)."""
+        """Final texts ready for scoring."""
         return [r["text"] for r in self.run(visual, records, max_new_tokens=max_new_tokens, **run_kwargs)]
 
     @torch.no_grad()

@@ -69,6 +69,7 @@ class StarSegmenter(TrajectoryPolicy, VisionLanguageModel):
 
     config_schema = {**VLM, "segmentation": {**dict.fromkeys(("answer", "embed_dim", "num_heads", "depth", "upscale"), LEAF),
                                              "loss_weights": dict.fromkeys(("text", "bce", "dice"), LEAF)}}
+    response_options = ("samples", "temperature")
 
     def __init__(self, config: dict, tokenizer=None):
         super().__init__(config, tokenizer)
@@ -239,10 +240,16 @@ class StarSegmenter(TrajectoryPolicy, VisionLanguageModel):
                                            else [targets[t.image_index].cpu() > 0])
                               for t, masks in zip(trajectories, object_masks)]}
 
-    def answer_batch(self, images: torch.Tensor, records: list[Record], max_new_tokens: int = 32,
-                     **generate_kwargs) -> list[str]:
-        """Texts to score as answers: the `<seg>` token is the mask's place, not a word of the answer."""
-        return [strip_seg(r["text"]) for r in self.segment(images, records, max_new_tokens=max_new_tokens)]
+    def respond(self, images: torch.Tensor, records: list[Record], max_new_tokens: int | None = None,
+                samples: int = 1, temperature: float = 1.0) -> list[dict]:
+        """:meth:`segment`'s results with texts to score as answers: the `<seg>` token is the mask's
+        place, not a word of the answer."""
+        budget = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
+        results = self.segment(images, records, samples=samples, temperature=temperature, **budget)
+        return [{**r, "text": strip_seg(r["text"])} for r in results]
+
+    def answer_batch(self, images: torch.Tensor, records: list[Record], max_new_tokens: int = 32) -> list[str]:
+        return [r["text"] for r in self.respond(images, records, max_new_tokens)]
 
     @torch.no_grad()
     def predict(self, image, question: str, choices: list[str] | None = None, max_new_tokens: int = 32,

@@ -16,24 +16,23 @@ import functools
 import lightning as L
 import torch
 
-from mmreason.eval.accuracy import AccuracyReport
 from mmreason.eval.crops import CropReport, record_boxes
 from mmreason.build import create_model
-from mmreason.models.base import ANSWERS, CROPS, POLICY, SEGMENTS
+from mmreason.models.base import CROPS, POLICY
 from mmreason.rl.grpo import GRPOConfig, group_advantages, grpo_loss
 from mmreason.rl.rewards import accuracy_reward, format_reward, weighted_sum
 from mmreason.rl.step_credit import action_rewards
 from mmreason.seg.rewards import box_point_format_reward, mask_iou_reward
 from mmreason.training.schedule import warmup_cosine
-from mmreason.training.sft import AnswerEvaluation, ModelHooks, gather_report
-from mmreason.training.star import segmentation_eval_epoch_end, segmentation_eval_step
+from mmreason.training.evaluation import Evaluation
+from mmreason.training.sft import ModelHooks
 
 REWARDS = {"format": format_reward, "accuracy": accuracy_reward, "box_format": box_point_format_reward,
            "mask_iou": mask_iou_reward}
 STEP_CREDIT_DEFAULTS = {"tau": 0.5, "r_correct": 0.5, "r_redundant": 0.0, "r_erroneous": 0.5}
 
 
-class GRPOModule(ModelHooks, AnswerEvaluation, L.LightningModule):
+class GRPOModule(ModelHooks, Evaluation, L.LightningModule):
     """Args:
     init: ``{from: EXPORT}`` (optionally ``frozen: [parts]``), the supervised policy's export to train on:
         a crop-action policy (``virl``) or a segmentation policy answering boxes and points (``star``
@@ -84,7 +83,6 @@ class GRPOModule(ModelHooks, AnswerEvaluation, L.LightningModule):
         self.reference = None
         if self.config.beta > 0:  # a frozen copy of the starting policy
             self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
-        self.reports: dict[str, AccuracyReport | CropReport] = {}
         self.last_metrics: dict[str, float] = {}
 
     def configure_optimizers(self):
@@ -175,21 +173,3 @@ class GRPOModule(ModelHooks, AnswerEvaluation, L.LightningModule):
             metrics.update({f"train/{k}": v for k, v in crops.to_dict().items() if v is not None})
         self.log_dict({k: float(v) for k, v in metrics.items()}, prog_bar=False)
         self.log("reward", float(reward), prog_bar=True, logger=False)
-
-    # ---- evaluation: answers (AnswerEvaluation), and where the policy looked or what it segmented ---
-    def _eval_step(self, batch, stage: str):
-        if self.model.can(SEGMENTS):
-            segmentation_eval_step(self, batch, stage)
-            return
-        texts = super()._eval_step(batch, stage)
-        crops = self.reports.setdefault(f"{stage}/crops", CropReport())
-        crops.add_many(texts, batch["records"], self.model.preprocess.image_size)
-
-    def _eval_epoch_end(self, stage: str):
-        if self.model.can(ANSWERS):
-            super()._eval_epoch_end(stage)
-        if self.model.can(SEGMENTS):
-            segmentation_eval_epoch_end(self, stage)
-            return
-        crops = gather_report(self.reports.pop(f"{stage}/crops", CropReport())).to_dict()
-        self.log_metrics({f"{stage}/{k}": v for k, v in crops.items() if v is not None})

@@ -12,11 +12,8 @@ rationale's BLEU/ROUGE-L against the gold rationale (when it writes one).
 from __future__ import annotations
 
 from mmreason.build import create_model
-from mmreason.eval.accuracy import AccuracyReport
-from mmreason.eval.rationale import RationaleReport
-from mmreason.models.base import ANSWERS
 from mmreason.models.mccot import RATIONALE_SOURCES, STAGES
-from mmreason.training.sft import SFTModule, gather_report
+from mmreason.training.sft import SFTModule
 
 
 class MCCoTModule(SFTModule):
@@ -43,7 +40,6 @@ class MCCoTModule(SFTModule):
         super().__init__(model=model, model_config=model_config, init=init, lr=lr,
                          weight_decay=weight_decay, warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio,
                          max_new_tokens=max_new_tokens)
-        self.rationale_reports: dict[str, RationaleReport] = {}
 
     def build_model(self):
         h = self.hparams
@@ -65,22 +61,10 @@ class MCCoTModule(SFTModule):
         model.config["self_consistency"] = {"passes": h.passes, "alpha": h.alpha, "vote": h.vote}
         return model
 
-    def _eval_step(self, batch, stage: str):
+    def eval_options(self) -> dict:
         h = self.hparams
-        records = batch["records"]
-        results = self.model.run(batch["images"], records, votes=h.eval_votes, temperature=h.eval_temperature,
-                                 rationale_source=h.eval_rationales, max_new_tokens=h.max_new_tokens,
-                                 max_answer_tokens=h.max_answer_tokens)
-        if self.model.can(ANSWERS):
-            self.reports.setdefault(stage, AccuracyReport()).add_many([r["text"] for r in results], records)
-        if "rationale" in self.model.stages and h.eval_rationales == "generated":
-            self.rationale_reports.setdefault(stage, RationaleReport()).add_many(
-                [r["rationale"] for r in results], [rec.rationale for rec in records])
+        return {"votes": h.eval_votes, "temperature": h.eval_temperature, "rationale_source": h.eval_rationales,
+                "max_new_tokens": h.max_new_tokens, "max_answer_tokens": h.max_answer_tokens}
 
-    def _eval_epoch_end(self, stage: str):
-        """Decided from the model and recipe only, so every rank reaches the same collectives."""
-        if "rationale" in self.model.stages and self.hparams.eval_rationales == "generated":
-            scores = gather_report(self.rationale_reports.pop(stage, RationaleReport())).to_dict()
-            self.log_metrics({f"{stage}/rationale_{k}": float(scores[k]) for k in ("bleu1", "bleu4", "rougeL")})
-        if self.model.can(ANSWERS):
-            super()._eval_epoch_end(stage)
+    def evaluator_options(self) -> dict:
+        return {"rationale_source": self.hparams.eval_rationales}

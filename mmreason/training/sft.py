@@ -12,61 +12,14 @@ import time
 
 import lightning as L
 import torch
-import torch.distributed as dist
 
 from mmreason.build import create_model
-from mmreason.eval.accuracy import AccuracyReport
 from mmreason.export import checkpoint_payload
 from mmreason.models.base import CACHED_FEATURES
+from mmreason.training.evaluation import Evaluation
 from mmreason.training.schedule import warmup_cosine
 
 STANDARD_OUTPUTS = {"loss", "token_accuracy", "target_tokens", "tokens", "skipped"}  # of a model's batch_loss
-
-
-def gather_report(report):
-    """Every rank's report (anything with ``state``/``from_state``/``merge``) merged into one; a
-    collective call under DDP, so every rank must reach it."""
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return report
-    states = [None] * dist.get_world_size()
-    dist.all_gather_object(states, report.state())
-    merged = type(report)()
-    for state in states:
-        merged.merge(type(report).from_state(state))
-    return merged
-
-
-class AnswerEvaluation:
-    """Validation and test for modules holding a question-answering ``model``: greedy answers
-    (``hparams.max_new_tokens``) scored per task into ``self.reports``; the metrics also go to
-    ``self.last_metrics`` (the export's card). Families extend ``_eval_step``/``_eval_epoch_end``."""
-
-    def _eval_step(self, batch, stage: str) -> list[str]:
-        texts = self.model.answer_batch(batch["images"], batch["records"], max_new_tokens=self.hparams.max_new_tokens)
-        self.reports.setdefault(stage, AccuracyReport()).add_many(texts, batch["records"])
-        return texts
-
-    def validation_step(self, batch, batch_idx):
-        self._eval_step(batch, "val")
-
-    def test_step(self, batch, batch_idx):
-        self._eval_step(batch, "test")
-
-    def _eval_epoch_end(self, stage: str) -> None:
-        summary = gather_report(self.reports.pop(stage, AccuracyReport())).to_dict()
-        metrics = {f"{stage}/accuracy": summary["accuracy"], f"{stage}/parse_failure_rate": summary["parse_failure_rate"]}
-        metrics.update({f"{stage}/accuracy_{task}": v["accuracy"] for task, v in summary["per_task"].items()})
-        self.log_metrics(metrics)
-
-    def log_metrics(self, metrics: dict[str, float]) -> None:
-        self.log_dict(metrics, prog_bar=False, sync_dist=False)
-        self.last_metrics.update(metrics)
-
-    def on_validation_epoch_end(self):
-        self._eval_epoch_end("val")
-
-    def on_test_epoch_end(self):
-        self._eval_epoch_end("test")
 
 
 class ModelHooks:
@@ -97,7 +50,7 @@ class ModelHooks:
         checkpoint["mmreason_metrics"] = dict(self.last_metrics)
 
 
-class SFTModule(ModelHooks, AnswerEvaluation, L.LightningModule):
+class SFTModule(ModelHooks, Evaluation, L.LightningModule):
     """Args:
     model: a registered model name (``mmreason list``); may be left out when ``init`` starts from a whole export.
     model_config: overrides of that model's config (e.g. ``{output_format: answer}``).
@@ -115,7 +68,6 @@ class SFTModule(ModelHooks, AnswerEvaluation, L.LightningModule):
         self.model = self.build_model()
         self._last_step_end: float | None = None
         self.skipped_total = 0
-        self.reports: dict[str, AccuracyReport] = {}
         self.last_metrics: dict[str, float] = {}
 
     def build_model(self):
