@@ -157,6 +157,7 @@ def test_step_two_fine_tunes_a_step_one_export(model, tmp_path):
     folder = save_export(model, tmp_path / "step1")
     module = SFTModule(init={"from": str(folder)}, model_config={"step": 2})
     assert module.model.step == 2 and module.model.output_format == "answer"
+    assert load_export(save_export(module.model, tmp_path / "step2")).step == 2
     assert all(p.requires_grad for p in module.model.parameters())
     with pytest.raises(ValueError, match=r"cannot change an exported model's architecture.*'step'"):
         SFTModule(init={"from": str(folder)}, model_config={"traversal": {"num_tor": 2}})
@@ -225,20 +226,6 @@ def test_no_embedder_is_the_baseline(tiny_tokenizer):
     assert torch.equal(meteor(images, **inputs).logits, baseline(images, **inputs).logits)
     with pytest.raises(ValueError, match="traversal.embedder 'none'"):
         meteor.tor_features(images, records, with_rationale=False)
-
-
-def test_export_round_trip_gives_identical_logits_and_predictions(model, tmp_path):
-    model.step = 2
-    model.eval()
-    images, records = model_images(model, 2), valid_records(2)
-    loaded = load_export(save_export(model, tmp_path / "export"))
-    assert isinstance(loaded, Meteor) and loaded.step == 2 and loaded.num_tor == N
-    inputs = training_tensors(model, records)
-    assert torch.equal(model(images, **inputs).logits, loaded(images, **inputs).logits)
-    make_image(0).save(tmp_path / "x.png")
-    predictions = [m.predict(str(tmp_path / "x.png"), "is there a red circle?", max_new_tokens=5)
-                   for m in (model, loaded)]
-    assert predictions[0] == predictions[1] and set(predictions[0]) == {"text", "rationale", "answer"}
 
 
 def test_a_mamba_checkpoint_folder_loads_by_name_and_exports_without_it(tiny_tokenizer, tmp_path):
