@@ -16,15 +16,15 @@ import functools
 import lightning as L
 import torch
 
-from mmreason.eval.crops import CropReport, record_boxes
 from mmreason.build import create_model
+from mmreason.eval.crops import CropReport, record_boxes
 from mmreason.models.base import CROPS, POLICY
 from mmreason.rl.grpo import GRPOConfig, group_advantages, grpo_loss
 from mmreason.rl.rewards import accuracy_reward, format_reward, weighted_sum
 from mmreason.rl.step_credit import action_rewards
 from mmreason.seg.rewards import box_point_format_reward, mask_iou_reward
-from mmreason.training.schedule import warmup_cosine
 from mmreason.training.evaluation import Evaluation
+from mmreason.training.schedule import warmup_cosine
 from mmreason.training.sft import ModelHooks
 
 REWARDS = {"format": format_reward, "accuracy": accuracy_reward, "box_format": box_point_format_reward,
