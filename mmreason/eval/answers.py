@@ -66,6 +66,13 @@ def _after_answer_is(text: str) -> str | None:
     return _clean(tail[: end.start()] if end else tail)
 
 
+def split_rationale(text: str) -> str | None:
+    """The text between <think> and </think>, if any."""
+    if "<think>" not in text:
+        return None
+    return text.split("<think>", 1)[1].split("</think>", 1)[0].strip()
+
+
 def extract_answer_span(text: str | None) -> str | None:
     """The part of a generation that holds the answer, or ``None`` if there is none.
 

@@ -13,6 +13,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mmreason.eval.answers import extract_answer_span, split_rationale
+from mmreason.text.prompts import query_record
+
 ANSWERS = "answers"  # its generations answer the records' questions (accuracy applies)
 PIPELINE = "pipeline"  # ``run``: rationale, then answer; inference voting
 SEGMENTS = "segments"  # ``segment``: a mask per question
@@ -59,6 +62,30 @@ class ZooModel(nn.Module):
         ``rationale``, ``confidence``, ``mask`` or ``objects`` where the family makes them."""
         budget = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
         return [{"text": text} for text in self.answer_batch(images, records, **budget, **options)]
+
+    @torch.no_grad()
+    def predict(self, image, question: str | None = None, choices: list[str] | None = None,
+                max_new_tokens: int | None = None, **options) -> dict:
+        """One image (path, bytes or PIL) and question, answered as evaluation answers a batch
+        (:meth:`respond`) and read out by :meth:`describe`: at least ``answer`` and ``rationale``."""
+        record = self.query(question, choices)
+        was_training = self.training
+        self.eval()
+        try:
+            pixels = self.preprocess(image).unsqueeze(0).to(next(self.parameters()).device)
+            response = self.respond(pixels, [record], max_new_tokens, **options)[0]
+        finally:
+            self.train(was_training)
+        return self.describe(response)
+
+    def query(self, question: str | None, choices: list[str] | None):
+        """The record a user's question becomes (checked: a non-empty question, sensible choices)."""
+        return query_record(question, choices)
+
+    def describe(self, response: dict) -> dict:
+        """What :meth:`predict` returns for one response: its text read as rationale and answer."""
+        return {**response, "rationale": split_rationale(response["text"]),
+                "answer": extract_answer_span(response["text"])}
 
     def writes_rationales(self) -> bool:
         """Whether :meth:`respond` returns a generated ``rationale`` to score apart from the answer."""

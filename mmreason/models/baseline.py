@@ -16,14 +16,13 @@ from torch import nn
 
 from mmreason.data.preprocess import Preprocess
 from mmreason.data.schema import Record
-from mmreason.eval.answers import extract_answer_span
 from mmreason.layers.language import build_language_model, splice_image_features
 from mmreason.layers.position import sincos_2d
 from mmreason.layers.projector import build_projector
 from mmreason.layers.vision import VisionEncoder
 from mmreason.models.base import ZooModel, freeze
 from mmreason.models.config_schema import VLM
-from mmreason.text.prompts import OUTPUT_FORMATS, query_record, target_text, user_prompt
+from mmreason.text.prompts import OUTPUT_FORMATS, target_text, user_prompt
 from mmreason.text.tokenizer import build_tokenizer
 from mmreason.zoo import merge_config, register_family, register_model
 
@@ -251,25 +250,6 @@ class VisionLanguageModel(ZooModel):
         for token in (self.tokenizer.pad_token, self.tokenizer.bos_token):
             text = text.replace(token, "")
         return " ".join(text.split())
-
-    @torch.no_grad()
-    def predict(self, image, question: str, choices: list[str] | None = None, **generate_kwargs) -> dict:
-        """Answer one image (path, bytes or PIL): {text, rationale, answer}."""
-        was_training = self.training
-        self.eval()
-        device = next(self.parameters()).device
-        pixels = self.preprocess(image).unsqueeze(0).to(device)
-        record = query_record(question, choices)
-        text = self.clean_output(self.generate(pixels, [record], **generate_kwargs)[0])
-        self.train(was_training)
-        return {"text": text, "rationale": split_rationale(text), "answer": extract_answer_span(text)}
-
-
-def split_rationale(text: str) -> str | None:
-    """The text between <think> and </think>, if any."""
-    if "<think>" not in text:
-        return None
-    return text.split("<think>", 1)[1].split("</think>", 1)[0].strip()
 
 
 register_model("baseline-tiny-cot", "baseline", TINY_CONFIG,

@@ -137,17 +137,13 @@ class SceneEncoder(ZooModel):
             out.append(found)
         return out
 
-    @torch.no_grad()
-    def predict(self, image, question: str | None = None, **_) -> dict:
-        """The objects in one image (path, bytes or PIL); an encoder answers no question."""
-        was_training = self.training
-        self.eval()
-        pixels = self.preprocess(image).unsqueeze(0).to(next(self.parameters()).device)
-        objects = self.perceive(pixels)[0]
-        self.train(was_training)
-        return {"objects": objects, "rationale": None,
-                "answer": f"{len(objects)} objects: " + ", ".join(
-                    f"{o['size']} {o['colour']} {o['shape']}" for o in objects)}
+    def query(self, question: str | None, choices: list[str] | None) -> None:
+        """An encoder answers no question: there is no record to make."""
+
+    def describe(self, response: dict) -> dict:
+        objects = response["objects"]
+        return {"objects": objects, "rationale": None, "answer": f"{len(objects)} objects: " + ", ".join(
+            f"{o['size']} {o['colour']} {o['shape']}" for o in objects)}
 
 
 register_model("encoder-tiny", "encoder", TINY_CONFIG,

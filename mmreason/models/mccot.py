@@ -41,7 +41,6 @@ from mmreason.models.config_schema import LANGUAGE, LEAF, PREPROCESS, VISION
 from mmreason.text.prompts import (
     answer_sentence,
     qcm_input,
-    query_record,
     rationale_target,
     strip_rationale_cue,
 )
@@ -376,21 +375,16 @@ class MCCoT(ZooModel):
         """Final texts ready for scoring."""
         return [r["text"] for r in self.run(visual, records, max_new_tokens=max_new_tokens, **run_kwargs)]
 
-    @torch.no_grad()
-    def predict(self, image, question: str, choices: list[str] | None = None, votes: int = 1,
-                **run_kwargs) -> dict:
+    def predict(self, image, question: str | None = None, choices: list[str] | None = None,
+                max_new_tokens: int | None = None, **run_kwargs) -> dict:
         """Rationale then answer for one image (path, bytes or PIL); the rationale is generated."""
         if run_kwargs.get("rationale_source", "generated") != "generated":
             raise ValueError("predict generates its rationale; rationale_source "
                              f"{run_kwargs['rationale_source']!r} needs a gold rationale (use `mmreason eval`)")
-        was_training = self.training
-        self.eval()
-        device = next(self.parameters()).device
-        pixels = self.preprocess(image).unsqueeze(0).to(device)
-        result = self.run(pixels, [query_record(question, choices)], votes=votes,
-                          **run_kwargs)[0]
-        self.train(was_training)
-        return result
+        return super().predict(image, question, choices, max_new_tokens, **run_kwargs)
+
+    def describe(self, response: dict) -> dict:
+        return response
 
 
 def majority_vote(texts: list[str], record: Record) -> tuple[int, float, list[str | None]]:

@@ -251,17 +251,12 @@ class StarSegmenter(TrajectoryPolicy, VisionLanguageModel):
     def answer_batch(self, images: torch.Tensor, records: list[Record], max_new_tokens: int = 32) -> list[str]:
         return [r["text"] for r in self.respond(images, records, max_new_tokens)]
 
-    @torch.no_grad()
-    def predict(self, image, question: str, choices: list[str] | None = None, max_new_tokens: int = 32,
-                samples: int = 1, temperature: float = 1.0) -> dict:
-        """{text, answer, mask (S×S bool, the model input's pixels), found, input_size}."""
-        was_training = self.training
-        self.eval()
-        pixels = self.preprocess(image).unsqueeze(0).to(next(self.parameters()).device)
-        result = self.segment(pixels, [query_record(question, choices, SEG_TASK)],
-                              samples=samples, temperature=temperature, max_new_tokens=max_new_tokens)[0]
-        self.train(was_training)
-        return {**result, "rationale": None, "input_size": self.preprocess.image_size}
+    def query(self, question: str | None, choices: list[str] | None) -> Record:
+        return query_record(question, choices, SEG_TASK)
+
+    def describe(self, response: dict) -> dict:
+        """{text, answer, mask (S×S bool, the model input's pixels), found, votes, input_size}."""
+        return {**response, "rationale": None, "input_size": self.preprocess.image_size}
 
 
 def strip_seg(text: str | None) -> str | None:

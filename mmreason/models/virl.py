@@ -22,16 +22,15 @@ import torch
 import torch.nn.functional as F
 
 from mmreason.data.schema import Record
-from mmreason.eval.answers import extract_answer_span
 from mmreason.eval.crops import record_boxes
 from mmreason.models.base import ANSWERS, CROPS, POLICY
 from mmreason.models.baseline import TINY_CONFIG as BASELINE_TINY
-from mmreason.models.baseline import VisionLanguageModel, split_rationale
+from mmreason.models.baseline import VisionLanguageModel
 from mmreason.models.config_schema import LEAF, VLM
 from mmreason.models.policy import Trajectory, TrajectoryPolicy
 from mmreason.rl.crop import CROP_CLOSE, CROP_OPEN, clamp_box, crop_and_resize, crop_text, parse_box
 from mmreason.rl.grpo import token_log_probs
-from mmreason.text.prompts import answer_tag, query_record
+from mmreason.text.prompts import answer_tag
 from mmreason.zoo import merge_config, register_family, register_model
 
 DEFAULT_CROP = {"max_actions": 3, "min_size": 8, "tokens": 16}
@@ -176,20 +175,15 @@ class VirlPolicy(TrajectoryPolicy, VisionLanguageModel):
                                     temperature, top_p)
         return [self.completion_text(t) for t in trajectories]
 
-    @torch.no_grad()
-    def predict(self, image, question: str, choices: list[str] | None = None, max_new_tokens: int = 128,
-                **generate_kwargs) -> dict:
-        """Answer one image: {text, rationale, answer, crops (boxes in the model input's pixels), input_size}."""
-        was_training = self.training
-        self.eval()
-        device = next(self.parameters()).device
-        pixels = self.preprocess(image).unsqueeze(0).to(device)
-        trajectory = self.rollout(pixels, [query_record(question, choices)],
-                                  max_new_tokens=max_new_tokens, **generate_kwargs)[0]
-        self.train(was_training)
-        text = self.completion_text(trajectory)
-        return {"text": text, "rationale": split_rationale(text), "answer": extract_answer_span(text),
-                "crops": trajectory.crops, "input_size": self.preprocess.image_size}
+    def respond(self, images: torch.Tensor, records: list[Record], max_new_tokens: int | None = None,
+                **options) -> list[dict]:
+        """Per record the answer's ``text`` and its ``crops`` (boxes in the model input's pixels)."""
+        budget = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
+        trajectories = self.rollout(images, records, **budget, **options)
+        return [{"text": self.clean_output(self.completion_text(t)), "crops": t.crops} for t in trajectories]
+
+    def describe(self, response: dict) -> dict:
+        return {**super().describe(response), "input_size": self.preprocess.image_size}
 
 
 def _last_index(items: list[int], value: int, since: int = 0) -> int | None:
