@@ -67,8 +67,8 @@ def test_perception_states_merge_as_counts():
     scene = [{"colour": "red", "shape": "circle", "size": "small", "center": [8, 8], "box": [4, 4, 12, 12]}]
     seen = [{**scene[0]}]
     a, b = PerceptionEvaluator(32), PerceptionEvaluator(32)
-    a.objects.add(seen, scene)
-    b.objects.add([], scene)
+    a.scores.add(seen, scene)
+    b.scores.add([], scene)
     a.merge_state(b.state())
     metrics = a.metrics()
     assert metrics["colour"] == pytest.approx(0.5) and metrics["exact_count"] == pytest.approx(0.5)

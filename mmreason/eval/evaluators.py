@@ -21,48 +21,66 @@ from mmreason.eval.segmentation import SegmentationReport, score_segments, with_
 from mmreason.models.base import ANSWERS, CROPS, PERCEIVES, SEGMENTS
 
 
-class AnswerEvaluator:
+class Evaluator:
+    """One kind of score over a model's responses, kept in ``self.scores`` (a report with ``to_dict``,
+    ``state``, ``from_state`` and ``merge``); subclasses say how a batch adds to it and what it logs."""
+
+    key: str | None = None  # its section of ``mmreason eval``'s report (None: the top level)
+
+    def __init__(self, scores):
+        self.scores = scores
+
+    def add(self, responses: list[dict], batch: dict) -> None:
+        raise NotImplementedError
+
+    def metrics(self) -> dict[str, float]:
+        raise NotImplementedError
+
+    def report(self) -> dict:
+        return self.scores.to_dict()
+
+    def state(self) -> dict:
+        return self.scores.state()
+
+    def merge_state(self, state: dict) -> None:
+        self.scores.merge(type(self.scores).from_state(state))
+
+
+class AnswerEvaluator(Evaluator):
     """Answer accuracy per task against the majority class; the mean vote share when answers were voted."""
 
-    key = None  # its report is the top level of ``mmreason eval``'s
-
     def __init__(self):
-        self.accuracy, self.records, self.confidences = AccuracyReport(), [], []
+        super().__init__(AccuracyReport())
+        self.records, self.confidences = [], []
 
     def add(self, responses: list[dict], batch: dict) -> None:
         texts, records = with_text_answers([r["text"] for r in responses], batch["records"])
-        self.accuracy.add_many(texts, records)
+        self.scores.add_many(texts, records)
         self.records += records
         self.confidences += [r["confidence"] for r in responses if r.get("confidence") is not None]
 
     def metrics(self) -> dict[str, float]:
-        summary = self.accuracy.to_dict()
+        summary = self.scores.to_dict()
         return {"accuracy": summary["accuracy"], "parse_failure_rate": summary["parse_failure_rate"],
                 **{f"accuracy_{task}": v["accuracy"] for task, v in summary["per_task"].items()}}
 
     def report(self) -> dict:
-        out = self.accuracy.to_dict(majority_baseline(self.records))
+        out = self.scores.to_dict(majority_baseline(self.records))
         if self.confidences:
             out["mean_confidence"] = sum(self.confidences) / len(self.confidences)
         return out
 
     def table(self) -> str:
-        return format_table(self.accuracy, majority_baseline(self.records))
-
-    def state(self) -> dict:
-        return self.accuracy.state()
-
-    def merge_state(self, state: dict) -> None:
-        self.accuracy.merge(AccuracyReport.from_state(state))
+        return format_table(self.scores, majority_baseline(self.records))
 
 
-class RationaleEvaluator:
+class RationaleEvaluator(Evaluator):
     """BLEU-1/4 and ROUGE-L of generated rationales against the records' gold ones."""
 
     key = "rationale"
 
     def __init__(self):
-        self.scores = RationaleReport()
+        super().__init__(RationaleReport())
 
     def add(self, responses: list[dict], batch: dict) -> None:
         self.scores.add_many([r["rationale"] for r in responses], [rec.rationale for rec in batch["records"]])
@@ -71,105 +89,71 @@ class RationaleEvaluator:
         summary = self.scores.to_dict()
         return {f"rationale_{k}": float(summary[k]) for k in ("bleu1", "bleu4", "rougeL")}
 
-    def report(self) -> dict:
-        return self.scores.to_dict()
-
     def table(self) -> str:
         s = self.scores.to_dict()
         return f"rationale: BLEU-1 {s['bleu1']:.1f}, BLEU-4 {s['bleu4']:.1f}, ROUGE-L {s['rougeL']:.3f} (n={s['n']})"
 
-    def state(self) -> dict:
-        return self.scores.state()
 
-    def merge_state(self, state: dict) -> None:
-        self.scores.merge(RationaleReport.from_state(state))
-
-
-class CropEvaluator:
+class CropEvaluator(Evaluator):
     """Where a crop-action policy looked: mean best IoU of its crops with the rationale boxes, action shares."""
 
     key = "crops"
 
     def __init__(self, image_size: int):
-        self.image_size, self.crops = image_size, CropReport()
+        super().__init__(CropReport())
+        self.image_size = image_size
 
     def add(self, responses: list[dict], batch: dict) -> None:
-        self.crops.add_many([r["text"] for r in responses], batch["records"], self.image_size)
+        self.scores.add_many([r["text"] for r in responses], batch["records"], self.image_size)
 
     def metrics(self) -> dict[str, float]:
-        return {k: v for k, v in self.crops.to_dict().items() if v is not None}
-
-    def report(self) -> dict:
-        return self.crops.to_dict()
+        return {k: v for k, v in self.scores.to_dict().items() if v is not None}
 
     def table(self) -> str:
         return "crops: " + ", ".join(f"{k} {v:.3f}" for k, v in self.metrics().items())
 
-    def state(self) -> dict:
-        return self.crops.state()
 
-    def merge_state(self, state: dict) -> None:
-        self.crops.merge(CropReport.from_state(state))
-
-
-class SegmentationEvaluator:
+class SegmentationEvaluator(Evaluator):
     """gIoU / cIoU (LISA semantics) overall and per question type, on the samples that have a mask."""
 
     key = "segmentation"
 
     def __init__(self):
-        self.masks = SegmentationReport()
+        super().__init__(SegmentationReport())
 
     def add(self, responses: list[dict], batch: dict) -> None:
-        score_segments(self.masks, responses, batch)
+        score_segments(self.scores, responses, batch)
 
     def metrics(self) -> dict[str, float]:
-        summary = self.masks.to_dict()
+        summary = self.scores.to_dict()
         return {"giou": summary["giou"], "ciou": summary["ciou"],
                 **{f"giou_{group}": v["giou"] for group, v in summary["per_group"].items()}}
 
-    def report(self) -> dict:
-        return self.masks.to_dict()
-
     def table(self) -> str:
-        s = self.masks.to_dict()
+        s = self.scores.to_dict()
         return (f"segmentation (n={s['n']}): gIoU {s['giou']:.4f}, cIoU {s['ciou']:.4f}; "
                 + ", ".join(f"{g} {v['giou']:.3f}" for g, v in s["per_group"].items()))
 
-    def state(self) -> dict:
-        return self.masks.state()
 
-    def merge_state(self, state: dict) -> None:
-        self.masks.merge(SegmentationReport.from_state(state))
-
-
-class PerceptionEvaluator:
+class PerceptionEvaluator(Evaluator):
     """The objects an encoder sees against the scene graphs in the records' ``meta`` (synthetic data)."""
 
     key = "perception"
 
     def __init__(self, image_size: int):
-        self.image_size, self.objects = image_size, PerceptionReport()
+        super().__init__(PerceptionReport())
+        self.image_size = image_size
 
     def add(self, responses: list[dict], batch: dict) -> None:
         scenes, size = scenes_of(batch)
         for response, scene in zip(responses, scenes, strict=True):
-            self.objects.add(response["objects"], scaled_scene(scene, self.image_size / size))
+            self.scores.add(response["objects"], scaled_scene(scene, self.image_size / size))
 
     def metrics(self) -> dict[str, float]:
-        return {k: v["value"] for k, v in self.objects.to_dict().items()}
-
-    def report(self) -> dict:
-        return self.objects.to_dict()
+        return {k: v["value"] for k, v in self.scores.to_dict().items()}
 
     def table(self) -> str:
-        return self.objects.table()
-
-    def state(self) -> dict:
-        return self.objects.state()
-
-    def merge_state(self, state: dict) -> None:
-        self.objects.merge_state(state)
+        return self.scores.table()
 
 
 def evaluators_for(model, rationale_source: str = "generated") -> list:

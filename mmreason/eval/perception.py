@@ -74,12 +74,20 @@ class PerceptionReport:
         return {"hits": dict(self.hits), "objects": self.objects, "predictions": self.predictions,
                 "images": self.images, "exact_counts": self.exact_counts}
 
-    def merge_state(self, state: dict) -> None:
+    @classmethod
+    def from_state(cls, state: dict) -> PerceptionReport:
+        report = cls()
+        report.hits = dict(state["hits"])
+        for k in ("objects", "predictions", "images", "exact_counts"):
+            setattr(report, k, state[k])
+        return report
+
+    def merge(self, other: PerceptionReport) -> None:
         """Add another report's counts (of the same tolerances), e.g. another rank's."""
-        for k, v in state["hits"].items():
+        for k, v in other.hits.items():
             self.hits[k] += v
         for k in ("objects", "predictions", "images", "exact_counts"):
-            setattr(self, k, getattr(self, k) + state[k])
+            setattr(self, k, getattr(self, k) + getattr(other, k))
 
     def table(self) -> str:
         names = {"colour": "colour", "shape": "shape", "size": "size", "all_attributes": "colour+shape+size",
