@@ -105,11 +105,11 @@ class SceneEncoder(ZooModel):
         loss = sum(self.loss_weights[k] * v for k, v in terms.items())
         return {"loss": loss, **terms}
 
-    @torch.no_grad()
     def respond(self, images: torch.Tensor, records: list, max_new_tokens: int | None = None) -> list[dict]:
         """What evaluation scores: the objects seen in each image (records and budget do not apply)."""
         return [{"objects": objects} for objects in self.perceive(images)]
 
+    @torch.no_grad()
     def perceive(self, images: torch.Tensor, threshold: float = 0.5) -> list[list[dict]]:
         """The objects seen in each image: ``{colour, shape, size, center, box, score}``, pixel
         coordinates of the model's input size. A centre near a cell border may fire in both cells;
