@@ -223,3 +223,18 @@ def test_mccot_stages_start_from_the_encoder(encoder_export, tiny_tokenizer):
         assert stage.frozen_vision
         for key, value in encoder.vision.state_dict().items():
             assert torch.equal(stage.vision.state_dict()[key], value), key
+
+
+def test_the_encoder_module_validates_with_the_perception_evaluator(monkeypatch):
+    from mmreason.training.encoder import EncoderModule
+
+    torch.manual_seed(0)
+    module = EncoderModule(model_config=ENCODER_TEST_CONFIG)
+    monkeypatch.setattr(module, "log_dict", lambda *args, **kwargs: None)
+    batch = next(iter(SceneStream(module.model.preprocess, 4, 1, seed=0, image_size=32, max_objects=4)))
+    batch["images"] = module.model.preprocess.normalize(batch["pixels"])
+    module.validation_step(batch, 0)
+    module.on_validation_epoch_end()
+    metrics = module.last_metrics
+    assert {"val/colour", "val/exact_count", "val/recall"} <= set(metrics)
+    assert all(0.0 <= v <= 1.0 for v in metrics.values())

@@ -18,6 +18,10 @@ class EncoderModule(SFTModule):
                  lr: float = 1e-3, weight_decay: float = 0.05, warmup_steps: int = 100, min_lr_ratio: float = 0.05):
         super().__init__(model, model_config, init, lr, weight_decay, warmup_steps, min_lr_ratio)
 
+    def eval_options(self) -> dict:
+        """An encoder is asked for the objects it sees; there is no text to budget."""
+        return {}
+
     def training_step(self, batch, batch_idx):
         out = self.model.loss(batch)
         for key, value in out.items():
