@@ -36,8 +36,9 @@ def create_model(name: str | None = None, init: dict | None = None, **overrides)
     """A model of a registered ``name`` with config keys overridden, started from an export by ``init``
     (without ``init.parts`` the export itself, and ``name`` may be left out); a key the family does not
     read, at any depth, is refused with the valid ones."""
-    if init is not None and not _check_init(init)["parts"]:
-        return _whole_export(name, _check_init(init), overrides)
+    init = None if init is None else _check_init(init)
+    if init is not None and not init["parts"]:
+        return _whole_export(name, init, overrides)
     if name is None:
         raise ValueError("name a registered model (`mmreason list`) or start from a whole export "
                          "with init: {from: EXPORT}")

@@ -373,7 +373,7 @@ class MCCoT(ZooModel):
     def answer_batch(self, visual: torch.Tensor, records: list[Record], max_new_tokens: int | None = None,
                      **run_kwargs) -> list[str]:
         """Final texts ready for scoring."""
-        return [r["text"] for r in self.run(visual, records, max_new_tokens=max_new_tokens, **run_kwargs)]
+        return [r["text"] for r in self.respond(visual, records, max_new_tokens, **run_kwargs)]
 
     def predict(self, image, question: str | None = None, choices: list[str] | None = None,
                 max_new_tokens: int | None = None, **run_kwargs) -> dict:

@@ -57,7 +57,7 @@ class Evaluation:
 
     def _eval_epoch_end(self, stage: str) -> None:
         evaluators = self._evaluators(stage)
-        del self.__dict__["_stage_evaluators"][stage]
+        self._stage_evaluators.pop(stage)  # the next epoch starts empty
         metrics = {}
         for evaluator in gathered(evaluators, evaluators_for(self.model, **self.evaluator_options())):
             metrics.update({f"{stage}/{name}": value for name, value in evaluator.metrics().items()})
