@@ -46,8 +46,8 @@ def model_images(model, n: int = 4):
 
 
 def training_tensors(model, records) -> dict:
-    """``model.training_inputs`` for records that all fit (their ``rows`` checked and dropped)."""
-    inputs = model.training_inputs(records)
+    """``model.processor.training_inputs`` for records that all fit (their ``rows`` checked and dropped)."""
+    inputs = model.processor.training_inputs(records)
     assert inputs.pop("rows").tolist() == list(range(len(records)))
     return inputs
 

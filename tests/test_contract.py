@@ -10,6 +10,7 @@ round-trip through an export and a checkpoint with equal outputs, answer
 from __future__ import annotations
 
 import ast
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -115,6 +116,28 @@ def _same_loss(a, b, batch) -> None:
     torch.manual_seed(0)
     with torch.no_grad():
         assert torch.allclose(b.loss(batch)["loss"], expected, atol=1e-6)
+
+
+def test_the_batch_processor_works_apart_from_the_model(built):
+    """What a loader worker does: a pickled copy of the model's processor (no weights in it) turns the
+    batch's records into tensors, and the loss from them is the loss from the records."""
+    _, model, batch = built
+    processor = model.batch_processor()
+    if processor is None:
+        assert model.family in ("virl", "encoder")  # they build their inputs from the images
+        return
+    pickled = pickle.dumps(processor)
+    assert len(pickled) < sum(p.numel() * p.element_size() for p in model.parameters()) / 10
+    processed = pickle.loads(pickled)({k: v for k, v in batch.items() if k != "inputs"})
+    assert processed["inputs"] and all(isinstance(v, torch.Tensor) for v in processed["inputs"].values())
+    model.eval()
+    with torch.no_grad():
+        torch.manual_seed(0)
+        from_records = model.loss({k: v for k, v in batch.items() if k != "inputs"})
+        torch.manual_seed(0)
+        from_worker = model.loss(processed)
+    assert torch.allclose(from_worker["loss"], from_records["loss"], atol=1e-6)
+    assert from_worker["skipped"] == from_records["skipped"]
 
 
 def test_export_and_checkpoint_round_trips_keep_the_outputs(built, tmp_path):

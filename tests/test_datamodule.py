@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import torch
+from conftest import TINY_TEST_CONFIG
 
+from mmreason.build import build_model
 from mmreason.data.datamodule import ShardDataModule
 
 
@@ -28,3 +31,17 @@ def test_missing_split_is_a_clear_error():
     dm = ShardDataModule()
     with pytest.raises(ValueError, match="no val shards configured: set data.val"):
         dm.val_dataloader()
+
+
+def test_a_model_processor_tokenises_training_batches_in_the_loader_worker(tmp_path):
+    synth = {"out": str(tmp_path / "synth"), "train": 8, "val": 0, "test": 0, "heldout": 0, "tasks": ["count"]}
+    dm = ShardDataModule(batch_size=4, num_workers=1, synth=synth)
+    dm.prepare_data()
+    model = build_model("baseline", TINY_TEST_CONFIG)
+    dm.processor = model.batch_processor()
+    batches = list(dm.train_dataloader())  # one worker process: the processor is copied into it
+    assert len(batches) == 2
+    for batch in batches:
+        expected = model.processor.training_inputs(batch["records"], skip_too_long=True)
+        assert batch["inputs"].keys() == expected.keys()
+        assert all(torch.equal(batch["inputs"][k], expected[k]) for k in expected)

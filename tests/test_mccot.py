@@ -10,8 +10,8 @@ from mmreason.data.schema import Record, validate_record
 from mmreason.export import load_export, save_export
 from mmreason.layers.gated_fusion import GatedCrossAttentionFusion
 from mmreason.layers.logit_voting import fuse_pass_logits
-from mmreason.models.baseline import IGNORE_INDEX
 from mmreason.models.mccot import MCCoT, majority_vote
+from mmreason.models.processor import IGNORE_INDEX
 from mmreason.text.prompts import qcm_input
 from mmreason.training.mccot import MCCoTModule
 
@@ -76,8 +76,8 @@ def test_hard_vote_averages_the_passes_that_agree_with_the_majority():
 def test_passes_differ_with_dropout_and_equal_one_pass_without(model):
     images, records = model_images(model), valid_records()
     stage = model.stages["rationale"]
-    ids, mask = model._encoder_inputs(model.stage_inputs("rationale", records), images.device)
-    labels = model._labels(model.stage_targets("rationale", records), images.device)
+    tensors = model.processor.stage_tensors("rationale", records)
+    ids, mask, labels = tensors["input_ids"], tensors["attention_mask"], tensors["labels"]
     model.train()
     encoded = stage.encode(stage.image_features(images), ids, mask)
     noisy = stage.pass_logits(encoded, mask, labels, passes=3)
@@ -91,7 +91,7 @@ def test_passes_differ_with_dropout_and_equal_one_pass_without(model):
 
 
 def test_labels_are_padded_with_ignore_index(model):
-    labels = model._labels(["solution : a b c", "solution : a"], "cpu")
+    labels = model.processor.labels(["solution : a b c", "solution : a"])
     assert labels.shape == (2, 6)
     assert labels[1, 4:].tolist() == [IGNORE_INDEX] * 2
     assert labels[1, 3].item() == labels[0, 5].item() == model.tokenizer.eos_token_id
@@ -121,8 +121,8 @@ def test_answer_stage_reads_generated_not_gold_rationales(model, monkeypatch):
     images, records = model_images(model), valid_records()
     generated = model.rationales(images, records, "generated", max_new_tokens=6)
     seen = []
-    original = model._encoder_inputs
-    monkeypatch.setattr(model, "_encoder_inputs", lambda texts, device: seen.append(texts) or original(texts, device))
+    original = model.processor.encoder_inputs
+    monkeypatch.setattr(model.processor, "encoder_inputs", lambda texts: seen.append(texts) or original(texts))
     results = model.run(images, records, max_new_tokens=6)
     answer_inputs = seen[-1]
     assert answer_inputs == [qcm_input(r, g) for r, g in zip(records, generated)]
@@ -135,7 +135,8 @@ def test_answer_stage_reads_generated_not_gold_rationales(model, monkeypatch):
 def test_teacher_forced_rationales_are_the_argmax_given_the_gold_rationale(model):
     model.eval()
     images, records = model_images(model, 2), valid_records(2)
-    logits, labels, _ = model.stage_logits("rationale", images, records)
+    tensors = model.processor.stage_tensors("rationale", records)
+    logits, labels = model.stage_logits("rationale", images, **tensors), tensors["labels"]
     forced = model.rationales(images, records, "teacher_forced")
     assert len(forced) == 2
     first = logits[0].argmax(-1)[labels[0] != IGNORE_INDEX]

@@ -26,8 +26,9 @@ from mmreason.build import build_model
 from mmreason.data.schema import validate_record
 from mmreason.export import load_export, save_export
 from mmreason.layers.mamba import MambaStack
-from mmreason.models.baseline import IGNORE_INDEX, VisionLanguageModel
+from mmreason.models.baseline import VisionLanguageModel
 from mmreason.models.meteor import CausalTransformerEmbedder, Meteor
+from mmreason.models.processor import IGNORE_INDEX
 from mmreason.text.tor import RationaleTooShort
 from mmreason.zoo import merge_config
 
@@ -57,7 +58,7 @@ def test_both_prompts_hold_n_tor_and_labels_skip_them(model):
     tok, records = model.tokenizer, valid_records(2)
     for step in (1, 2):
         model.step = step
-        inputs = model.training_inputs(records)
+        inputs = model.processor.training_inputs(records)
         for ids, labels, traversal in zip(inputs["input_ids"], inputs["labels"], inputs["traversal_ids"]):
             assert int((ids == model.tor_token_id).sum()) == int((traversal == model.tor_token_id).sum()) == N
             assert int((ids == model.image_token_id).sum()) == int((traversal == model.image_token_id).sum()) == 16
@@ -72,7 +73,7 @@ def test_both_prompts_hold_n_tor_and_labels_skip_them(model):
             else:  # bare <tor> and the answer as target
                 assert text.endswith("solution : <tor> <tor> <tor>") and "i see" not in text
                 assert target.startswith("<answer>")
-    generation = model.generation_inputs(records)["input_ids"]
+    generation = model.processor.generation_inputs(records)["input_ids"]
     assert ((generation == model.tor_token_id).sum(1) == N).all()
 
 
@@ -178,7 +179,7 @@ def test_too_short_rationales_are_skipped_and_counted_in_step_one(model):
     records[1].rationale = "i see a circle"  # 4 words: 3 <tor> evenly need at least 6
     out = model.batch_loss(model_images(model, 3), records)
     assert out["skipped"] == 1 and torch.isfinite(out["loss"])
-    inputs = model.training_inputs(records, skip_too_long=True)
+    inputs = model.processor.training_inputs(records, skip_too_long=True)
     assert inputs["rows"].tolist() == [0, 2] and len(inputs["traversal_ids"]) == 2
     with pytest.raises(RationaleTooShort, match="every rationale of the batch is too short"):
         model.batch_loss(model_images(model, 1), records[1:2])
@@ -193,9 +194,9 @@ def test_generation_never_emits_image_or_tor(model):
     images, records = model_images(model, 2), valid_records(2)
     with torch.no_grad():  # make <image> and <tor> the backbone's favourite outputs (tied embeddings)
         model.lm.get_output_embeddings().weight[[model.image_token_id, model.tor_token_id]] *= 1000
-    inputs = model.generation_inputs(records)
+    inputs = model.processor.generation_inputs(records)
     with torch.no_grad():
-        embeds = model.embed(images, inputs["input_ids"], **model.traversal_inputs(records, with_rationale=False))
+        embeds = model.embed(images, inputs["input_ids"], **model.processor.traversal_inputs(records, with_rationale=False))
         raw = model.lm.generate(inputs_embeds=embeds, attention_mask=inputs["attention_mask"], max_new_tokens=8,
                                 do_sample=False, pad_token_id=model.tokenizer.pad_token_id)
     assert bool(((raw == model.tor_token_id) | (raw == model.image_token_id)).any())  # unsuppressed: they come
@@ -222,7 +223,7 @@ def test_no_embedder_is_the_baseline(tiny_tokenizer):
     baseline.load_state_dict(meteor.state_dict())  # strict: exactly the baseline's parts
     images, records = model_images(meteor, 2), valid_records(2)
     inputs = training_tensors(meteor, records)
-    assert all(torch.equal(v, baseline.training_inputs(records)[k]) for k, v in inputs.items())
+    assert all(torch.equal(v, baseline.processor.training_inputs(records)[k]) for k, v in inputs.items())
     assert torch.equal(meteor(images, **inputs).logits, baseline(images, **inputs).logits)
     with pytest.raises(ValueError, match="traversal.embedder 'none'"):
         meteor.tor_features(images, records, with_rationale=False)

@@ -19,7 +19,8 @@ from conftest import (
 from mmreason.data.schema import validate_record
 from mmreason.export import ExportError, load_export, save_export
 from mmreason.layers.projector import build_projector
-from mmreason.models.baseline import IGNORE_INDEX, PromptTooLong, VisionLanguageModel
+from mmreason.models.baseline import VisionLanguageModel
+from mmreason.models.processor import IGNORE_INDEX, PromptTooLong
 from mmreason.training.sft import SFTModule
 from mmreason.zoo import merge_config
 
@@ -32,7 +33,7 @@ def model(tiny_tokenizer):
 
 def test_labels_cover_only_the_target(model):
     records = valid_records(2)
-    inputs = model.training_inputs(records)
+    inputs = model.processor.training_inputs(records)
     tok = model.tokenizer
     for row, labels, mask in zip(inputs["input_ids"], inputs["labels"], inputs["attention_mask"]):
         supervised = labels[labels != IGNORE_INDEX].tolist()
@@ -112,9 +113,9 @@ def test_prompt_that_would_cut_image_tokens_fails_early(tiny_tokenizer):
     config = merge_config(TINY_TEST_CONFIG, {"max_length": 20})
     model = VisionLanguageModel(config, tokenizer=tiny_tokenizer)
     with pytest.raises(PromptTooLong, match=r"needs \d+ tokens \(16 image tokens"):
-        model.training_inputs(valid_records(1))
+        model.processor.training_inputs(valid_records(1))
     with pytest.raises(PromptTooLong, match=r"needs \d+ tokens \(16 image tokens"):
-        model.generation_inputs(valid_records(1))
+        model.processor.generation_inputs(valid_records(1))
 
 
 def test_training_skips_and_counts_samples_whose_prompt_is_too_long(model):
@@ -122,7 +123,7 @@ def test_training_skips_and_counts_samples_whose_prompt_is_too_long(model):
     records[1].question = "is there " * 60 + "a red circle?"
     out = model.batch_loss(model_images(model, 3), records)
     assert out["skipped"] == 1 and torch.isfinite(out["loss"])
-    assert model.training_inputs(records, skip_too_long=True)["rows"].tolist() == [0, 2]
+    assert model.processor.training_inputs(records, skip_too_long=True)["rows"].tolist() == [0, 2]
     with pytest.raises(PromptTooLong, match="every prompt of the batch exceeds"):
         model.batch_loss(model_images(model, 1), records[1:2])
 
@@ -131,7 +132,7 @@ def test_shared_prefill_for_k_samples_matches_a_plain_prefill(model):
     model.eval()
     records = [validate_record({**make_record(0), "question": "is there a red circle at the left?"}),
                validate_record(make_record(1))]  # different lengths: the shorter row is left-padded
-    inputs = model.generation_inputs(records)
+    inputs = model.processor.generation_inputs(records)
     embeds, mask = model.embed(model_images(model, 2), inputs["input_ids"]), inputs["attention_mask"]
     assert int(mask[1].sum()) < int(mask[0].sum())
     settings = dict(max_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True,
@@ -165,7 +166,7 @@ def test_fine_tuning_starts_from_an_export_and_refuses_architecture_changes(mode
     assert module.model.output_format == "answer" and module.model.training
     records = valid_records(1)
     text = module.model.tokenizer.decode(
-        [t for t in module.model.training_inputs(records)["labels"][0].tolist() if t != IGNORE_INDEX])
+        [t for t in module.model.processor.training_inputs(records)["labels"][0].tolist() if t != IGNORE_INDEX])
     assert text.startswith("<answer>")
     for name, value in model.state_dict().items():
         assert torch.equal(module.model.state_dict()[name], value)

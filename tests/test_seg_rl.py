@@ -73,7 +73,7 @@ def test_box_answers_learn_the_target_and_its_promptable_mask(tiny_tokenizer):
     torch.manual_seed(0)
     model = StarSegmenter(BOX_CONFIG, tokenizer=tiny_tokenizer)
     images, records, masks = model_images(model, 2), [_seg_record(0), _seg_record(1)], square_masks(2)
-    inputs = model.training_inputs([r for r in records])  # without masks, no box to say yet
+    inputs = model.processor.training_inputs([r for r in records])  # without masks, no box to say yet
     assert "object" not in model.tokenizer.decode(inputs["labels"][0][inputs["labels"][0] >= 0])
     losses, out = train_steps(model, images, records, steps=80, lr=5e-3, masks=masks)
     assert losses[-1] < 0.2 * losses[0] and float(out["mask_dice"]) < 0.3

@@ -43,10 +43,10 @@ def square_masks(n: int) -> torch.Tensor:
 
 
 def test_segmentation_answers_end_with_seg_and_others_do_not(model):
-    assert model.target_text(_seg_record(0)) == "<answer> the red circle <seg> </answer>"
-    assert model.target_text(validate_record(make_record(0))) == "<answer> yes </answer>"
+    assert model.processor.target_text(_seg_record(0)) == "<answer> the red circle <seg> </answer>"
+    assert model.processor.target_text(validate_record(make_record(0))) == "<answer> yes </answer>"
     empty = validate_record({**make_record(0), "task": "seg", "answer": ""})  # ReasonSeg: the mask is the answer
-    assert model.target_text(empty) == "<answer> <seg> </answer>"
+    assert model.processor.target_text(empty) == "<answer> <seg> </answer>"
 
 
 def test_the_state_before_seg_prompts_the_decoder(model):

@@ -62,6 +62,7 @@ class ShardDataModule(L.LightningDataModule):
         self.epoch_samples, self.allow_pipe, self.synth = epoch_samples, allow_pipe, synth
         # image size and normalisation are set by the model in its setup(); only the pixel limit is ours
         self.preprocess = Preprocess(max_pixels=max_pixels)
+        self.processor = None  # the model's batch processor, set by the training module; runs in the workers
 
     def prepare_data(self) -> None:
         if self.synth is None:
@@ -90,7 +91,7 @@ class ShardDataModule(L.LightningDataModule):
         stream, _ = train_stream(
             self._urls(self.train, "train"), self.preprocess, self.batch_size, rank, world,
             self.num_workers, self.epoch_samples, self.seed, self.shuffle_buffer, self.length_group,
-            self.max_consecutive_skips,
+            self.max_consecutive_skips, self.processor,
         )
         trainer = getattr(self, "trainer", None)
         epoch_fn = (lambda: trainer.current_epoch) if trainer is not None else None

@@ -323,11 +323,14 @@ def _shuffle(source: Iterator[dict], bufsize: int, rng: random.Random) -> Iterat
 
 
 class TrainStream(torch.utils.data.IterableDataset):
-    """Endless resampled shards cut into epochs of exactly ``batches_per_worker`` batches."""
+    """Endless resampled shards cut into epochs of exactly ``batches_per_worker`` batches, each passed
+    through ``processor`` (a model's :meth:`~mmreason.models.base.ZooModel.batch_processor`) when set."""
 
     def __init__(self, urls, preprocess, batch_size, batches_per_worker, rank, seed=0, shuffle_buffer=500,
-                 length_group=1, max_consecutive_skips: int | None = MAX_CONSECUTIVE_SKIPS):
+                 length_group=1, max_consecutive_skips: int | None = MAX_CONSECUTIVE_SKIPS,
+                 processor: Callable[[dict], dict] | None = None):
         super().__init__()
+        self.processor = processor
         self.length_group, self.max_consecutive_skips = length_group, max_consecutive_skips
         self.urls, self.preprocess, self.batch_size = urls, preprocess, batch_size
         self.batches_per_worker, self.rank, self.seed = batches_per_worker, rank, seed
@@ -347,6 +350,8 @@ class TrainStream(torch.utils.data.IterableDataset):
         raw = wds.tarfile_samples(shard_urls(), handler=lambda exn: _tar_error_handler(exn, guard))
         samples = _shuffle(decode_stream(raw, self.preprocess, guard), self.shuffle_buffer, rng)
         batches = _length_grouped(samples, self.batch_size, self.length_group, rng)
+        if self.processor is not None:  # the model's tensors, made here in the loader worker
+            batches = map(self.processor, batches)
         yield from islice(batches, self.batches_per_worker)
 
 
@@ -403,8 +408,8 @@ def _check_batch_size(batch_size) -> None:
 
 
 def train_stream(urls, preprocess, batch_size, rank=0, world_size=1, num_workers=0, epoch_samples=None, seed=0,
-                 shuffle_buffer=500, length_group=1,
-                 max_consecutive_skips: int | None = MAX_CONSECUTIVE_SKIPS) -> tuple[TrainStream, int]:
+                 shuffle_buffer=500, length_group=1, max_consecutive_skips: int | None = MAX_CONSECUTIVE_SKIPS,
+                 processor: Callable[[dict], dict] | None = None) -> tuple[TrainStream, int]:
     """A training stream and its number of batches per epoch on each rank.
 
     ``length_group`` > 1 batches together samples of similar text length (see :func:`_length_grouped`).
@@ -421,7 +426,7 @@ def train_stream(urls, preprocess, batch_size, rank=0, world_size=1, num_workers
     workers = max(1, num_workers)
     per_worker = max(1, epoch_samples // (batch_size * world_size * workers))
     stream = TrainStream(urls, preprocess, batch_size, per_worker, rank, seed, shuffle_buffer, length_group,
-                         max_consecutive_skips)
+                         max_consecutive_skips, processor)
     return stream, per_worker * workers
 
 

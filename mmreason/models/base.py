@@ -34,7 +34,8 @@ class ZooModel(nn.Module):
     fine-tuning run may still change), ``init_parts``/:meth:`part_modules` (what can start from an
     export) and ``response_options`` (what :meth:`respond` takes beyond ``max_new_tokens``), and
     implement ``batch_loss``, ``predict``, :meth:`respond` when they do not answer by ``answer_batch``,
-    and their capabilities' methods.
+    and their capabilities' methods. Records become tensors in :meth:`batch_processor`'s object (in
+    the loader workers when training), not in the model's forward.
     """
 
     family: str = ""
@@ -91,8 +92,17 @@ class ZooModel(nn.Module):
         """Whether :meth:`respond` returns a generated ``rationale`` to score apart from the answer."""
         return False
 
+    def batch_processor(self):
+        """What turns a training batch's records into this model's tensors in the loader workers
+        (a picklable :class:`~mmreason.models.processor.BatchProcessor`), or None when the model
+        prepares them itself (e.g. from the images, as the crop policy's gold trajectories)."""
+        return None
+
     def loss(self, batch: dict) -> dict[str, torch.Tensor]:
-        """Training loss and its metrics on a loader batch (``images`` already on the model's device)."""
+        """Training loss and its metrics on a loader batch (``images`` already on the model's device;
+        ``inputs``, where a loader worker ran :meth:`batch_processor`, the records' tensors)."""
+        if "inputs" in batch:
+            return self.batch_loss(batch["images"], batch["records"], inputs=batch["inputs"])
         return self.batch_loss(batch["images"], batch["records"])
 
 

@@ -22,13 +22,12 @@ from mmreason.layers.projector import build_projector
 from mmreason.layers.vision import VisionEncoder
 from mmreason.models.base import ZooModel, freeze
 from mmreason.models.config_schema import VLM
-from mmreason.text.prompts import OUTPUT_FORMATS, target_text, user_prompt
+from mmreason.models.processor import IGNORE_INDEX, PromptProcessor
 from mmreason.text.tokenizer import build_tokenizer
 from mmreason.zoo import merge_config, register_family, register_model
 
 log = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
 IMAGE_POSITIONS = ("none", "sincos2d")
 
 TINY_CONFIG = {
@@ -48,10 +47,6 @@ TINY_CONFIG = {
 }
 
 
-class PromptTooLong(ValueError):
-    """The prompt (image tokens included) does not fit ``max_length``."""
-
-
 @register_family("baseline")
 class VisionLanguageModel(ZooModel):
     config_schema = VLM
@@ -63,9 +58,6 @@ class VisionLanguageModel(ZooModel):
         tower's or language model's own weights."""
         super().__init__()
         self.config = copy.deepcopy(config)
-        if config.get("output_format", "cot") not in OUTPUT_FORMATS:
-            raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}, got {config['output_format']!r}")
-        self.output_format = config.get("output_format", "cot")
         self.max_length = int(config.get("max_length", 512))
         self.preprocess = Preprocess.from_dict({**Preprocess().to_dict(), **config.get("preprocess", {})})
         language = dict(config["language"])
@@ -91,7 +83,24 @@ class VisionLanguageModel(ZooModel):
             raise ValueError(f"image_position must be one of {IMAGE_POSITIONS}, got {position!r}")
         codes = sincos_2d(self.num_image_tokens, self.lm.config.hidden_size) if position == "sincos2d" else None
         self.register_buffer("image_position_codes", codes, persistent=False)
-        self.image_token_id = self.tokenizer.convert_tokens_to_ids("<image>")
+        self.processor = self.build_processor(config)
+        self.image_token_id = self.processor.image_token_id
+
+    def build_processor(self, config: dict) -> PromptProcessor:
+        """Records → this model's token tensors (families with their own prompts or targets override)."""
+        return PromptProcessor(self.tokenizer, self.num_image_tokens, self.max_length,
+                               config.get("output_format", "cot"))
+
+    @property
+    def output_format(self) -> str:
+        return self.processor.output_format
+
+    @output_format.setter
+    def output_format(self, value: str) -> None:
+        self.processor.output_format = value
+
+    def batch_processor(self) -> PromptProcessor:
+        return self.processor
 
     def part_modules(self, part: str) -> list[nn.Module]:
         modules = {"vision": self.vision, "projector": self.projector, "language": self.lm}
@@ -108,71 +117,6 @@ class VisionLanguageModel(ZooModel):
             features = features + self.image_position_codes.to(features.dtype)
         return features
 
-    def _prompt_ids(self, records: list[Record], skip_too_long: bool = False) -> list[list[int] | None]:
-        """Prompt ids with the image tokens expanded; a prompt over ``max_length`` raises, or is None
-        when ``skip_too_long`` (training streams skip such samples instead of stopping)."""
-        prompts = [user_prompt(r.question, r.choices) for r in records]
-        encoded = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
-        out: list[list[int] | None] = []
-        for ids in encoded:
-            at = ids.index(self.image_token_id)
-            ids = [self.tokenizer.bos_token_id, *ids[:at], *[self.image_token_id] * self.num_image_tokens,
-                   *ids[at + 1 :]]
-            if len(ids) > self.max_length and skip_too_long:
-                out.append(None)
-                continue
-            if len(ids) > self.max_length:
-                raise PromptTooLong(
-                    f"prompt needs {len(ids)} tokens ({self.num_image_tokens} image tokens + "
-                    f"{len(ids) - self.num_image_tokens} text tokens) but max_length is {self.max_length}; "
-                    "raise max_length or shorten the question"
-                )
-            out.append(ids)
-        return out
-
-    def training_inputs(self, records: list[Record], skip_too_long: bool = False) -> dict[str, torch.Tensor]:
-        """Right-padded prompt+target ids with labels -100 everywhere but the target (and EOS).
-
-        ``rows`` holds the indices of the records kept (all of them unless ``skip_too_long``).
-        """
-        prompts = self._prompt_ids(records, skip_too_long)
-        kept = [i for i, p in enumerate(prompts) if p is not None]
-        if not kept:
-            raise PromptTooLong(f"every prompt of the batch exceeds max_length={self.max_length}")
-        targets = self.tokenizer([self.target_text(records[i]) for i in kept],
-                                 add_special_tokens=False)["input_ids"]
-        rows, labels = [], []
-        for i, t in zip(kept, targets):
-            p = prompts[i]
-            t = [*t, self.tokenizer.eos_token_id][: self.max_length - len(p)]
-            rows.append(p + t)
-            labels.append([IGNORE_INDEX] * len(p) + t)
-        return {**self._pad(rows, labels, left=False), "rows": torch.tensor(kept)}
-
-    def target_text(self, record: Record) -> str:
-        """What the model learns to write for ``record`` (families add their own tokens)."""
-        return target_text(record, self.output_format)
-
-    def generation_inputs(self, records: list[Record]) -> dict[str, torch.Tensor]:
-        return self._pad(self._prompt_ids(records), None, left=True)
-
-    def _pad(self, rows, labels, left: bool) -> dict[str, torch.Tensor]:
-        width = max(len(r) for r in rows)
-        pad = self.tokenizer.pad_token_id
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        lab = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-        for i, row in enumerate(rows):
-            span = slice(width - len(row), width) if left else slice(0, len(row))
-            ids[i, span] = torch.tensor(row)
-            mask[i, span] = 1
-            if labels is not None:
-                lab[i, span] = torch.tensor(labels[i])
-        out = {"input_ids": ids, "attention_mask": mask}
-        if labels is not None:
-            out["labels"] = lab
-        return out
-
     def embed(self, images: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         embeds = self.lm.get_input_embeddings()(input_ids)
         return splice_image_features(embeds, input_ids, self.image_token_id, self.encode_images(images))
@@ -181,10 +125,14 @@ class VisionLanguageModel(ZooModel):
     def forward(self, images, input_ids, attention_mask, labels=None):
         return self.lm(inputs_embeds=self.embed(images, input_ids), attention_mask=attention_mask, labels=labels)
 
-    def batch_loss(self, images: torch.Tensor, records: list[Record]) -> dict[str, torch.Tensor]:
-        """Loss, token accuracy and token counts for one batch; samples whose prompt exceeds
-        ``max_length`` are skipped, logged and counted (``skipped``) rather than stopping training."""
-        inputs = {k: v.to(images.device) for k, v in self.training_inputs(records, skip_too_long=True).items()}
+    def batch_loss(self, images: torch.Tensor, records: list[Record],
+                   inputs: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Loss, token accuracy and token counts for one batch (``inputs``: the processor's tensors of
+        ``records`` when a loader worker made them); samples whose prompt exceeds ``max_length`` are
+        skipped, logged and counted (``skipped``) rather than stopping training."""
+        if inputs is None:
+            inputs = self.processor.training_inputs(records, skip_too_long=True)
+        inputs = {k: v.to(images.device) for k, v in inputs.items()}
         rows = inputs.pop("rows")
         skipped = len(records) - len(rows)
         if skipped:
@@ -217,7 +165,7 @@ class VisionLanguageModel(ZooModel):
                      do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
                      num_return_sequences: int = 1, **extra) -> torch.Tensor:
         """:meth:`generate` as token ids: (B×K, new tokens), padded after EOS."""
-        inputs = {k: v.to(images.device) for k, v in self.generation_inputs(records).items()}
+        inputs = {k: v.to(images.device) for k, v in self.processor.generation_inputs(records).items()}
         ids, mask = inputs.pop("input_ids"), inputs.pop("attention_mask")
         embeds = self.embed(images, ids, **inputs)  # a family's extra inputs (e.g. Meteor's traversal) go along
         sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else {

@@ -35,15 +35,11 @@ from mmreason.layers.language import build_language_model
 from mmreason.layers.logit_voting import fuse_pass_logits
 from mmreason.layers.vision import VisionEncoder
 from mmreason.models.base import ANSWERS, CACHED_FEATURES, PIPELINE, ZooModel
-from mmreason.models.baseline import IGNORE_INDEX
 from mmreason.models.baseline import TINY_CONFIG as BASELINE_TINY
 from mmreason.models.config_schema import LANGUAGE, LEAF, PREPROCESS, VISION
-from mmreason.text.prompts import (
-    answer_sentence,
-    qcm_input,
-    rationale_target,
-    strip_rationale_cue,
-)
+from mmreason.models.mccot_processor import MCCoTProcessor
+from mmreason.models.processor import IGNORE_INDEX
+from mmreason.text.prompts import strip_rationale_cue
 from mmreason.text.tokenizer import build_tokenizer
 from mmreason.zoo import merge_config, register_family, register_model
 
@@ -169,6 +165,7 @@ class MCCoT(ZooModel):
         self.train_stage = config.get("train_stage", stages[-1])
         if self.train_stage not in self.stages:
             raise ValueError(f"train_stage {self.train_stage!r} is not one of this model's stages {stages}")
+        self.processor = MCCoTProcessor(self.tokenizer, self.max_length, self.max_target_length, self.train_stage)
 
     @property
     def lm(self) -> nn.Module:
@@ -210,73 +207,48 @@ class MCCoT(ZooModel):
         """Train ``name``; every other stage is frozen."""
         if name not in self.stages:
             raise ValueError(f"train_stage {name!r} is not one of this model's stages {list(self.stages)}")
-        self.train_stage = self.config["train_stage"] = name
+        self.train_stage = self.config["train_stage"] = self.processor.train_stage = name
         for stage_name, stage in self.stages.items():
             stage.requires_grad_(stage_name == name)
             if stage_name == name and stage.frozen_vision:
                 stage.vision.requires_grad_(False)
 
-    # ---- tensors ------------------------------------------------------------------------------
-    def _encoder_inputs(self, texts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Right-padded encoder ids ending in EOS; long inputs keep their first ``max_length`` tokens."""
-        encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-        rows = [ids[: self.max_length - 1] + [self.tokenizer.eos_token_id] for ids in encoded]
-        return self._pad(rows, self.tokenizer.pad_token_id, device)
+    def batch_processor(self) -> MCCoTProcessor:
+        return self.processor
 
-    def _labels(self, texts: list[str], device) -> torch.Tensor:
-        """Target ids + EOS, padded with -100 so padding never counts in the loss."""
-        encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-        rows = [(ids + [self.tokenizer.eos_token_id])[: self.max_target_length] for ids in encoded]
-        return self._pad(rows, IGNORE_INDEX, device)[0]
-
-    @staticmethod
-    def _pad(rows: list[list[int]], value: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), value, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = torch.tensor(row)
-            mask[i, : len(row)] = 1
-        return ids.to(device), mask.to(device)
-
-    def stage_inputs(self, stage: str, records: list[Record], rationales: list[str] | None = None) -> list[str]:
-        """Encoder inputs of a stage; the answer stage reads ``rationales`` (gold by default)."""
-        if stage != "answer":
-            return [qcm_input(r) for r in records]
-        rationales = rationales if rationales is not None else [r.rationale or "" for r in records]
-        return [qcm_input(r, q) for r, q in zip(records, rationales)]
-
-    def stage_targets(self, stage: str, records: list[Record]) -> list[str]:
-        if stage == "rationale":
-            return [rationale_target(r.rationale or "") for r in records]
-        return [answer_sentence(r) for r in records]
+    def encoder_inputs(self, stage: str, records: list[Record], device,
+                       rationales: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids, mask) of ``stage``'s encoder input on ``device``."""
+        inputs = self.processor.encoder_inputs(self.processor.stage_inputs(stage, records, rationales))
+        return inputs["input_ids"].to(device), inputs["attention_mask"].to(device)
 
     # ---- training -----------------------------------------------------------------------------
-    def stage_logits(self, stage: str, visual: torch.Tensor, records: list[Record],
-                     rationales: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(fused logits, labels, encoder mask) of ``stage`` on gold targets; in training mode the
-        decoder runs ``passes`` times on one encoding."""
+    def stage_logits(self, stage: str, visual: torch.Tensor, input_ids: torch.Tensor,
+                     attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Fused logits of ``stage`` on its gold targets (:meth:`MCCoTProcessor.stage_tensors`); in
+        training mode the decoder runs ``passes`` times on one encoding."""
         module = self.stages[stage]
-        ids, mask = self._encoder_inputs(self.stage_inputs(stage, records, rationales), visual.device)
-        labels = self._labels(self.stage_targets(stage, records), visual.device)
-        encoded = module.encode(module.image_features(visual), ids, mask)
+        encoded = module.encode(module.image_features(visual), input_ids, attention_mask)
         passes = self.passes if self.training else 1
-        logits = fuse_pass_logits(module.pass_logits(encoded, mask, labels, passes), self.alpha, self.vote)
-        return logits, labels, mask
+        return fuse_pass_logits(module.pass_logits(encoded, attention_mask, labels, passes), self.alpha, self.vote)
 
-    def batch_loss(self, visual: torch.Tensor, records: list[Record]) -> dict:
-        """Cross-entropy of the training stage on the fused logits, with token accuracy and counts."""
-        skipped, weight = 0, 1.0
-        if self.train_stage in ("rationale", "answer"):  # both learn from gold rationales
-            kept = [i for i, r in enumerate(records) if r.rationale]
-            skipped = len(records) - len(kept)
-            if skipped:
-                log.warning("skipped %d sample(s) without a rationale", skipped)
-            if not kept:  # nothing to learn from: a zero loss keeps every rank's step in lockstep
-                weight = 0.0
-            elif skipped:
-                records, visual = [records[i] for i in kept], visual[kept]
-        logits, labels, mask = self.stage_logits(self.train_stage, visual, records)
+    def batch_loss(self, visual: torch.Tensor, records: list[Record],
+                   inputs: dict[str, torch.Tensor] | None = None) -> dict:
+        """Cross-entropy of the training stage on the fused logits, with token accuracy and counts
+        (``inputs``: the processor's tensors of ``records`` when a loader worker made them)."""
+        if inputs is None:
+            inputs = self.processor.training_inputs(records)
+        inputs = {k: v.to(visual.device) for k, v in inputs.items()}
+        rows = inputs.pop("rows")
+        skipped, weight = len(records) - len(rows), 1.0
+        if skipped:
+            log.warning("skipped %d sample(s) without a rationale", skipped)
+        if not len(rows):  # nothing to learn from: a zero loss keeps every rank's step in lockstep
+            weight = 0.0
+        elif skipped:
+            visual = visual[rows]
+        labels, mask = inputs["labels"], inputs["attention_mask"]
+        logits = self.stage_logits(self.train_stage, visual, **inputs)
         loss = weight * F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
         valid = labels != IGNORE_INDEX
         n_tokens = valid.sum()
@@ -305,12 +277,13 @@ class MCCoT(ZooModel):
         if source == "gold":
             texts = [r.rationale or "" for r in records]
         elif source == "teacher_forced":
-            logits, labels, _ = self.stage_logits("rationale", visual, records)
+            tensors = {k: v.to(visual.device) for k, v in self.processor.stage_tensors("rationale", records).items()}
+            logits, labels = self.stage_logits("rationale", visual, **tensors), tensors["labels"]
             predicted = logits.argmax(-1).masked_fill(labels == IGNORE_INDEX, self.tokenizer.pad_token_id)
             texts = [strip_rationale_cue(t) for t in self._decode(predicted)]
         else:
             module = self.stages["rationale"]
-            ids, mask = self._encoder_inputs(self.stage_inputs("rationale", records), visual.device)
+            ids, mask = self.encoder_inputs("rationale", records, visual.device)
             encoded = module.encode(module.image_features(visual), ids, mask)
             out = module.generate(encoded, mask, max_new_tokens or self.max_target_length, samples, temperature,
                                   top_p, sample)
@@ -328,7 +301,7 @@ class MCCoT(ZooModel):
             k = len(rationales) // len(records)
             records = [r for r in records for _ in range(k)]
             features = features.repeat_interleave(k, dim=0)
-        ids, mask = self._encoder_inputs(self.stage_inputs(stage, records, rationales), visual.device)
+        ids, mask = self.encoder_inputs(stage, records, visual.device, rationales)
         return self._decode(module.generate(module.encode(features, ids, mask), mask, max_new_tokens))
 
     @torch.no_grad()

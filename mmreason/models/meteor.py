@@ -13,11 +13,8 @@ tokenizer, preprocessing, batched generation), subclassed here. The vision
 encoder runs once per batch; its patch tokens feed both the backbone (baseline
 projector) and the embedder (a second projector to the embedder's width).
 
-Prompts (word tokenizer; "rationale" is not in its vocabulary, so the embedder's
-cue is the template's existing ``solution :``)::
-
-    embedder:  <image>×K question : {question} [choices : …] solution : {rationale with <tor>×N | <tor>×N}
-    backbone:  <s> <tor>×N <image>×K question : {question} [choices : …] answer :
+Prompts (:mod:`mmreason.models.meteor_processor`; word tokenizer: "rationale" is not in its
+vocabulary, so the embedder's cue is the template's existing ``solution :``).
 
 Training (``step``; upstream released no training code, so this is our reading):
 
@@ -44,9 +41,6 @@ Mamba computes in float32 whatever the autocast (see :mod:`mmreason.layers.mamba
 
 from __future__ import annotations
 
-import logging
-import random
-
 import torch
 from torch import nn
 from transformers import MambaConfig
@@ -56,13 +50,11 @@ from mmreason.layers.language import resolve_path, splice_image_features
 from mmreason.layers.mamba import MambaStack
 from mmreason.layers.projector import build_projector
 from mmreason.models.baseline import TINY_CONFIG as BASELINE_TINY
-from mmreason.models.baseline import PromptTooLong, VisionLanguageModel
+from mmreason.models.baseline import VisionLanguageModel
 from mmreason.models.config_schema import ANY, LEAF, VLM
-from mmreason.text.prompts import RATIONALE_CUE, format_choices
-from mmreason.text.tor import PLACEMENTS, TOR_TOKEN, RationaleTooShort, bare_tor, insert_tor
+from mmreason.models.meteor_processor import MeteorProcessor
+from mmreason.text.tor import PLACEMENTS, TOR_TOKEN
 from mmreason.zoo import merge_config, register_family, register_model
-
-log = logging.getLogger(__name__)
 
 EMBEDDERS = ("mamba", "transformer", "none")
 STEPS = (1, 2)
@@ -84,11 +76,6 @@ TINY_CONFIG = merge_config(BASELINE_TINY, {
     "traversal": {"embedder": "mamba", "mamba": {"hidden_size": 64, "state_size": 4, "num_hidden_layers": 2,
                                                  "expand": 2}, "num_tor": 10, "placement": "even"},
 })
-
-
-def traversal_prompt(record: Record, tor_text: str) -> str:
-    """What the embedder reads: image, question (and choices), then the cue and the `<tor>`-bearing text."""
-    return f"<image> question : {record.question.strip()}{format_choices(record.choices)} {RATIONALE_CUE} {tor_text}"
 
 
 def token_mask(ids: torch.Tensor, token_id: int, count: int, token: str) -> torch.Tensor:
@@ -157,14 +144,19 @@ class Meteor(VisionLanguageModel):
         self.num_tor, self.placement = int(spec["num_tor"]), spec["placement"]
         if self.num_tor < 1 or (self.placement == "even" and self.num_tor < 2):
             raise ValueError(f"traversal.num_tor must be >= 1 (>= 2 for placement 'even'), got {self.num_tor}")
-        self.placement_rng = random.Random(spec["seed"])
-        self.tor_token_id = self.tokenizer.convert_tokens_to_ids(TOR_TOKEN)
+        self.tor_token_id = self.processor.tor_token_id
         self.traversal = self._build_traversal(spec)
         if self.traversal is not None:
             width = self.traversal.embeddings.embedding_dim
             self.traversal_projector = build_projector("mlp2x_gelu", self.vision.width, width)
             self.tor_projector = build_projector("mlp2x_gelu", width, self.lm.config.hidden_size)
         self.step = config.get("step", 1)
+
+    def build_processor(self, config: dict) -> MeteorProcessor:
+        spec = merge_config(DEFAULT_TRAVERSAL, config.get("traversal", {}))
+        return MeteorProcessor(self.tokenizer, self.num_image_tokens, self.max_length,
+                               config.get("output_format", "cot"), spec["embedder"] != "none",
+                               int(spec["num_tor"]), spec["placement"], spec["seed"], config.get("step", 1) == 1)
 
     def _build_traversal(self, spec: dict) -> nn.Module | None:
         """The embedder; a checkpoint's Mamba fields replace ``traversal.mamba`` in ``self.config``
@@ -193,46 +185,11 @@ class Meteor(VisionLanguageModel):
         if value not in STEPS:
             raise ValueError(f"step must be one of {STEPS} (1: traversal pre-training, 2: answering), got {value!r}")
         self._step = self.config["step"] = value
+        self.processor.read_rationale = value == 1
         if self.traversal is not None:
             self.output_format = self.config["output_format"] = "cot" if value == 1 else "answer"
             for part in (self.vision, self.projector, self.lm):
                 part.requires_grad_(value != 1)
-
-    # ---- the embedder's inputs --------------------------------------------------------------
-    def _traversal_text(self, record: Record, with_rationale: bool, skip_too_short: bool) -> str | None:
-        """The embedder's prompt text; None when the rationale is too short and ``skip_too_short``."""
-        if not with_rationale:
-            return traversal_prompt(record, bare_tor(self.num_tor))
-        try:
-            return traversal_prompt(record, insert_tor(record.rationale or "", self.num_tor, self.placement,
-                                                       self.placement_rng))
-        except RationaleTooShort:
-            if skip_too_short:
-                return None
-            raise
-
-    def _traversal_ids(self, records: list[Record], with_rationale: bool,
-                       skip_too_short: bool = False) -> list[list[int] | None]:
-        """Embedder prompt ids (image tokens expanded); None where a too-short rationale was skipped."""
-        texts = [self._traversal_text(r, with_rationale, skip_too_short) for r in records]
-        present = [t for t in texts if t is not None]
-        encoded = iter(self.tokenizer(present, add_special_tokens=False)["input_ids"] if present else [])
-        out: list[list[int] | None] = []
-        for text in texts:
-            ids = None if text is None else next(encoded)
-            if ids is not None:
-                at = ids.index(self.image_token_id)
-                ids = [*ids[:at], *[self.image_token_id] * self.num_image_tokens, *ids[at + 1 :]]
-            out.append(ids)
-        return out
-
-    def traversal_inputs(self, records: list[Record], with_rationale: bool) -> dict[str, torch.Tensor]:
-        """Right-padded embedder prompts: ``traversal_ids`` and ``traversal_mask``.
-
-        ``with_rationale`` places the `<tor>` in each rationale (raises RationaleTooShort
-        when one does not fit); otherwise the embedder reads N bare `<tor>`."""
-        padded = self._pad(self._traversal_ids(records, with_rationale), None, left=False)
-        return {"traversal_ids": padded["input_ids"], "traversal_mask": padded["attention_mask"]}
 
     def _traverse(self, patches: torch.Tensor, traversal_ids: torch.Tensor,
                   traversal_mask: torch.Tensor) -> torch.Tensor:
@@ -246,7 +203,8 @@ class Meteor(VisionLanguageModel):
     def tor_features(self, images: torch.Tensor, records: list[Record], with_rationale: bool) -> torch.Tensor:
         """(B, N, backbone width) `<tor>` features, read with or without the rationale (diagnostics)."""
         self._require_traversal("tor_features")
-        inputs = {k: v.to(images.device) for k, v in self.traversal_inputs(records, with_rationale).items()}
+        inputs = self.processor.traversal_inputs(records, with_rationale)
+        inputs = {k: v.to(images.device) for k, v in inputs.items()}
         return self._traverse(self.vision(images), **inputs)
 
     def _require_traversal(self, what: str) -> None:
@@ -254,46 +212,6 @@ class Meteor(VisionLanguageModel):
             raise ValueError(f"{what} needs a traversal embedder; this model has traversal.embedder 'none'")
 
     # ---- the backbone's inputs --------------------------------------------------------------
-    def _prompt_ids(self, records: list[Record], skip_too_long: bool = False) -> list[list[int] | None]:
-        """The baseline prompt with N `<tor>` after BOS; ``max_length`` counts them."""
-        prompts = super()._prompt_ids(records, skip_too_long)
-        if self.traversal is None:
-            return prompts
-        out: list[list[int] | None] = []
-        for ids in prompts:
-            if ids is not None:
-                ids = [ids[0], *[self.tor_token_id] * self.num_tor, *ids[1:]]
-            if ids is not None and len(ids) > self.max_length:
-                if not skip_too_long:
-                    raise PromptTooLong(f"prompt needs {len(ids)} tokens ({self.num_tor} {TOR_TOKEN} + "
-                                        f"{self.num_image_tokens} image tokens + text) but max_length is "
-                                        f"{self.max_length}; raise max_length or lower traversal.num_tor")
-                ids = None
-            out.append(ids)
-        return out
-
-    def training_inputs(self, records: list[Record], skip_too_long: bool = False) -> dict[str, torch.Tensor]:
-        """The baseline's tensors (N `<tor>` in the prompt) plus the embedder's ``traversal_ids/mask``.
-
-        Step 1 reads each rationale; with ``skip_too_long`` a rationale too short for the
-        placement drops its sample (and ``rows`` says which were kept), otherwise it raises.
-        """
-        if self.traversal is None:
-            return super().training_inputs(records, skip_too_long)
-        traversal = self._traversal_ids(records, with_rationale=self.step == 1, skip_too_short=skip_too_long)
-        kept = [i for i, ids in enumerate(traversal) if ids is not None]
-        if not kept:
-            raise RationaleTooShort(f"every rationale of the batch is too short for {self.num_tor} {TOR_TOKEN} "
-                                    f"placed {self.placement!r}; lower traversal.num_tor or use longer rationales")
-        if len(kept) < len(records):
-            log.warning("skipped %d sample(s) whose rationale is too short for %d %s placed %r",
-                        len(records) - len(kept), self.num_tor, TOR_TOKEN, self.placement)
-        inputs = super().training_inputs([records[i] for i in kept], skip_too_long)
-        rows = torch.tensor(kept)[inputs["rows"]]
-        padded = self._pad([traversal[i] for i in rows.tolist()], None, left=False)
-        return {**inputs, "traversal_ids": padded["input_ids"], "traversal_mask": padded["attention_mask"],
-                "rows": rows}
-
     def embed(self, images: torch.Tensor, input_ids: torch.Tensor, traversal_ids: torch.Tensor | None = None,
               traversal_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Backbone input embeddings: projected patches at `<image>`, projected embedder states at `<tor>`."""
@@ -301,7 +219,7 @@ class Meteor(VisionLanguageModel):
             return super().embed(images, input_ids)
         if traversal_ids is None:
             raise ValueError("Meteor.embed needs traversal_ids and traversal_mask "
-                             "(from training_inputs, generation_inputs or traversal_inputs)")
+                             "(from its processor's training_inputs, generation_inputs or traversal_inputs)")
         patches = self.vision(images)
         embeds = splice_image_features(self.lm.get_input_embeddings()(input_ids), input_ids, self.image_token_id,
                                        self.project_patches(patches))
@@ -322,13 +240,6 @@ class Meteor(VisionLanguageModel):
         kwargs["suppress_tokens"] = sorted({*(kwargs.get("suppress_tokens") or ()), self.image_token_id,
                                             self.tor_token_id})
         return super().generate(images, records, max_new_tokens, **kwargs)
-
-    def generation_inputs(self, records: list[Record]) -> dict[str, torch.Tensor]:
-        """The baseline's left-padded prompts plus the embedder's bare-`<tor>` inputs."""
-        inputs = super().generation_inputs(records)
-        if self.traversal is None:
-            return inputs
-        return {**inputs, **self.traversal_inputs(records, with_rationale=False)}
 
 
 register_model("meteor-tiny", "meteor", TINY_CONFIG,

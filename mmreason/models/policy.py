@@ -49,7 +49,7 @@ class TrajectoryPolicy:
         """Padded input embeddings and attention mask of prompt + completion per trajectory: the
         image's features at its first image tokens, each crop's features at the image tokens after it."""
         rows = [t.prompt + t.completion for t in trajectories]
-        padded = self._pad(rows, None, left=left)
+        padded = self.processor.pad(rows, left=left)
         ids = padded["input_ids"].to(images.device)
         embeds = self.lm.get_input_embeddings()(ids)
         image_features = self.project_patches(self.vision(images))

@@ -41,6 +41,7 @@ from mmreason.models.baseline import TINY_CONFIG as BASELINE_TINY
 from mmreason.models.baseline import VisionLanguageModel
 from mmreason.models.config_schema import LEAF, VLM
 from mmreason.models.policy import Trajectory, TrajectoryPolicy
+from mmreason.models.processor import PromptProcessor
 from mmreason.seg.answers import format_box_point, mask_box_point, parse_box_points
 from mmreason.seg.rewards import matched_ious
 from mmreason.seg.tts import aggregate_masks
@@ -62,6 +63,47 @@ def dice_loss(logits: torch.Tensor, targets: torch.Tensor, eps: float = 1.0) -> 
     return (1 - (2 * (probs * targets).sum(1) + eps) / (probs.sum(1) + targets.sum(1) + eps)).mean()
 
 
+class StarProcessor(PromptProcessor):
+    """The VLM's tensors, segmentation answers ending in ``<seg>`` or naming the target mask's box and
+    point (``box`` answers: read off the batch's masks, so the loader workers do it too)."""
+
+    def __init__(self, tokenizer, num_image_tokens: int, max_length: int, output_format: str, answer_kind: str):
+        if answer_kind not in ANSWER_KINDS:
+            raise ValueError(f"segmentation.answer must be one of {ANSWER_KINDS}, got {answer_kind!r}")
+        super().__init__(tokenizer, num_image_tokens, max_length, output_format)
+        self.answer_kind = answer_kind
+
+    def target_text(self, record: Record) -> str:
+        """A segmentation question's answer ends with ``<seg>`` (the mask is part of the answer), or
+        is the target's box and point (``meta["box_point"]``) in ``box`` answers."""
+        text = target_text(record, self.output_format)
+        if record.task != SEG_TASK:
+            return text
+        if self.answer_kind == "box":
+            prompt = (record.meta or {}).get("box_point")
+            answer = answer_tag(format_box_point(*prompt) if prompt else "")
+        else:
+            answer = answer_tag(f"{record.answer.strip()} {SEG_TOKEN}".strip())
+        return text[: text.rindex("<answer>")] + answer
+
+    def segmentation_inputs(self, records: list[Record], masks) -> dict[str, torch.Tensor]:
+        """:meth:`training_inputs` of the records, ``box`` answers taking each target's box and point
+        from its mask (uint8, 255 = object; None: no mask)."""
+        if self.answer_kind == "box" and masks is not None:
+            records = [_with_box_point(r, m) for r, m in zip(records, masks)]
+        return self.training_inputs(records, skip_too_long=True)
+
+    def __call__(self, batch: dict) -> dict:
+        batch["inputs"] = self.segmentation_inputs(batch["records"], batch.get("masks"))
+        return batch
+
+
+def _with_box_point(record: Record, mask: torch.Tensor | None) -> Record:
+    """The record with its target's box and point in ``meta["box_point"]`` (what a ``box`` answer says)."""
+    pair = None if mask is None or record.task != SEG_TASK else mask_box_point(mask.cpu() == 255)
+    return record if pair is None else dataclasses.replace(record, meta={**(record.meta or {}), "box_point": pair})
+
+
 @register_family("star")
 class StarSegmenter(TrajectoryPolicy, VisionLanguageModel):
     """Extra config ``segmentation``: answer (seg | box), embed_dim (decoder width), num_heads, depth,
@@ -75,8 +117,6 @@ class StarSegmenter(TrajectoryPolicy, VisionLanguageModel):
         super().__init__(config, tokenizer)
         spec = merge_config(DEFAULT_SEGMENTATION, config.get("segmentation", {}))
         self.loss_weights = spec["loss_weights"]
-        if spec["answer"] not in ANSWER_KINDS:
-            raise ValueError(f"segmentation.answer must be one of {ANSWER_KINDS}, got {spec['answer']!r}")
         self.answer_kind = spec["answer"]
         width, dim = self.lm.config.hidden_size, int(spec["embed_dim"])
         self.seg_token_id = self.tokenizer.convert_tokens_to_ids(SEG_TOKEN)
@@ -88,18 +128,10 @@ class StarSegmenter(TrajectoryPolicy, VisionLanguageModel):
         self.prompt_encoder = PromptEncoder(dim, self.preprocess.image_size, grid)
         self.mask_decoder = MaskDecoder(dim, spec["num_heads"], spec["depth"], upscale=spec["upscale"])
 
-    def target_text(self, record: Record) -> str:
-        """A segmentation question's answer ends with ``<seg>`` (the mask is part of the answer), or
-        is the target's box and point (``meta["box_point"]``, from its mask) in ``box`` answers."""
-        text = target_text(record, self.output_format)
-        if record.task != SEG_TASK:
-            return text
-        if self.answer_kind == "box":
-            prompt = (record.meta or {}).get("box_point")
-            answer = answer_tag(format_box_point(*prompt) if prompt else "")
-        else:
-            answer = answer_tag(f"{record.answer.strip()} {SEG_TOKEN}".strip())
-        return text[: text.rindex("<answer>")] + answer
+    def build_processor(self, config: dict) -> StarProcessor:
+        answer = merge_config(DEFAULT_SEGMENTATION, config.get("segmentation", {}))["answer"]
+        return StarProcessor(self.tokenizer, self.num_image_tokens, self.max_length,
+                             config.get("output_format", "answer"), answer)
 
     # ---- masks from prompts ------------------------------------------------------------------
     def decode_masks(self, patches: torch.Tensor, image_index: torch.Tensor, states: torch.Tensor | None = None,
@@ -123,16 +155,17 @@ class StarSegmenter(TrajectoryPolicy, VisionLanguageModel):
         return frozenset({SEGMENTS, POLICY} | ({ANSWERS} if self.answer_kind == "seg" else set()))
 
     def loss(self, batch: dict) -> dict[str, torch.Tensor]:
-        return self.batch_loss(batch["images"], batch["records"], masks=batch.get("masks"))
+        return self.batch_loss(batch["images"], batch["records"], masks=batch.get("masks"), inputs=batch.get("inputs"))
 
-    def batch_loss(self, images: torch.Tensor, records: list[Record], masks=None) -> dict[str, torch.Tensor]:
+    def batch_loss(self, images: torch.Tensor, records: list[Record], masks=None,
+                   inputs: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """Text CE + mask BCE and Dice. ``seg`` answers: masks from the `<seg>` states; ``box`` answers:
         the target's box and point are the text, and the decoder learns from those gold prompts.
         A sample without a mask gets no mask loss."""
         targets = _mask_targets(masks, len(records), images)
-        if self.answer_kind == "box":
-            records = [_with_box_point(r, t) for r, t in zip(records, targets)]
-        inputs = {k: v.to(images.device) for k, v in self.training_inputs(records, skip_too_long=True).items()}
+        if inputs is None:
+            inputs = self.processor.segmentation_inputs(records, masks)
+        inputs = {k: v.to(images.device) for k, v in inputs.items()}
         rows = inputs.pop("rows")
         images, targets = images[rows], [targets[r] for r in rows.tolist()]
         patches = self.vision(images)
@@ -173,7 +206,7 @@ class StarSegmenter(TrajectoryPolicy, VisionLanguageModel):
         generated = self.generate_ids(images, records, max_new_tokens, do_sample=do_sample, temperature=temperature,
                                       top_p=top_p, num_return_sequences=samples,
                                       suppress_tokens=[self.image_token_id])  # image tokens come from images
-        prompts = self._prompt_ids(records)
+        prompts = self.processor.prompt_ids(records)
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
         out = []
         for i, ids in enumerate(generated.tolist()):
@@ -191,7 +224,7 @@ class StarSegmenter(TrajectoryPolicy, VisionLanguageModel):
         if self.answer_kind == "seg":
             inputs = self.trajectory_embeddings(images, trajectories, left=False)
             hidden = self.lm(**inputs, output_hidden_states=True).hidden_states[-1]
-            ids = self._pad([t.prompt + t.completion for t in trajectories], None, left=False)["input_ids"]
+            ids = self.processor.pad([t.prompt + t.completion for t in trajectories])["input_ids"]
             states, rows = self._seg_states(hidden, ids.to(hidden.device))
             prompts = {"states": states}
         else:
@@ -277,12 +310,6 @@ def _mask_targets(masks, count: int, images: torch.Tensor) -> list[torch.Tensor 
     if masks is None:
         return [None] * count
     return [None if masks[i] is None else (masks[i].to(images.device) == 255).float() for i in range(count)]
-
-
-def _with_box_point(record: Record, target: torch.Tensor | None) -> Record:
-    """The record with its target's box and point in ``meta["box_point"]`` (what a ``box`` answer says)."""
-    pair = None if target is None or record.task != SEG_TASK else mask_box_point(target.cpu() > 0)
-    return record if pair is None else dataclasses.replace(record, meta={**(record.meta or {}), "box_point": pair})
 
 
 register_model("star-tiny", "star", TINY_CONFIG,

@@ -74,7 +74,7 @@ class VirlPolicy(TrajectoryPolicy, VisionLanguageModel):
     def gold_trajectory(self, record: Record, image_index: int, images: torch.Tensor) -> Trajectory | None:
         """The ground-truth visual rationale: per step, its crop action (when it has a box) then its
         text; then the answer and EOS. None when the prompt does not fit ``max_length``."""
-        prompt = self._prompt_ids([record], skip_too_long=True)[0]
+        prompt = self.processor.prompt_ids([record], skip_too_long=True)[0]
         if prompt is None:
             return None
         trajectory = Trajectory(image_index, prompt)
@@ -106,6 +106,10 @@ class VirlPolicy(TrajectoryPolicy, VisionLanguageModel):
             trajectory.crops.append(box)
             trajectory.extend([self.image_token_id] * self.crop_tokens, False)
 
+    def batch_processor(self) -> None:
+        """Gold trajectories are built here, not in the loader: their crops are clamped to the image."""
+        return None
+
     def batch_loss(self, images: torch.Tensor, records: list[Record]) -> dict[str, torch.Tensor]:
         """Supervised loss on the gold visual rationales (crop image tokens excluded); samples over
         ``max_length`` are skipped and counted."""
@@ -127,7 +131,7 @@ class VirlPolicy(TrajectoryPolicy, VisionLanguageModel):
                 do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0) -> list[Trajectory]:
         """``samples`` trajectories per record (adjacent), generated together: every turn generates
         until EOS or ``</crop>`` for all unfinished rows at once, then crops, encodes and goes on."""
-        prompts = self._prompt_ids(records)
+        prompts = self.processor.prompt_ids(records)
         trajectories = [Trajectory(i, prompts[i]) for i in range(len(records)) for _ in range(samples)]
         sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else {
             "do_sample": False}

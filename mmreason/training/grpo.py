@@ -133,6 +133,10 @@ class GRPOModule(ModelHooks, Evaluation, L.LightningModule):
                 out[row, start:end] += reward
         return out
 
+    def batch_processor(self) -> None:
+        """Rollouts tokenise their own prompts; the loader has nothing to prepare."""
+        return None
+
     def training_step(self, batch, batch_idx):
         images, records = batch["images"], batch["records"]
         hp, model = self.hparams, self.model

@@ -26,12 +26,19 @@ class ModelHooks:
     """Lightning hooks every mmreason training module shares; it holds its family model as ``self.model``."""
 
     def setup(self, stage: str) -> None:
-        """The model owns its preprocessing; the data module adopts it so the two never disagree."""
+        """The model owns its preprocessing and its batch processor; the data module adopts them so the
+        two never disagree (and the loader workers tokenise)."""
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "preprocess"):
             datamodule.preprocess.image_size = self.model.preprocess.image_size
             datamodule.preprocess.mean = self.model.preprocess.mean
             datamodule.preprocess.std = self.model.preprocess.std
+        if datamodule is not None and hasattr(datamodule, "processor"):
+            datamodule.processor = self.batch_processor()
+
+    def batch_processor(self):
+        """What the training loader's workers run on each batch: the model's, for ``model.loss``."""
+        return self.model.batch_processor()
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int = 0):
         """The model's visual input: cached vision features when the shards carry them and the model
