@@ -65,6 +65,20 @@ def test_soft_fusion_matches_a_hand_computation():
     torch.testing.assert_close(fused, mean)  # w does not depend on the pass: the rule reduces to the mean
 
 
+def test_released_vote_divides_by_a_sum_over_the_batch():
+    """MC-CoT's released code: sum_k(w·l_k) / sum_b(w), w = 1/(1+std over passes), by hand."""
+    logits = torch.tensor([[[[1.0, 3.0]], [[0.0, 0.0]]],
+                           [[[3.0, 3.0]], [[2.0, 4.0]]]])  # (K=2, B=2, T=1, V=2)
+    sd = 2 ** 0.5  # std over the passes of (1, 3), (0, 2) and (0, 4)
+    w = torch.tensor([[[1 / (1 + sd), 1.0]], [[1 / (1 + sd), 1 / (1 + 2 * sd)]]])
+    sums = torch.tensor([[[4.0, 6.0]], [[2.0, 4.0]]])
+    expected = 0.5 * sums / 2 + 0.5 * w * sums / w.sum(0)
+    torch.testing.assert_close(fuse_pass_logits(logits, alpha=0.5, vote="released"), expected)
+    one = logits[:, :1]  # one sample: (α + (1−α)K)·mean, not the mean
+    torch.testing.assert_close(fuse_pass_logits(one, alpha=0.5, vote="released"), 1.5 * one.mean(0))
+    torch.testing.assert_close(fuse_pass_logits(one, alpha=0.5, vote="soft"), one.mean(0))
+
+
 def test_hard_vote_averages_the_passes_that_agree_with_the_majority():
     # argmaxes per pass: 0, 0, 1 → majority token 0 → mean of passes 0 and 1
     logits = torch.tensor([[3.0, 1.0], [2.0, 0.0], [0.0, 5.0]])

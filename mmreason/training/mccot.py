@@ -20,7 +20,9 @@ class MCCoTModule(SFTModule):
     """Args (the optimiser's are :class:`SFTModule`'s):
     stage: the stage this run trains: ``rationale``, ``answer`` or ``direct``; ``answer`` with
         ``init: {from: EXPORT}`` of a rationale stage adds the answer stage beside it (kept frozen).
-    passes, alpha, vote: self-consistency training; ``passes: 1`` is plain MM-CoT.
+    passes, alpha, vote: self-consistency training; ``passes: 1`` is plain MM-CoT. ``vote``: ``soft``
+        (the paper's rule), ``released`` (the released code's, whose denominator sums over the batch)
+        or ``hard`` (ablation); see mmreason.layers.logit_voting.
     eval_rationales: what the answer stage reads when validating/testing: ``generated``
         (autoregressive, the honest protocol), ``teacher_forced`` (upstream's) or ``gold``.
     eval_votes, eval_temperature: inference-time voting over sampled rationales.
