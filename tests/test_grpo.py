@@ -14,6 +14,8 @@ from mmreason.rl.grpo import (
     group_advantages,
     grpo_loss,
     k3_kl,
+    nanstd,
+    rewards_of_every_rank,
     token_log_probs,
 )
 
@@ -38,6 +40,44 @@ def test_no_scaling_is_dr_grpo_and_a_constant_group_gives_zero_not_nan():
     torch.testing.assert_close(group_advantages(REWARDS, 2, scale_rewards="none"), torch.tensor([-1.0, 1, -2, 2]))
     expected = torch.tensor([0.0, 0.0, -0.5, 0.5]) / (math.sqrt(0.5) + EPS)  # group [0, 1]: mean 0.5, std √0.5
     torch.testing.assert_close(group_advantages([1, 1, 0, 1], 2), expected)
+
+
+def test_a_nan_reward_is_left_out_of_its_group_and_gets_advantage_zero():
+    rewards = torch.tensor([1.0, math.nan, 3.0, 2.0, 6.0, 4.0])  # G = 3; the NaN's group is [1, 3]
+    expected = torch.tensor([-1 / (math.sqrt(2) + EPS), 0.0, 1 / (math.sqrt(2) + EPS), -2 / (2 + EPS),
+                             2 / (2 + EPS), 0.0])
+    torch.testing.assert_close(group_advantages(rewards, 3), expected)
+    # batch scaling: the std of the five rewards that apply
+    batch = torch.tensor([-1.0, 0.0, 1.0, -2.0, 2.0, 0.0]) / (nanstd(rewards) + EPS)
+    torch.testing.assert_close(group_advantages(rewards, 3, scale_rewards="batch"), batch)
+    torch.testing.assert_close(nanstd(rewards), torch.tensor([1.0, 3.0, 2.0, 6.0, 4.0]).std())
+    assert group_advantages(torch.full((4,), math.nan), 2).tolist() == [0.0] * 4
+
+
+def test_batch_scaling_takes_the_std_of_the_batch_it_is_given():
+    everyone = torch.tensor([1.0, 3.0, 2.0, 6.0, 0.0, 0.0, 10.0, 10.0])  # this rank's rewards, then another's
+    expected = torch.tensor([-1.0, 1.0, -2.0, 2.0]) / (everyone.std() + EPS)
+    torch.testing.assert_close(group_advantages(REWARDS, 2, "batch", batch_rewards=everyone), expected)
+    assert torch.equal(rewards_of_every_rank(REWARDS), REWARDS)  # no process group: this rank's alone
+
+
+def _gather_on_rank(rank: int, world: int, init: str, out: str) -> None:
+    torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        rewards = torch.tensor([1.0, 3.0, 2.0, 6.0]) if rank == 0 else torch.tensor([0.0, 0.0, 10.0, 10.0])
+        advantages = group_advantages(rewards, 2, "batch", batch_rewards=rewards_of_every_rank(rewards))
+        torch.save(advantages, f"{out}-{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_batch_scaling_gathers_the_rewards_of_every_rank(tmp_path):
+    """Two CPU ranks (gloo): each scales by the std of both ranks' rewards, as TRL does."""
+    init = f"file://{tmp_path / 'rendezvous'}"
+    torch.multiprocessing.spawn(_gather_on_rank, args=(2, init, str(tmp_path / "adv")), nprocs=2)
+    std = torch.tensor([1.0, 3.0, 2.0, 6.0, 0.0, 0.0, 10.0, 10.0]).std()
+    torch.testing.assert_close(torch.load(tmp_path / "adv-0.pt"), torch.tensor([-1.0, 1.0, -2.0, 2.0]) / (std + EPS))
+    torch.testing.assert_close(torch.load(tmp_path / "adv-1.pt"), torch.tensor([0.0, 0.0, 0.0, 0.0]))
 
 
 def test_group_advantages_reject_bad_shapes_and_modes():

@@ -13,8 +13,10 @@ from mmreason.data.schema import validate_record
 from mmreason.export import save_export
 from mmreason.models.policy import Trajectory
 from mmreason.models.virl import VirlPolicy
+from mmreason.rl.grpo import grpo_loss
 from mmreason.text.prompts import TEMPLATE_WORDS
 from mmreason.text.tokenizer import word_tokenizer
+from mmreason.training import grpo as grpo_training
 from mmreason.training.grpo import GRPOModule
 
 WORDS = ("is there a red blue circle square yes no how many shapes the at left right ? . i see one two look , "
@@ -64,13 +66,16 @@ def test_rewards_and_action_labels_of_a_group(policy_export):
     assert crops.to_dict()["mean_crop_iou"] == pytest.approx(1.0) and crops.to_dict()["correct_share"] == 0.5
 
 
-def test_grpo_fit_updates_the_policy_and_logs_its_signals(policy_export, tmp_path):
+def test_grpo_fit_updates_the_policy_and_logs_its_signals(policy_export, tmp_path, monkeypatch):
+    budgets = []
+    monkeypatch.setattr(grpo_training, "grpo_loss",
+                        lambda *args, **kwargs: budgets.append(kwargs["max_length"]) or grpo_loss(*args, **kwargs))
     write_shards(tmp_path / "data", "train", [4])
     write_shards(tmp_path / "data", "val", [2])
     data = ShardDataModule(train=str(tmp_path / "data" / "train0-000000.tar"),
                            val=str(tmp_path / "data" / "val0-000000.tar"), batch_size=2, num_workers=0)
     module = GRPOModule({"from": str(policy_export)}, group_size=4, max_new_tokens=10, lr=1e-2, num_iterations=2, beta=0.1,
-                        step_credit={})
+                        step_credit={}, loss_type="dr_grpo")
     assert module.reference is not None and not any(p.requires_grad for p in module.reference.parameters())
     before = {n: p.detach().clone() for n, p in module.model.named_parameters()}
     trainer = L.Trainer(max_steps=4, accelerator="cpu", logger=False, enable_checkpointing=False,
@@ -84,6 +89,7 @@ def test_grpo_fit_updates_the_policy_and_logs_its_signals(policy_export, tmp_pat
         assert key in metrics, key
     assert float(metrics["train/response_length"]) > 0
     assert any(not torch.equal(p, before[n]) for n, p in module.model.named_parameters())
+    assert budgets == [10] * 4  # dr_grpo's constant is the generation budget, as TRL's max_completion_length
 
 
 def test_bad_grpo_settings_name_the_problem(policy_export, tmp_path):

@@ -94,6 +94,23 @@ def test_weighted_sum_returns_totals_and_unweighted_components():
     assert totals == [2.0, 1.0] and list(components) == ["format_reward", "accuracy_reward"]
 
 
+def test_a_reward_that_does_not_apply_is_left_out_as_trl_does(caplog):
+    def only_the_first(prompts, completions, **_):
+        return [1.0] + [None] * (len(completions) - 1)
+
+    def never(prompts, completions, **_):
+        return [None] * len(completions)
+
+    totals, components = weighted_sum({"first": (only_the_first, 2.0), "format": (format_reward, 0.5)}, None,
+                                      ["<think>a</think><answer>red</answer>", "b"])
+    assert totals == [2.5, 0.0]
+    assert components["first"][0] == 1.0 and math.isnan(components["first"][1])
+    with caplog.at_level("WARNING"):
+        totals, _ = weighted_sum({"first": (only_the_first, 1.0), "never": (never, 1.0)}, None, ["a", "b", "c"])
+    assert totals == [1.0, 0.0, 0.0]
+    assert "no reward applies to 2 of 3 completions" in caplog.text
+
+
 def test_a_column_of_the_wrong_length_names_the_column_and_both_lengths():
     with pytest.raises(ValueError, match="column 'answer' has 1 values for 2 completions"):
         accuracy_reward(None, ["<answer>a</answer>", "<answer>b</answer>"], answer=["a"])

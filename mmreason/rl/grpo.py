@@ -28,14 +28,36 @@ def _check_group_size(group_size: int) -> None:
                          "every advantage is zero and there is nothing to learn")
 
 
+def nanstd(values: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Unbiased standard deviation of the values that are not NaN (TRL's ``nanstd``)."""
+    valid = ~values.isnan()
+    mean = values.nanmean() if dim is None else values.nanmean(dim, keepdim=True)
+    squares = torch.where(valid, (values - mean) ** 2, torch.zeros_like(values))
+    count = valid.sum() if dim is None else valid.sum(dim)
+    total = squares.sum() if dim is None else squares.sum(dim)
+    return (total / (count - 1)).sqrt()
+
+
+def rewards_of_every_rank(rewards: torch.Tensor) -> torch.Tensor:
+    """This rank's rewards and every other rank's, concatenated in rank order (TRL gathers the rewards
+    before it scales them by the batch std); this rank's alone outside a process group."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return rewards
+    parts: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(parts, rewards.detach().cpu())  # sizes may differ between ranks
+    return torch.cat(parts).to(rewards.device)
+
+
 def group_advantages(rewards: torch.Tensor | Sequence[float], group_size: int, scale_rewards: str = "group",
-                     eps: float = 1e-4) -> torch.Tensor:
+                     eps: float = 1e-4, batch_rewards: torch.Tensor | None = None) -> torch.Tensor:
     """Rewards (B·G,) or (B, G), grouped by prompt, → advantages (B·G,).
 
     A_i = (r_i − mean_G r) / (std + eps), std over the group ("group"), over the
-    whole batch ("batch", TRL), or no division ("none", Dr.GRPO: dividing by the
-    group std up-weights prompts that are nearly always right or wrong).
-    The std is unbiased (``torch.std``), as in TRL, so numbers match upstream logs.
+    whole batch ("batch", TRL; ``batch_rewards``, e.g. :func:`rewards_of_every_rank`, is that
+    batch when it is larger than these rewards), or no division ("none", Dr.GRPO: dividing by
+    the group std up-weights prompts that are nearly always right or wrong). The std is
+    unbiased, as in TRL, so numbers match upstream logs. A NaN reward (a reward that does
+    not apply to a sample) is left out of every mean and std and gets advantage 0, as in TRL.
     """
     _check_choice("scale_rewards", scale_rewards, SCALE_REWARDS)
     _check_group_size(group_size)
@@ -49,12 +71,12 @@ def group_advantages(rewards: torch.Tensor | Sequence[float], group_size: int, s
         raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}; "
                          "pass group_size completions per prompt, grouped consecutively")
     grouped = rewards.view(-1, group_size)
-    advantages = (grouped - grouped.mean(1, keepdim=True)).reshape(-1)
+    advantages = (grouped - grouped.nanmean(1, keepdim=True)).reshape(-1)
     if scale_rewards == "group":
-        return advantages / (grouped.std(1).repeat_interleave(group_size) + eps)
-    if scale_rewards == "batch":
-        return advantages / (rewards.std() + eps)
-    return advantages
+        advantages = advantages / (nanstd(grouped, 1).repeat_interleave(group_size) + eps)
+    elif scale_rewards == "batch":
+        advantages = advantages / (nanstd(rewards if batch_rewards is None else batch_rewards) + eps)
+    return advantages.nan_to_num(nan=0.0)
 
 
 def token_log_probs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -106,8 +128,9 @@ def aggregate(per_token_loss: torch.Tensor, mask: torch.Tensor, mode: str = "grp
 
     "grpo": mean over sequences of each sequence's token mean (long answers weigh
     less per token); "dapo": Σ tokens / number of active tokens (every token equal);
-    "dr_grpo": Σ tokens / (B · max_length), a constant denominator (no length bias),
-    max_length defaulting to T. A sequence without active tokens adds 0, never NaN.
+    "dr_grpo": Σ tokens / (B · max_length), a constant denominator (no length bias): pass the
+    generation budget (TRL's ``max_completion_length``); it defaults to T, the batch's padded width,
+    which is not constant. A sequence without active tokens adds 0, never NaN.
     """
     _check_choice("loss_type", mode, LOSS_TYPES)
     if mask.shape != per_token_loss.shape:

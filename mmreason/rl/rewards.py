@@ -9,6 +9,7 @@ the wrong length is a data bug and raises. Rewards: format + accuracy
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import statistics
@@ -16,6 +17,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from mmreason.eval.answers import normalize_text
+
+log = logging.getLogger(__name__)
 
 RewardFn = Callable[..., list[float]]
 
@@ -161,16 +164,23 @@ def weighted_sum(reward_fns: Mapping[str, tuple[RewardFn, float]] | Sequence[Rew
     """Σ_k w_k·f_k per completion, and each f_k's unweighted rewards by name, for logging.
 
     ``reward_fns`` is ``{name: (fn, weight)}`` or a list of functions (weight 1,
-    named by ``__name__``).
+    named by ``__name__``). A reward may be None (or NaN) for a completion it does not apply
+    to: it is left out of that completion's sum and logged as NaN, as TRL does; a completion
+    that no reward applies to sums to 0, with a warning.
     """
     if not isinstance(reward_fns, Mapping):
         reward_fns = {fn.__name__: (fn, 1.0) for fn in reward_fns}
     totals = [0.0] * len(completions)
+    applied = [False] * len(completions)
     components = {}
     for name, (fn, weight) in reward_fns.items():
-        rewards = [float(r) for r in fn(prompts, completions, **columns)]
+        rewards = [math.nan if r is None else float(r) for r in fn(prompts, completions, **columns)]
         if len(rewards) != len(completions):
             raise ValueError(f"reward {name!r} returned {len(rewards)} values for {len(completions)} completions")
         components[name] = rewards
-        totals = [t + weight * r for t, r in zip(totals, rewards)]
+        totals = [t if math.isnan(r) else t + weight * r for t, r in zip(totals, rewards)]
+        applied = [a or not math.isnan(r) for a, r in zip(applied, rewards)]
+    if reward_fns and not all(applied):
+        log.warning("no reward applies to %d of %d completions (every reward returned None); they score 0",
+                    applied.count(False), len(completions))
     return totals, components

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 
 import lightning as L
 import torch
@@ -19,7 +20,7 @@ import torch
 from mmreason.build import create_model
 from mmreason.eval.crops import CropReport, record_boxes
 from mmreason.models.base import CROPS, POLICY
-from mmreason.rl.grpo import GRPOConfig, group_advantages, grpo_loss
+from mmreason.rl.grpo import GRPOConfig, group_advantages, grpo_loss, rewards_of_every_rank
 from mmreason.rl.rewards import accuracy_reward, format_reward, weighted_sum
 from mmreason.rl.step_credit import action_rewards
 from mmreason.seg.rewards import box_point_format_reward, mask_iou_reward
@@ -147,7 +148,9 @@ class GRPOModule(ModelHooks, Evaluation, L.LightningModule):
         sampled_reward = rewards.mean()
         if hp.rollouts_per_prompt:
             trajectories, rewards, labels = self.select(trajectories, rewards, labels)
-        advantages = group_advantages(rewards, self.config.group_size, self.config.scale_rewards)
+        everyone = rewards_of_every_rank(rewards) if self.config.scale_rewards == "batch" else None
+        advantages = group_advantages(rewards, self.config.group_size, self.config.scale_rewards,
+                                      batch_rewards=everyone)
         with torch.no_grad():
             old_logp = model.completion_log_probs(images, trajectories)[0] if self.config.num_iterations > 1 else None
             ref_logp = (self.reference.completion_log_probs(images, trajectories)[0]
@@ -158,7 +161,7 @@ class GRPOModule(ModelHooks, Evaluation, L.LightningModule):
             token_adv = self.token_advantages(advantages.to(logp.device), trajectories, labels, logp.shape[1])
             out = grpo_loss(logp, logp.detach() if old_logp is None else old_logp, token_adv, mask, ref_logp,
                             self.config.beta, self.config.epsilon_low, self.config.epsilon_high,
-                            self.config.loss_type)
+                            self.config.loss_type, max_length=hp.max_new_tokens)
             optimizer.zero_grad()
             self.manual_backward(out["loss"])
             self.clip_gradients(optimizer, gradient_clip_val=1.0, gradient_clip_algorithm="norm")
@@ -168,11 +171,13 @@ class GRPOModule(ModelHooks, Evaluation, L.LightningModule):
         return out["loss"]
 
     def _log_step(self, reward, components, crops: CropReport | None, out, mask) -> None:
-        """Rewards are the means over every sampled rollout (before any selection)."""
+        """Rewards are the means over every sampled rollout (before any selection); a reward's mean
+        leaves out the rollouts it does not apply to."""
         metrics = {"train/reward": reward, "train/loss": out["loss"].detach(), "train/kl": out["kl"],
                    "train/clip_fraction": out["clip_fraction"],
                    "train/response_length": mask.sum(1).float().mean(),
-                   **{f"train/reward_{k}": sum(v) / len(v) for k, v in components.items()}}
+                   **{f"train/reward_{k}": torch.tensor(v).nanmean() for k, v in components.items()
+                      if not all(math.isnan(x) for x in v)}}
         if crops is not None:
             metrics.update({f"train/{k}": v for k, v in crops.to_dict().items() if v is not None})
         self.log_dict({k: float(v) for k, v in metrics.items()}, prog_bar=False)
