@@ -126,7 +126,8 @@ class StarSegmenter(TrajectoryPolicy, VisionLanguageModel):
         if grid * grid != self.num_image_tokens:
             raise ValueError(f"the mask decoder needs a square grid of image tokens, got {self.num_image_tokens}")
         self.prompt_encoder = PromptEncoder(dim, self.preprocess.image_size, grid)
-        self.mask_decoder = MaskDecoder(dim, spec["num_heads"], spec["depth"], upscale=spec["upscale"])
+        self.mask_decoder = MaskDecoder(dim, spec["num_heads"], spec["depth"], upscale=spec["upscale"],
+                                        iou_head_hidden_dim=dim)
 
     def build_processor(self, config: dict) -> StarProcessor:
         answer = merge_config(DEFAULT_SEGMENTATION, config.get("segmentation", {}))["answer"]
@@ -139,9 +140,9 @@ class StarSegmenter(TrajectoryPolicy, VisionLanguageModel):
                      ) -> tuple[torch.Tensor, torch.Tensor]:
         """(M, S, S) mask logits and (M,) predicted IoU for M prompts reading ``patches[image_index]``:
         `<seg>` states (M, h), or boxes (M, 4) with points (M, 2) in input pixels."""
-        sparse = self.prompt_encoder(sparse=None if states is None else self.seg_projection(states)[:, None],
-                                     boxes=boxes, points=points)
-        return self.mask_decoder(self.image_to_decoder(patches), self.prompt_encoder.image_pe(), sparse,
+        sparse, dense = self.prompt_encoder(sparse=None if states is None else self.seg_projection(states)[:, None],
+                                            boxes=boxes, points=points)
+        return self.mask_decoder(self.image_to_decoder(patches), self.prompt_encoder.image_pe(), sparse, dense,
                                  output_size=self.preprocess.image_size, image_index=image_index)
 
     def _seg_states(self, hidden: torch.Tensor, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
