@@ -89,6 +89,31 @@ def test_box_answers_learn_the_target_and_its_promptable_mask(tiny_tokenizer):
     assert all(len(ious) == 1 and ious[0] > 0.7 for ious in columns["mask_ious"])
 
 
+def test_box_answers_that_fail_to_parse_are_left_out_of_the_vote(tiny_tokenizer, monkeypatch):
+    torch.manual_seed(0)
+    model = StarSegmenter(BOX_CONFIG, tokenizer=tiny_tokenizer).eval()
+    images, records, tok = model_images(model, 1), [_seg_record(0)], model.tokenizer
+    good = "<answer> object 4 , 4 , 2 0 , 1 6 at 1 2 , 9 </answer>"
+    broken = "<answer> object 4 , 4 at 1 2 </answer>"  # names an object, no well-formed box: unparseable
+    empty = "<answer> </answer>"  # names no object: a "no object" vote
+
+    def answering(*texts):
+        rows = [tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for t in texts]
+        width = max(map(len, rows))
+        padded = torch.tensor([row + [tok.pad_token_id] * (width - len(row)) for row in rows])
+        return lambda images, records, max_new_tokens, num_return_sequences=1, **kwargs: padded
+
+    monkeypatch.setattr(model, "generate_ids", answering(broken, broken, good))
+    result = model.segment(images, records, samples=3)[0]  # N = 1 (as "no object" votes: 2 of 3, empty)
+    assert result["found"] and parse_box_points(result["answer"]) == [([4.0, 4.0, 20.0, 16.0], [12.0, 9.0])]
+    monkeypatch.setattr(model, "generate_ids", answering(empty, empty, good))
+    result = model.segment(images, records, samples=3)[0]
+    assert not result["found"] and not result["mask"].any() and not result["answer"]  # a no-object answer
+    monkeypatch.setattr(model, "generate_ids", answering(broken, broken, broken))
+    result = model.segment(images, records, samples=3)[0]  # nothing parsed: N = 0, empty
+    assert not result["found"] and not result["mask"].any() and result["mask"].shape == (32, 32)
+
+
 def test_selective_tuning_keeps_the_best_and_worst_of_each_prompt(tiny_tokenizer, tmp_path):
     folder = save_export(StarSegmenter(BOX_CONFIG, tokenizer=tiny_tokenizer), tmp_path / "policy")
     module = GRPOModule({"from": str(folder)}, rewards={"mask_iou": 1.0}, group_size=2, rollouts_per_prompt=4)

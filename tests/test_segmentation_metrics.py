@@ -64,16 +64,23 @@ def test_ignore_pixels_excluded_under_lisa_counted_under_segzero():
     assert intersection_union(logits([[1, 1, 0, 0]] + [[0] * 4] * 3), only_ignore, "lisa") == (0, 0)
 
 
-def test_empty_target_scores_one_under_lisa_zero_under_segzero():
+def test_empty_target_scores_one_under_lisa_and_is_dropped_or_zero_under_segzero():
     empty = torch.zeros(4, 4, dtype=torch.uint8)
     no_pred = logits([[0] * 4] * 4)
     for pred in (no_pred, None):
-        lisa, segzero = SegmentationReport("lisa"), SegmentationReport("segzero")
+        lisa = SegmentationReport("lisa")
         assert lisa.add(pred, empty) == 1.0
-        assert segzero.add(pred, empty) == 0.0
-        assert lisa.to_dict()["giou"] == 1.0 and segzero.to_dict()["giou"] == 0.0
-        # ΣU = 0: cIoU is defined as 0 under both
-        assert lisa.to_dict()["ciou"] == 0.0 and segzero.to_dict()["ciou"] == 0.0
+        assert lisa.to_dict()["giou"] == 1.0 and lisa.to_dict()["ciou"] == 0.0  # ΣU = 0: cIoU is 0
+    # Seg-Zero: an empty prediction on an empty target is dropped; a parse failure (None) there scores 0
+    segzero = SegmentationReport("segzero")
+    assert segzero.add(TARGET.bool(), TARGET) == 1.0
+    assert segzero.add(no_pred, empty, group="short") is None
+    summary = segzero.to_dict()
+    assert (summary["giou"], summary["n"], summary["dropped"]) == (1.0, 1, 1)  # scored as 0 it would be 0.5
+    assert summary["per_group"] == {} and segzero.totals()["dropped"] == 1
+    assert segzero.add(None, empty) == 0.0
+    summary = segzero.to_dict()
+    assert (summary["giou"], summary["ciou"], summary["n"], summary["dropped"]) == (0.5, 1.0, 2, 1)
     # an empty target with a false positive has U > 0 and scores 0 under both
     for semantics in ("lisa", "segzero"):
         assert SegmentationReport(semantics).add(logits(PRED), empty) == 0.0
@@ -89,7 +96,7 @@ def test_none_prediction_under_both_semantics():
         assert report.add(None, TARGET_IGNORE) == 0.0
         report.add(logits(PRED_IGNORE), TARGET_IGNORE)
         summary = report.to_dict()
-        assert summary["n"] == 2 and summary["no_prediction"] == 1
+        assert summary["n"] == 2 and summary["no_prediction"] == 1 and summary["dropped"] == 0
         inter = 2 if semantics == "lisa" else 4
         assert summary["ciou"] == inter / (union + union)
 

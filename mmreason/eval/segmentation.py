@@ -16,10 +16,11 @@ Two metric semantics are supported behind ``semantics=``:
     Target = every nonzero pixel, ignore (255) included; no pixel is excluded.
     Per-mask IoU = ``I / U`` exactly (no epsilon) and ``U == 0`` scores 0.0. A
     ``None`` prediction scores ``I = 0, U = |GT|`` (|GT| counting ignore
-    pixels) — the same numbers an empty mask gets. Upstream drops a sample
-    whose prediction and target are both empty (``compute_iou`` returns a bare
-    0 and the unpacking error is swallowed); here it is kept and scores 0.0, as
-    the variant is specified ("scores empty 0").
+    pixels) — the same numbers an empty mask gets. A sample whose prediction
+    (not ``None``) and target are both empty is dropped, not scored, as upstream
+    drops it (``compute_iou`` returns a bare 0, the unpacking error is caught
+    and the sample skipped); it is counted in ``dropped``. A ``None`` prediction
+    on an empty target is kept and scores 0.0 (upstream's penalty branch).
 
 Under both, gIoU = mean of the per-mask IoUs and cIoU = ΣI / ΣU over the masks,
 0.0 when ΣU == 0 (LISA divides by ΣU + 1e-10 and Seg-Zero guards ΣU > 0, so
@@ -46,7 +47,7 @@ IGNORE = 255
 SEMANTICS = ("lisa", "segzero")
 LISA_EPS = 1e-5
 
-_COUNTS = ("n", "intersection", "union", "no_prediction")
+_COUNTS = ("n", "intersection", "union", "no_prediction", "dropped")
 
 
 def _check_semantics(semantics: str) -> str:
@@ -138,18 +139,23 @@ class SegmentationReport:
     ``add(pred, target, group)`` scores one mask; a sample added with ``group=None``
     counts in the overall numbers only. ``no_prediction`` counts the ``None``
     predictions (parse failures), which are scored as described in the module
-    docstring rather than dropped.
+    docstring rather than dropped; ``dropped`` counts the samples Seg-Zero leaves
+    unscored (both masks empty), which are not in ``n``.
     """
 
     def __init__(self, semantics: str = "lisa") -> None:
         self.semantics = _check_semantics(semantics)
         self.per_group: dict[Hashable, dict] = {}
 
-    def add(self, pred: Any, target: Any, group: Hashable = None) -> float:
-        """Score one prediction (logits, bool mask or None) against its target; returns its per-mask IoU."""
+    def add(self, pred: Any, target: Any, group: Hashable = None) -> float | None:
+        """Score one prediction (logits, bool mask or None) against its target; returns its per-mask IoU,
+        or None when the sample is dropped (Seg-Zero: prediction and target both empty)."""
         inter, union = intersection_union(pred, target, self.semantics)
-        score = mask_score(inter, union, self.semantics)
         counts = self.per_group.setdefault(group, _new_counts())
+        if self.semantics == "segzero" and pred is not None and union == 0:
+            counts["dropped"] += 1
+            return None
+        score = mask_score(inter, union, self.semantics)
         counts["n"] += 1
         counts["intersection"] += inter
         counts["union"] += union
@@ -172,7 +178,8 @@ class SegmentationReport:
 
     # ---- merging across ranks (see training.evaluation.gathered) -------------------------------
     def state(self) -> dict:
-        """Plain ``{semantics, groups: {group: {n, intersection, union, no_prediction, iou_partials}}}``."""
+        """Plain ``{semantics, groups: {group: {n, intersection, union, no_prediction, dropped,
+        iou_partials}}}``."""
         return {"semantics": self.semantics,
                 "groups": {group: {**{key: counts[key] for key in _COUNTS},
                                    "iou_partials": list(counts["iou_partials"])}
@@ -210,16 +217,18 @@ class SegmentationReport:
         return {key: sum(counts[key] for counts in self.per_group.values()) for key in _COUNTS}
 
     def to_dict(self) -> dict:
-        """``{giou, ciou, n, no_prediction, semantics, per_group: {group: {giou, ciou, n}}}``."""
+        """``{giou, ciou, n, no_prediction, dropped, semantics, per_group: {group: {giou, ciou, n}}}``, the
+        groups with a scored sample (a group of dropped samples only has no gIoU to report)."""
         partials = [x for counts in self.per_group.values() for x in counts["iou_partials"]]
         totals = self.totals()
         return {
             **_summary(totals, partials),
             "no_prediction": totals["no_prediction"],
+            "dropped": totals["dropped"],
             "semantics": self.semantics,
             "per_group": {group: _summary(counts, counts["iou_partials"])
                           for group, counts in sorted(self.per_group.items(), key=lambda kv: str(kv[0]))
-                          if group is not None},
+                          if group is not None and counts["n"]},
         }
 
 

@@ -218,9 +218,9 @@ class StarSegmenter(TrajectoryPolicy, VisionLanguageModel):
 
     @torch.no_grad()
     def trajectory_masks(self, images: torch.Tensor, trajectories: list[Trajectory]
-                         ) -> tuple[list[list[torch.Tensor]], list[float]]:
+                         ) -> tuple[list[list[torch.Tensor]], list[list[float]]]:
         """Per trajectory, the masks its answer makes (``seg``: one per `<seg>`; ``box``: one per box and
-        point) and their mean predicted IoU (0 with none)."""
+        point) and their predicted IoUs."""
         patches = self.vision(images)
         if self.answer_kind == "seg":
             inputs = self.trajectory_embeddings(images, trajectories, left=False)
@@ -242,25 +242,28 @@ class StarSegmenter(TrajectoryPolicy, VisionLanguageModel):
             for row, mask_logits, score in zip(rows.tolist(), logits, iou.tolist()):
                 masks[row].append((mask_logits > 0).cpu())
                 scores[row].append(score)
-        return masks, [sum(s) / len(s) if s else 0.0 for s in scores]
+        return masks, scores
 
     @torch.no_grad()
     def segment(self, images: torch.Tensor, records: list[Record], samples: int = 1, temperature: float = 1.0,
                 max_new_tokens: int = 32, output: str = "best") -> list[dict]:
-        """Per record: {text, answer, mask (S, S) bool, found, votes}. An answer's objects are united
-        into one mask. ``samples`` > 1 samples that many answers at ``temperature`` and aggregates
-        their masks (StAR); 1 decodes greedily."""
+        """Per record: {text, answer, mask (S, S) bool, found, votes}. ``samples`` > 1 samples that
+        many answers at ``temperature`` and votes their object masks into one (StAR); 1 decodes
+        greedily and votes that one answer. A ``box`` answer naming something but no well-formed
+        box failed to parse and is left out of the vote; an answer naming no object votes "no object"."""
         trajectories = self.rollout(images, records, samples, max_new_tokens, do_sample=samples > 1,
                                     temperature=temperature)
         texts = [self.completion_text(t) for t in trajectories]
         object_masks, scores = self.trajectory_masks(images, trajectories)
-        masks = [torch.stack(m).any(0) if m else None for m in object_masks]
+        if self.answer_kind == "box":
+            object_masks = [None if not masks and not _names_no_object(extract_answer_span(text)) else masks
+                            for masks, text in zip(object_masks, texts)]
         size = self.preprocess.image_size
         out = []
         for i in range(len(records)):
             group = slice(i * samples, (i + 1) * samples)
-            result = aggregate_masks(masks[group], torch.tensor(scores[group]), output=output, shape=(size, size))
-            text = texts[group][max(result["sample"], 0)]  # the chosen mask's answer (or the first)
+            result = aggregate_masks(object_masks[group], scores[group], output=output, shape=(size, size))
+            text = texts[group][max(result["sample"], 0)]  # the answer the mask stands for (or the first)
             out.append({"text": text, "answer": strip_seg(extract_answer_span(text)), "mask": result["mask"],
                         "found": not result["no_object"], "votes": samples})
         return out
@@ -291,6 +294,12 @@ class StarSegmenter(TrajectoryPolicy, VisionLanguageModel):
     def describe(self, response: dict) -> dict:
         """{text, answer, mask (S×S bool, the model input's pixels), found, votes, input_size}."""
         return {**response, "rationale": None, "input_size": self.preprocess.image_size}
+
+
+def _names_no_object(answer: str | None) -> bool:
+    """An empty answer (as the targets without a box write it) or an empty list, as StAR's parser reads
+    ``[]`` and ``[{}]``."""
+    return not answer or answer.replace(" ", "") in ("[]", "[{}]")
 
 
 def strip_seg(text: str | None) -> str | None:
