@@ -110,6 +110,134 @@ def test_unreadable_gold_is_an_error():
         gold_answer(Record("q?", "purple", choices=CHOICES))
 
 
+LETTERS = ["B", "A", "C"]  # choices whose texts are letters: the letter a model writes names the option
+
+
+@pytest.mark.parametrize(
+    "text, kind, choices, parsed",
+    [
+        # negated or hedged: unreadable, or the alternative the output asserts
+        ("not yes", "yesno", None, None),
+        ("<answer> no answer </answer>", "yesno", None, None),
+        ("I don't know", "yesno", None, None),
+        ("i don ' t know", "yesno", None, None),  # word-level decode
+        ("yes or no", "yesno", None, None),
+        ("Maybe the answer is yes.", "yesno", None, None),  # hedge in the sentence leading to the marker
+        ("It is not yes but no", "yesno", None, "no"),
+        ("No, there is no red or blue circle", "yesno", None, "no"),  # "or" between non-candidates
+        ("No, I could not find one", "yesno", None, "no"),
+        ("yes because there is a red circle .", "yesno", None, "yes"),
+        ("maybe 3", "number", None, None),
+        ("one or two", "number", None, None),
+        ("3-4", "number", None, None),  # a range
+        ("between 3 and 5", "number", None, None),
+        ("not 3 but 4", "number", None, "4"),
+        ("either A or B", "choice", CHOICES, None),
+        ("(A) or (B)", "choice", CHOICES, None),
+        ("the answer is A and B", "choice", CHOICES, None),
+        ("The answer is probably B", "choice", CHOICES, None),
+        ("I'm not sure, but the answer is B", "choice", CHOICES, None),
+        ("The answer is not A", "choice", CHOICES, None),
+        ("The answer is not (A) but (B)", "choice", CHOICES, "B"),
+        ("It's not A, it's B", "choice", CHOICES, "B"),
+        ("A is wrong, B is correct", "choice", CHOICES, "B"),
+        ("not blue but green", "choice", CHOICES, "C"),
+        ("no answer", "choice", ["yes", "no"], None),
+        ("no", "choice", ["yes", "no"], "B"),
+        ("<answer> not sure </answer>", "choice", ["yes", "no", "not sure"], "C"),  # a choice's text wins
+        # answer forms
+        ("Answer: B", "choice", CHOICES, "B"),
+        ("ANSWER IS B", "choice", CHOICES, "B"),
+        ("The answer is B because it might be blue.", "choice", CHOICES, "B"),  # the reason is no hedge
+        ("<answer> B because it is blue </answer>", "choice", CHOICES, "B"),
+        ("B, blue", "choice", CHOICES, "B"),
+        ("B, green", "choice", CHOICES, None),  # letter and text disagree
+        ("B, blue", "choice", None, "B"),
+        ("Final answer: (C)", "choice", CHOICES, "C"),
+        ("\uff22", "choice", CHOICES, "B"),  # full-width B
+        ("<answer> \uff08\uff43\uff09 </answer>", "choice", CHOICES, "C"),  # full-width (c)
+        ("B is correct", "choice", CHOICES, "B"),
+        ("I think it's B", "choice", CHOICES, "B"),
+        ("a blue circle", "choice", CHOICES, None),  # an article is no option letter
+        ("<think> so the answer is 2 . </think> <answer> 3 </answer>", "number", None, "3"),
+        # numbers
+        ("it is -3 degrees", "number", None, "-3"),
+        ("<answer> - 3 </answer>", "number", None, "-3"),
+        ("\u22123", "number", None, "-3"),  # the minus sign
+        ("minus three", "number", None, "-3"),
+        ("item-3", "number", None, "3"),  # a hyphen glued to a word is no minus
+        ("1e3", "number", None, "1000"),
+        ("2.5e-1", "number", None, "0.25"),
+        (".1", "number", None, "0.1"),
+        ("\u00bd", "number", None, "0.5"),  # one half
+        ("1\u00bd", "number", None, "1.5"),
+        ("\u00be", "number", None, "0.75"),
+        ("3rd", "number", None, "3"),
+        ("the 21st", "number", None, "21"),
+        ("twenty-one", "number", None, "21"),
+        ("twenty one", "number", None, "21"),
+        ("one hundred and five", "number", None, "105"),
+        ("a thousand", "number", None, "1000"),
+        ("twenty-first", "number", None, None),  # word ordinals are not read
+        ("1,000", "number", None, "1000"),
+        ("<answer> no </answer>", "number", None, None),
+        # choice texts that are letters
+        ("B", "choice", LETTERS, "B"),
+        ("the answer is ( a ) .", "choice", LETTERS, "A"),
+        ("<answer> option c </answer>", "choice", LETTERS, "C"),
+        # text answers keep the whole span, but not a hedged one
+        ("the answer is left because it is .", "text", None, "left"),
+        ("Perhaps the answer is left", "text", None, None),
+    ],
+)
+def test_parse_adversarial_outputs(text, kind, choices, parsed):
+    assert parse_answer(text, kind, choices) == parsed
+
+
+@pytest.mark.parametrize(
+    "text, span",
+    [
+        ("Answer: B", "B"),
+        ("ANSWER IS B", "B"),
+        ("the answer is B because it is blue", "B"),
+        ("<answer> final answer : ( c ) </answer>", "( c )"),
+        ("there is no answer: the image is blank", "there is no answer: the image is blank"),
+    ],
+)
+def test_extract_answer_span_after_markers(text, span):
+    assert extract_answer_span(text) == span
+
+
+def test_gold_answers_of_new_forms():
+    assert answer_kind(Record("q?", "twenty-one")) == "number"
+    assert gold_answer(Record("q?", "twenty-one")) == "21"
+    assert gold_answer(Record("q?", "-3")) == "-3"
+    assert gold_answer(Record("q?", "\u00bd")) == "0.5"
+    assert answer_kind(Record("q?", "2 apples")) == "text"
+    assert gold_answer(Record("q?", "A", choices=LETTERS)) == "A"
+
+
+@pytest.mark.parametrize(
+    "text, record, scored",
+    [
+        ("not yes", Record("q?", "yes"), (False, None)),
+        ("no answer", Record("q?", "no"), (False, None)),
+        ("maybe 3", Record("q?", "3"), (False, None)),
+        ("twenty-one", Record("q?", "20"), (False, "21")),
+        ("twenty-one", Record("q?", "21"), (True, "21")),
+        ("-3", Record("q?", "3"), (False, "-3")),
+        ("\u00bd", Record("q?", "0.5"), (True, "0.5")),
+        ("The answer is not (A) but (B)", Record("q?", "B", choices=CHOICES), (True, "B")),
+        ("The answer is not (A) but (B)", Record("q?", "red", choices=CHOICES), (False, "B")),
+        ("Answer: C", Record("q?", "green", choices=CHOICES), (True, "C")),
+        ("<answer> B </answer>", Record("q?", "B", choices=LETTERS), (True, "B")),
+        ("<answer> A </answer>", Record("q?", "B", choices=LETTERS), (False, "A")),
+    ],
+)
+def test_score_adversarial_outputs(text, record, scored):
+    assert score_answer(text, record) == scored
+
+
 RECORDS = [
     Record("Is there a red circle?", "yes", task="exist"),
     Record("Is there a blue square?", "no", task="exist"),
