@@ -58,6 +58,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", required=True)
     p.add_argument("--out", required=True)
 
+    p = verbs.add_parser("convert", help="turn a released checkpoint (folder or hub id) into an export folder")
+    p.add_argument("format", help="the checkpoint's layout: llava-hf")
+    p.add_argument("src", help="a folder, or a hub id (downloaded when the network allows)")
+    p.add_argument("--out", required=True, help="the export folder to write")
+
     p = verbs.add_parser("list", help="list registered models")
     p.add_argument("pattern", nargs="?", default="*")
 
@@ -98,6 +103,10 @@ def main(argv: list[str] | None = None) -> None:
         from mmreason.inference import eval_command
 
         eval_command(args)
+    elif args.verb == "convert":
+        from mmreason.checkpoints import convert
+
+        print(json.dumps({"export": str(convert(args.format, args.src, args.out))}))
     elif args.verb == "export":
         from mmreason.training.checkpoint import export_checkpoint
 

@@ -100,16 +100,22 @@ def portable_config(model) -> dict:
     if hasattr(model, "lm"):
         config["language"] = {"config": {"model_type": model.lm.config.model_type, **model.lm.config.to_diff_dict()}}
     config["vision"] = {**config["vision"], "pretrained": False, "weights_file": None}
+    if config["vision"].get("hf", {}).get("path") is not None:  # a pretrained HF tower: its config, not its path
+        tower = model.vision.model.config
+        config["vision"]["hf"] = {**config["vision"]["hf"], "path": None,
+                                  "config": {"model_type": tower.model_type, **tower.to_diff_dict()}}
     if model.tokenizer is not None:
         config["tokenizer"] = "."
     config["preprocess"] = model.preprocess.to_dict()
     return config
 
 
-def model_card(family: str, metrics: dict | None, recipe: dict | None) -> str:
+def model_card(family: str, metrics: dict | None, recipe: dict | None, source: dict | None = None) -> str:
     lines = [f"# {family} model", "", "Exported by mmreason. Load it with:", "", "```python",
              "import mmreason", "model = mmreason.load(\"PATH/TO/THIS/FOLDER\")",
              "print(model.predict(\"image.png\", \"how many red shapes are there?\"))", "```", ""]
+    if source:
+        lines += ["## Converted from", "", *[f"- {k}: {v}" for k, v in source.items()], ""]
     if metrics:
         lines += ["## Evaluation", "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
@@ -119,8 +125,10 @@ def model_card(family: str, metrics: dict | None, recipe: dict | None) -> str:
     return "\n".join(lines)
 
 
-def save_export(model, folder: str | Path, recipe: dict | None = None, metrics: dict | None = None) -> Path:
-    """Write ``model`` to ``folder``; refuses non-finite weights, keeping the export already there."""
+def save_export(model, folder: str | Path, recipe: dict | None = None, metrics: dict | None = None,
+                source: dict | None = None) -> Path:
+    """Write ``model`` to ``folder``; refuses non-finite weights, keeping the export already there.
+    ``source`` says where converted weights came from (id, format, converter version)."""
     folder = Path(folder)
     non_finite = _non_finite_tensors(model)
     if non_finite:
@@ -139,12 +147,13 @@ def save_export(model, folder: str | Path, recipe: dict | None = None, metrics: 
         "recipe": recipe,
         "metrics": metrics or {},
         "versions": _versions(),
+        **({"source": source} if source else {}),
     }
     (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1, default=str))
     save_model(model, str(tmp / WEIGHTS_FILE))
     if model.tokenizer is not None:  # a vision encoder reads no text
         model.tokenizer.save_pretrained(str(tmp))
-    (tmp / CARD_FILE).write_text(model_card(model.family, metrics, recipe))
+    (tmp / CARD_FILE).write_text(model_card(model.family, metrics, recipe, source))
     if folder.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.replace(folder, old)

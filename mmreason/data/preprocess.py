@@ -50,12 +50,24 @@ def decode_image(source: bytes | str | Path | Image.Image, max_pixels: int = DEF
     return image
 
 
+RESIZES = ("squash", "crop", "pad")
+
+
 @dataclass
 class Preprocess:
+    """``resize``: how an image becomes a square of ``image_size``: ``squash`` (resize, ignoring the
+    aspect ratio), ``crop`` (CLIP's processor: the shorter side to ``image_size``, then the centre),
+    ``pad`` (LLaVA-1.5: pad to a square with the mean colour, then resize)."""
+
     image_size: int = 64
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     max_pixels: int = DEFAULT_MAX_PIXELS
+    resize: str = "squash"
+
+    def __post_init__(self) -> None:
+        if self.resize not in RESIZES:
+            raise ValueError(f"preprocess resize must be one of {RESIZES}, got {self.resize!r}")
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -64,7 +76,7 @@ class Preprocess:
     def from_dict(cls, d: dict) -> Preprocess:
         return cls(
             image_size=int(d["image_size"]), mean=tuple(d["mean"]), std=tuple(d["std"]),
-            max_pixels=int(d.get("max_pixels", cls.max_pixels)),
+            max_pixels=int(d.get("max_pixels", cls.max_pixels)), resize=d.get("resize", cls.resize),
         )
 
     def open_rgb(self, source: bytes | str | Path | Image.Image) -> Image.Image:
@@ -75,10 +87,22 @@ class Preprocess:
         return to_rgb(image)
 
     def to_pixels(self, image: Image.Image) -> torch.Tensor:
-        """Resize to a square ``image_size``: (S, S, 3) uint8, as PIL lays it out — cheap to stack,
-        a quarter of the bytes of float32 to pass between processes."""
-        if image.size != (self.image_size, self.image_size):
-            image = image.resize((self.image_size, self.image_size), Image.BICUBIC)
+        """A square of ``image_size`` made by ``resize``: (S, S, 3) uint8, as PIL lays it out — cheap to
+        stack, a quarter of the bytes of float32 to pass between processes."""
+        side = self.image_size
+        width, height = image.size
+        if self.resize == "pad" and width != height:
+            square = Image.new("RGB", (max(width, height),) * 2, tuple(int(m * 255) for m in self.mean))
+            square.paste(image, ((max(width, height) - width) // 2, (max(width, height) - height) // 2))
+            image, width, height = square, *square.size
+        if self.resize == "crop" and width != height:
+            short, long = min(width, height), max(width, height)
+            scaled = (side, int(side * long / short))  # (short side, long side), as CLIP's processor rounds
+            image = image.resize(scaled if width <= height else scaled[::-1], Image.BICUBIC)
+            left, top = (image.size[0] - side) // 2, (image.size[1] - side) // 2
+            image = image.crop((left, top, left + side, top + side))
+        if image.size != (side, side):
+            image = image.resize((side, side), Image.BICUBIC)
         return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:

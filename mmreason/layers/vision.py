@@ -15,6 +15,8 @@ import torch
 from timm.layers import PatchEmbed
 from torch import nn
 
+from mmreason.layers.hf_vision import HFVisionTower
+
 STEMS = ("patch", "conv")
 
 
@@ -85,3 +87,15 @@ class VisionEncoder(nn.Module):
         n = self(torch.zeros(1, 3, image_size, image_size)).shape[1]
         self.train(was_training)
         return n
+
+
+def build_vision_tower(spec: dict) -> nn.Module:
+    """The vision tower a config's ``vision`` names: ``hf: {model_type, config | path, feature_layer,
+    select}`` for a transformers CLIP/SigLIP tower, else a timm model (``name``, ``overrides``, …)."""
+    if "hf" in spec:
+        return HFVisionTower(**spec["hf"])
+    if "name" not in spec:
+        raise ValueError("vision needs 'name' (a timm model) or 'hf' (a transformers CLIP/SigLIP tower)")
+    return VisionEncoder(spec["name"], spec.get("overrides"), spec.get("pretrained", False), spec.get("weights_file"),
+                         spec.get("stem", "patch"))
+

@@ -19,10 +19,11 @@ from mmreason.data.schema import Record
 from mmreason.layers.language import build_language_model, splice_image_features
 from mmreason.layers.position import sincos_2d
 from mmreason.layers.projector import build_projector
-from mmreason.layers.vision import VisionEncoder
+from mmreason.layers.vision import build_vision_tower
 from mmreason.models.base import ZooModel, freeze
 from mmreason.models.config_schema import VLM
 from mmreason.models.processor import IGNORE_INDEX, PromptProcessor
+from mmreason.text.prompts import PROMPT
 from mmreason.text.tokenizer import build_tokenizer
 from mmreason.zoo import merge_config, register_family, register_model
 
@@ -69,12 +70,13 @@ class VisionLanguageModel(ZooModel):
             tokenizer = build_tokenizer(spec, gguf_file)
         self.tokenizer = tokenizer
         vision = config["vision"]
-        self.vision = VisionEncoder(vision["name"], vision.get("overrides"), vision.get("pretrained", False),
-                                    vision.get("weights_file"), vision.get("stem", "patch"))
+        self.vision = build_vision_tower(vision)
         if vision.get("frozen"):
             freeze(self.vision)
+        # a released model's table may be padded beyond its tokenizer (LLaVA-1.5: 32,064 rows): keep it
+        vocab_size = max(len(self.tokenizer), (language.get("config") or {}).get("vocab_size", 0))
         self.lm = build_language_model(language.get("config"), language.get("path"), language.get("gguf_file"),
-                                       vocab_size=len(self.tokenizer))
+                                       vocab_size=vocab_size)
         self.projector = build_projector(config.get("projector", "mlp2x_gelu"), self.vision.width,
                                          self.lm.config.hidden_size)
         self.num_image_tokens = self.vision.num_tokens(self.preprocess.image_size)
@@ -89,7 +91,7 @@ class VisionLanguageModel(ZooModel):
     def build_processor(self, config: dict) -> PromptProcessor:
         """Records → this model's token tensors (families with their own prompts or targets override)."""
         return PromptProcessor(self.tokenizer, self.num_image_tokens, self.max_length,
-                               config.get("output_format", "cot"))
+                               config.get("output_format", "cot"), config.get("prompt", PROMPT))
 
     @property
     def output_format(self) -> str:

@@ -13,11 +13,13 @@ from __future__ import annotations
 ANY = "any"  # a free-form subtree
 LEAF = None  # a value, not a subtree
 
-VISION = {"name": LEAF, "overrides": ANY, "pretrained": LEAF, "weights_file": LEAF, "stem": LEAF, "frozen": LEAF}
+HF_VISION = {"model_type": LEAF, "config": ANY, "path": LEAF, "feature_layer": LEAF, "select": LEAF}
+VISION = {"name": LEAF, "overrides": ANY, "pretrained": LEAF, "weights_file": LEAF, "stem": LEAF, "frozen": LEAF,
+          "hf": HF_VISION}
 LANGUAGE = {"config": ANY, "path": LEAF, "gguf_file": LEAF}
-PREPROCESS = {"image_size": LEAF, "mean": LEAF, "std": LEAF, "max_pixels": LEAF}
+PREPROCESS = {"image_size": LEAF, "mean": LEAF, "std": LEAF, "max_pixels": LEAF, "resize": LEAF}
 VLM = {"vision": VISION, "projector": LEAF, "language": LANGUAGE, "tokenizer": LEAF, "output_format": LEAF,
-       "preprocess": PREPROCESS, "max_length": LEAF, "image_position": LEAF}
+       "preprocess": PREPROCESS, "max_length": LEAF, "image_position": LEAF, "prompt": LEAF}
 
 
 def check_config(config: dict, schema: dict, family: str, where: str = "config") -> None:

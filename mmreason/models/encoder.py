@@ -21,7 +21,7 @@ from torch import nn
 from mmreason.data import scene_targets as targets
 from mmreason.data.preprocess import Preprocess
 from mmreason.data.scene_targets import scenes_of
-from mmreason.layers.vision import VisionEncoder
+from mmreason.layers.vision import build_vision_tower
 from mmreason.models.base import PERCEIVES, ZooModel
 from mmreason.models.baseline import TINY_CONFIG as BASELINE_TINY
 from mmreason.models.config_schema import LEAF, PREPROCESS, VISION
@@ -55,8 +55,7 @@ class SceneEncoder(ZooModel):
         self.tokenizer = tokenizer  # none: an encoder reads no text (kept for the export contract)
         self.preprocess = Preprocess.from_dict({**Preprocess().to_dict(), **config.get("preprocess", {})})
         vision = config["vision"]
-        self.vision = VisionEncoder(vision["name"], vision.get("overrides"), vision.get("pretrained", False),
-                                    vision.get("weights_file"), vision.get("stem", "patch"))
+        self.vision = build_vision_tower(vision)
         tokens = self.vision.num_tokens(self.preprocess.image_size)
         self.grid = math.isqrt(tokens)
         if self.grid * self.grid != tokens or self.preprocess.image_size % self.grid:

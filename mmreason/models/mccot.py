@@ -33,7 +33,7 @@ from mmreason.eval.answers import answer_kind, extract_answer_span, field_of, pa
 from mmreason.layers.gated_fusion import GatedCrossAttentionFusion
 from mmreason.layers.language import build_language_model
 from mmreason.layers.logit_voting import fuse_pass_logits
-from mmreason.layers.vision import VisionEncoder
+from mmreason.layers.vision import build_vision_tower
 from mmreason.models.base import ANSWERS, CACHED_FEATURES, PIPELINE, ZooModel
 from mmreason.models.baseline import TINY_CONFIG as BASELINE_TINY
 from mmreason.models.config_schema import LANGUAGE, LEAF, PREPROCESS, VISION
@@ -80,8 +80,7 @@ class MCCoTStage(nn.Module):
     def __init__(self, config: dict, tokenizer):
         super().__init__()
         vision = config["vision"]
-        self.vision = VisionEncoder(vision["name"], vision.get("overrides"), vision.get("pretrained", False),
-                                    vision.get("weights_file"), vision.get("stem", "patch"))
+        self.vision = build_vision_tower(vision)
         self.frozen_vision = bool(vision.get("frozen", False))
         if self.frozen_vision:
             self.vision.requires_grad_(False)

@@ -53,6 +53,7 @@ from mmreason.models.baseline import TINY_CONFIG as BASELINE_TINY
 from mmreason.models.baseline import VisionLanguageModel
 from mmreason.models.config_schema import ANY, LEAF, VLM
 from mmreason.models.meteor_processor import MeteorProcessor
+from mmreason.text.prompts import PROMPT
 from mmreason.text.tor import PLACEMENTS, TOR_TOKEN
 from mmreason.zoo import merge_config, register_family, register_model
 
@@ -156,7 +157,8 @@ class Meteor(VisionLanguageModel):
         spec = merge_config(DEFAULT_TRAVERSAL, config.get("traversal", {}))
         return MeteorProcessor(self.tokenizer, self.num_image_tokens, self.max_length,
                                config.get("output_format", "cot"), spec["embedder"] != "none",
-                               int(spec["num_tor"]), spec["placement"], spec["seed"], config.get("step", 1) == 1)
+                               int(spec["num_tor"]), spec["placement"], spec["seed"], config.get("step", 1) == 1,
+                               config.get("prompt", PROMPT))
 
     def _build_traversal(self, spec: dict) -> nn.Module | None:
         """The embedder; a checkpoint's Mamba fields replace ``traversal.mamba`` in ``self.config``

@@ -17,7 +17,7 @@ import torch
 
 from mmreason.data.schema import Record
 from mmreason.models.processor import PromptProcessor, PromptTooLong
-from mmreason.text.prompts import RATIONALE_CUE, format_choices
+from mmreason.text.prompts import PROMPT, RATIONALE_CUE, format_choices
 from mmreason.text.tor import TOR_TOKEN, RationaleTooShort, bare_tor, insert_tor
 
 log = logging.getLogger(__name__)
@@ -34,8 +34,8 @@ class MeteorProcessor(PromptProcessor):
     ``seed``."""
 
     def __init__(self, tokenizer, num_image_tokens: int, max_length: int, output_format: str, traversal: bool,
-                 num_tor: int, placement: str, seed: int = 0, read_rationale: bool = True):
-        super().__init__(tokenizer, num_image_tokens, max_length, output_format)
+                 num_tor: int, placement: str, seed: int = 0, read_rationale: bool = True, prompt: str = PROMPT):
+        super().__init__(tokenizer, num_image_tokens, max_length, output_format, prompt)
         self.traversal, self.num_tor, self.placement = traversal, num_tor, placement
         self.read_rationale = read_rationale
         self.placement_rng = random.Random(seed)

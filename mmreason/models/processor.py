@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from mmreason.data.schema import Record
-from mmreason.text.prompts import OUTPUT_FORMATS, target_text, user_prompt
+from mmreason.text.prompts import OUTPUT_FORMATS, PROMPT, check_prompt, target_text, user_prompt
 
 IGNORE_INDEX = -100
 
@@ -54,14 +54,16 @@ class BatchProcessor:
 
 
 class PromptProcessor(BatchProcessor):
-    """The decoder VLM's tensors: ``<s>`` + the user prompt with ``<image>`` expanded to the image's
-    tokens, then the target and EOS; labels are -100 everywhere but the target (and EOS)."""
+    """The decoder VLM's tensors: ``<s>`` + the user prompt (``prompt``, a template, see
+    :func:`~mmreason.text.prompts.user_prompt`) with ``<image>`` expanded to the image's tokens,
+    then the target and EOS; labels are -100 everywhere but the target (and EOS)."""
 
-    def __init__(self, tokenizer, num_image_tokens: int, max_length: int, output_format: str = "cot"):
+    def __init__(self, tokenizer, num_image_tokens: int, max_length: int, output_format: str = "cot",
+                 prompt: str = PROMPT):
         if output_format not in OUTPUT_FORMATS:
             raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}, got {output_format!r}")
         self.tokenizer, self.num_image_tokens, self.max_length = tokenizer, num_image_tokens, max_length
-        self.output_format = output_format
+        self.output_format, self.prompt = output_format, check_prompt(prompt)
         self.image_token_id = tokenizer.convert_tokens_to_ids("<image>")
 
     def target_text(self, record: Record) -> str:
@@ -71,7 +73,7 @@ class PromptProcessor(BatchProcessor):
     def prompt_ids(self, records: list[Record], skip_too_long: bool = False) -> list[list[int] | None]:
         """Prompt ids with the image tokens expanded; a prompt over ``max_length`` raises, or is None
         when ``skip_too_long`` (training streams skip such samples instead of stopping)."""
-        prompts = [user_prompt(r.question, r.choices) for r in records]
+        prompts = [user_prompt(r.question, r.choices, self.prompt) for r in records]
         encoded = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
         out: list[list[int] | None] = []
         for ids in encoded:

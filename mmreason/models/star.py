@@ -45,7 +45,7 @@ from mmreason.models.processor import PromptProcessor
 from mmreason.seg.answers import format_box_point, mask_box_point, parse_box_points
 from mmreason.seg.rewards import matched_ious
 from mmreason.seg.tts import aggregate_masks
-from mmreason.text.prompts import answer_tag, query_record, target_text
+from mmreason.text.prompts import PROMPT, answer_tag, query_record, target_text
 from mmreason.zoo import merge_config, register_family, register_model
 
 SEG_TOKEN = "<seg>"
@@ -67,10 +67,11 @@ class StarProcessor(PromptProcessor):
     """The VLM's tensors, segmentation answers ending in ``<seg>`` or naming the target mask's box and
     point (``box`` answers: read off the batch's masks, so the loader workers do it too)."""
 
-    def __init__(self, tokenizer, num_image_tokens: int, max_length: int, output_format: str, answer_kind: str):
+    def __init__(self, tokenizer, num_image_tokens: int, max_length: int, output_format: str, answer_kind: str,
+                 prompt: str = PROMPT):
         if answer_kind not in ANSWER_KINDS:
             raise ValueError(f"segmentation.answer must be one of {ANSWER_KINDS}, got {answer_kind!r}")
-        super().__init__(tokenizer, num_image_tokens, max_length, output_format)
+        super().__init__(tokenizer, num_image_tokens, max_length, output_format, prompt)
         self.answer_kind = answer_kind
 
     def target_text(self, record: Record) -> str:
@@ -132,7 +133,7 @@ class StarSegmenter(TrajectoryPolicy, VisionLanguageModel):
     def build_processor(self, config: dict) -> StarProcessor:
         answer = merge_config(DEFAULT_SEGMENTATION, config.get("segmentation", {}))["answer"]
         return StarProcessor(self.tokenizer, self.num_image_tokens, self.max_length,
-                             config.get("output_format", "answer"), answer)
+                             config.get("output_format", "answer"), answer, config.get("prompt", PROMPT))
 
     # ---- masks from prompts ------------------------------------------------------------------
     def decode_masks(self, patches: torch.Tensor, image_index: torch.Tensor, states: torch.Tensor | None = None,

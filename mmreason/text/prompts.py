@@ -1,7 +1,8 @@
 """Prompt and target templates shared by the families that answer questions.
 
-The two output formats: ``answer`` (direct) targets ``<answer> A </answer>``;
-``cot`` targets ``<think> rationale </think> <answer> A </answer>``. A record
+The output formats: ``answer`` (direct) targets ``<answer> A </answer>``;
+``cot`` targets ``<think> rationale </think> <answer> A </answer>``; ``plain`` targets
+the bare answer, as released models (LLaVA) write it. A record
 without a rationale falls back to the direct target, so user data with and
 without rationales trains with the same recipe.
 
@@ -18,7 +19,8 @@ from string import ascii_uppercase
 from mmreason.data.schema import Record
 from mmreason.eval.answers import answer_kind, gold_answer
 
-OUTPUT_FORMATS = ("answer", "cot")
+OUTPUT_FORMATS = ("answer", "cot", "plain")
+PROMPT = "<image> question : {question}{choices} answer :"  # the zoo's own; released models bring theirs
 TEMPLATE_WORDS = ("question", "choices", "answer", ":", "(", ")", *ascii_uppercase.lower(), *"0123456789",
                   "context", "options", "solution", "the", "is", "none", ".", ",", "object", "at", "and")
 RATIONALE_CUE = "solution :"
@@ -43,9 +45,20 @@ def format_choices(choices: list[str] | None) -> str:
     return " choices : " + " ".join(f"( {ascii_uppercase[i]} ) {c}" for i, c in enumerate(choices))
 
 
-def user_prompt(question: str, choices: list[str] | None = None) -> str:
-    """The text after the image: question, lettered choices, then the cue to answer."""
-    return f"<image> question : {question.strip()}{format_choices(choices)} answer :"
+def check_prompt(template: str) -> str:
+    """A prompt template must hold one ``<image>`` and the ``{question}`` field (``{choices}`` optional)."""
+    if not isinstance(template, str) or template.count("<image>") != 1 or "{question}" not in template:
+        raise ValueError(f"prompt template must contain '<image>' once and '{{question}}', got {template!r}")
+    try:
+        template.format(question="", choices="")
+    except (KeyError, IndexError, ValueError) as err:
+        raise ValueError(f"prompt template {template!r} has a field other than {{question}} and {{choices}}") from err
+    return template
+
+
+def user_prompt(question: str, choices: list[str] | None = None, template: str = PROMPT) -> str:
+    """The user turn: the image, the question and its lettered choices, then the cue to answer."""
+    return template.format(question=question.strip(), choices=format_choices(choices))
 
 
 def answer_tag(answer: str) -> str:
@@ -55,6 +68,8 @@ def answer_tag(answer: str) -> str:
 def target_text(record: Record, output_format: str) -> str:
     if output_format not in OUTPUT_FORMATS:
         raise ValueError(f"unknown output_format {output_format!r}; expected one of {OUTPUT_FORMATS}")
+    if output_format == "plain":
+        return record.answer.strip()
     answer = answer_tag(record.answer)
     if output_format == "cot" and record.rationale:
         return f"<think> {record.rationale.strip()} </think> {answer}"

@@ -30,9 +30,8 @@ class ModelHooks:
         two never disagree (and the loader workers tokenise)."""
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "preprocess"):
-            datamodule.preprocess.image_size = self.model.preprocess.image_size
-            datamodule.preprocess.mean = self.model.preprocess.mean
-            datamodule.preprocess.std = self.model.preprocess.std
+            for setting in ("image_size", "mean", "std", "resize"):  # the pixel limit stays the data's
+                setattr(datamodule.preprocess, setting, getattr(self.model.preprocess, setting))
         if datamodule is not None and hasattr(datamodule, "processor"):
             datamodule.processor = self.batch_processor()
 

@@ -1,0 +1,81 @@
+"""Reading a released checkpoint: a local folder or a hub id, its config and its weights.
+
+Weights are read as data only: safetensors files, or ``.bin`` files through
+``torch.load(weights_only=True)``, single or sharded with an index. Nothing
+from the folder runs (no ``trust_remote_code``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+class CheckpointError(ValueError):
+    """A released checkpoint that cannot be converted: missing files, or keys not in the expected layout."""
+
+
+def resolve_source(src: str) -> Path:
+    """A local folder as is; a hub id downloaded (once, into the Hugging Face cache) when the network allows."""
+    folder = Path(src)
+    if folder.is_dir():
+        return folder
+    if not HUB_ID.fullmatch(src):
+        raise CheckpointError(f"{src!r} is neither a folder nor a hub id (org/name)")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(src, allow_patterns=["*.json", "*.safetensors", "*.bin", "*.model", "*.txt"]))
+    except LocalEntryNotFoundError as err:
+        raise CheckpointError(f"cannot download {src!r}: no network and not in the Hugging Face cache; download the "
+                              "folder elsewhere (huggingface-cli download) and pass its path") from err
+
+
+def read_json(folder: Path, name: str) -> dict:
+    path = folder / name
+    if not path.is_file():
+        raise CheckpointError(f"{folder} has no {name}")
+    return json.loads(path.read_text())
+
+
+def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of the folder's weights: ``model.safetensors`` / ``pytorch_model.bin``, or the shards
+    their ``.index.json`` lists."""
+    for name in WEIGHT_FILES:
+        index = folder / f"{name}.index.json"
+        files = ([folder / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+                 if index.is_file() else [folder / name] if (folder / name).is_file() else [])
+        if not files:
+            continue
+        state: dict[str, torch.Tensor] = {}
+        for file in files:
+            if Path(file).resolve().parent != folder.resolve():
+                raise CheckpointError(f"{index}: shard {file.name!r} lies outside the folder")
+            state.update(load_file(str(file)) if file.suffix == ".safetensors"
+                         else torch.load(file, map_location="cpu", weights_only=True))
+        return state
+    raise CheckpointError(f"{folder} holds no weights: expected one of {WEIGHT_FILES} or its .index.json shards")
+
+
+def take(state: dict[str, torch.Tensor], mapping: dict[str, str], what: str) -> dict[str, torch.Tensor]:
+    """``state`` renamed by the first matching prefix of ``mapping`` (source prefix → our prefix); a key no
+    prefix matches, or a target left unfilled, is an error naming the keys and the expected layout."""
+    out, unexpected = {}, []
+    for key, tensor in state.items():
+        prefix = next((p for p in mapping if key.startswith(p)), None)
+        if prefix is None:
+            unexpected.append(key)
+        else:
+            out[mapping[prefix] + key[len(prefix):]] = tensor
+    if unexpected:
+        raise CheckpointError(f"{what}: {len(unexpected)} unexpected key(s), e.g. {unexpected[:3]}; expected keys "
+                              f"starting with {sorted(mapping)}")
+    return out

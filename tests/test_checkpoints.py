@@ -1,0 +1,157 @@
+"""Released checkpoints converted into exports: a tiny, randomly initialised LLaVA-1.5 in transformers'
+layout (and in the layout the hub's llava-hf checkpoints were saved in) converts into an export whose
+preprocessing and logits equal transformers' own."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+import mmreason
+from mmreason.checkpoints import convert
+from mmreason.checkpoints.source import CheckpointError
+from mmreason.data.schema import Record
+from mmreason.text.tokenizer import word_tokenizer
+
+SIZE = 32
+
+
+def _image(width: int = 48, height: int = 40) -> Image.Image:
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="module")
+def llava(tmp_path_factory):
+    """A tiny LlavaForConditionalGeneration with its tokenizer and CLIP processor, saved as transformers
+    saves it; its text table is padded beyond the tokenizer, as LLaVA-1.5's is."""
+    torch.manual_seed(0)
+    tokenizer = word_tokenizer("USER ASSISTANT : how many red shapes are there ? what colour is the circle".split())
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
+                              image_size=SIZE, patch_size=8)
+    text = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                       num_key_value_heads=2, vocab_size=len(tokenizer) + 7, max_position_embeddings=256,
+                       pad_token_id=tokenizer.pad_token_id)
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=tokenizer.convert_tokens_to_ids(
+        "<image>"), image_seq_length=16, vision_feature_layer=-2, vision_feature_select_strategy="default")
+    model = LlavaForConditionalGeneration(config).eval()
+    folder = tmp_path_factory.mktemp("llava-hf")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    processor = CLIPImageProcessorPil(size={"shortest_edge": SIZE}, crop_size={"height": SIZE, "width": SIZE})
+    processor.save_pretrained(folder)
+    return folder, model, processor
+
+
+def _same_outputs(export, reference, processor) -> None:
+    model = mmreason.load(export)
+    image = _image()
+    pixels = model.preprocess(image)
+    expected_pixels = processor(image, return_tensors="pt")["pixel_values"][0]
+    torch.testing.assert_close(pixels, expected_pixels, atol=1e-5, rtol=0)  # CLIP's resize, crop and normalisation
+    record = Record(question="how many red shapes are there ?", answer="")
+    inputs = model.processor.generation_inputs([record])
+    with torch.no_grad():
+        ours = model(pixels[None], inputs["input_ids"], inputs["attention_mask"]).logits
+        theirs = reference(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                           pixel_values=expected_pixels[None]).logits
+    assert ours.shape[-1] >= theirs.shape[-1]
+    torch.testing.assert_close(ours[..., : theirs.shape[-1]], theirs, atol=1e-5, rtol=1e-5)
+
+
+def test_llava_hf_converts_into_an_export_with_transformers_outputs(llava, tmp_path):
+    folder, reference, processor = llava
+    export = convert("llava-hf", str(folder), tmp_path / "export")
+    config = json.loads((export / "config.json").read_text())
+    assert config["family"] == "baseline" and config["source"]["format"] == "llava-hf"
+    assert config["config"]["prompt"].startswith("USER: <image>")
+    _same_outputs(export, reference, processor)
+    answer = mmreason.load(export).predict(_image(), "what colour is the circle ?", max_new_tokens=3)
+    assert isinstance(answer["text"], str)
+
+
+def test_the_hub_layout_in_bin_shards_converts_too(llava, tmp_path):
+    """The hub's llava-hf checkpoints name keys ``language_model.model.*`` and ship ``pytorch_model.bin``
+    shards with an index; both are read (the .bin files as data only)."""
+    folder, reference, processor = llava
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    for name in ("config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json"):
+        (hub / name).write_bytes((folder / name).read_bytes())
+    renames = {"model.vision_tower.": "vision_tower.", "model.multi_modal_projector.": "multi_modal_projector.",
+               "model.language_model.": "language_model.model.", "lm_head.": "language_model.lm_head."}
+    state = {next((new + k[len(old):] for old, new in renames.items() if k.startswith(old)), k): v
+             for k, v in reference.state_dict().items()}
+    keys = sorted(state)
+    shards = {"pytorch_model-00001-of-00002.bin": keys[: len(keys) // 2],
+              "pytorch_model-00002-of-00002.bin": keys[len(keys) // 2 :]}
+    for name, names in shards.items():
+        torch.save({k: state[k].clone() for k in names}, hub / name)
+    index = {"weight_map": {k: name for name, names in shards.items() for k in names}}
+    (hub / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    _same_outputs(convert("llava-hf", str(hub), tmp_path / "export"), reference, processor)
+
+
+def test_a_key_outside_the_layout_is_named(llava, tmp_path):
+    folder, reference, _ = llava
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        (odd / name).write_bytes((folder / name).read_bytes())
+    torch.save({**reference.state_dict(), "mystery.weight": torch.zeros(1)}, odd / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match=r"unexpected key\(s\), e.g. \['mystery.weight'\]"):
+        convert("llava-hf", str(odd), tmp_path / "export")
+    with pytest.raises(CheckpointError, match="unknown checkpoint format 'llava-2'; formats: llava-hf"):
+        convert("llava-2", str(folder), tmp_path / "export")
+    with pytest.raises(CheckpointError, match="neither a folder nor a hub id"):
+        convert("llava-hf", str(tmp_path / "absent" / "folder"), tmp_path / "export")
+
+
+def test_siglip_tower_reads_every_token_of_the_chosen_layer():
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    from mmreason.layers.vision import build_vision_tower
+
+    fields = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+              "image_size": 16, "patch_size": 4}
+    torch.manual_seed(0)
+    tower = build_vision_tower({"hf": {"model_type": "siglip_vision_model", "config": fields, "feature_layer": -1,
+                                       "select": "full"}})
+    reference = SiglipVisionModel(SiglipVisionConfig(**fields))
+    reference.load_state_dict(tower.model.state_dict())
+    images = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        expected = reference(pixel_values=images, output_hidden_states=True).hidden_states[-1]
+        torch.testing.assert_close(tower(images), expected)
+    assert tower.num_tokens(16) == 16 and tower.width == 16
+    with pytest.raises(ValueError, match="feature_layer 5 is outside the tower's 2 layers"):
+        build_vision_tower({"hf": {"model_type": "siglip_vision_model", "config": fields, "feature_layer": 5}})
+
+
+def test_pad_to_square_with_the_mean_colour_then_resize():
+    from mmreason.data.preprocess import Preprocess
+
+    image = Image.new("RGB", (4, 2), (200, 10, 10))
+    pixels = Preprocess(image_size=4, mean=(0.5, 0.25, 0.0), resize="pad").to_pixels(image)
+    assert pixels[0, 0].tolist() == [127, 63, 0] and pixels[3, 3].tolist() == [127, 63, 0]  # the padded rows
+    assert pixels[1:3, :].reshape(-1, 3).tolist() == [[200, 10, 10]] * 8  # the image, centred
+    with pytest.raises(ValueError, match="resize must be one of"):
+        Preprocess(resize="stretch")
+
+
+def test_prompt_templates_and_plain_answers():
+    from mmreason.text.prompts import check_prompt, target_text, user_prompt
+
+    template = "USER: <image>\n{question}{choices} ASSISTANT:"
+    assert user_prompt(" what is it? ", None, template) == "USER: <image>\nwhat is it? ASSISTANT:"
+    assert target_text(Record(question="q", answer=" 3 "), "plain") == "3"
+    with pytest.raises(ValueError, match="must contain '<image>' once and '{question}'"):
+        check_prompt("USER: {question}")
+    with pytest.raises(ValueError, match="has a field other than"):
+        check_prompt("<image> {question} {answer}")
