@@ -59,9 +59,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
 
     p = verbs.add_parser("convert", help="turn a released checkpoint (folder or hub id) into an export folder")
-    p.add_argument("format", help="the checkpoint's layout: llava-hf")
+    p.add_argument("format", help="the checkpoint's layout: llava-hf, llava")
     p.add_argument("src", help="a folder, or a hub id (downloaded when the network allows)")
     p.add_argument("--out", required=True, help="the export folder to write")
+    p.add_argument("--vision", default=None, help="llava: the CLIP checkpoint (default: the config's mm_vision_tower)")
 
     p = verbs.add_parser("list", help="list registered models")
     p.add_argument("pattern", nargs="?", default="*")
@@ -106,7 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     elif args.verb == "convert":
         from mmreason.checkpoints import convert
 
-        print(json.dumps({"export": str(convert(args.format, args.src, args.out))}))
+        options = {"vision": args.vision} if args.vision else {}
+        print(json.dumps({"export": str(convert(args.format, args.src, args.out, **options))}))
     elif args.verb == "export":
         from mmreason.training.checkpoint import export_checkpoint
 

@@ -77,14 +77,16 @@ def test_llava_hf_converts_into_an_export_with_transformers_outputs(llava, tmp_p
 
 
 def test_the_hub_layout_in_bin_shards_converts_too(llava, tmp_path):
-    """The hub's llava-hf checkpoints name keys ``language_model.model.*`` and ship ``pytorch_model.bin``
-    shards with an index; both are read (the .bin files as data only)."""
+    """The hub's llava-hf checkpoints name keys ``language_model.model.*`` and
+    ``vision_tower.vision_model.*`` and ship ``pytorch_model.bin`` shards with an index; all are read
+    (the .bin files as data only)."""
     folder, reference, processor = llava
     hub = tmp_path / "hub"
     hub.mkdir()
     for name in ("config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json"):
         (hub / name).write_bytes((folder / name).read_bytes())
-    renames = {"model.vision_tower.": "vision_tower.", "model.multi_modal_projector.": "multi_modal_projector.",
+    renames = {"model.vision_tower.": "vision_tower.vision_model.",  # transformers 4 kept that level
+               "model.multi_modal_projector.": "multi_modal_projector.",
                "model.language_model.": "language_model.model.", "lm_head.": "language_model.lm_head."}
     state = {next((new + k[len(old):] for old, new in renames.items() if k.startswith(old)), k): v
              for k, v in reference.state_dict().items()}
@@ -107,10 +109,67 @@ def test_a_key_outside_the_layout_is_named(llava, tmp_path):
     torch.save({**reference.state_dict(), "mystery.weight": torch.zeros(1)}, odd / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match=r"unexpected key\(s\), e.g. \['mystery.weight'\]"):
         convert("llava-hf", str(odd), tmp_path / "export")
-    with pytest.raises(CheckpointError, match="unknown checkpoint format 'llava-2'; formats: llava-hf"):
+    with pytest.raises(CheckpointError, match="unknown checkpoint format .llava-2.; formats: llava, llava-hf"):
         convert("llava-2", str(folder), tmp_path / "export")
     with pytest.raises(CheckpointError, match="neither a folder nor a hub id"):
         convert("llava-hf", str(tmp_path / "absent" / "folder"), tmp_path / "export")
+
+
+def _expand2square(image: Image.Image, mean) -> Image.Image:
+    """LLaVA-1.5's padding (llava/mm_utils.py), written out."""
+    width, height = image.size
+    side = max(width, height)
+    result = Image.new(image.mode, (side, side), tuple(int(x * 255) for x in mean))
+    result.paste(image, (0, (width - height) // 2) if width > height else ((height - width) // 2, 0))
+    return result
+
+
+def test_original_llava_layout_with_a_separate_clip_converts(tmp_path):
+    """liuhaotian's layout: the LM and ``model.mm_projector`` in one folder, CLIP named by the config and
+    read from its own checkpoint; images padded to a square with the mean colour."""
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionModel, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    clip = CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                            num_attention_heads=2, image_size=SIZE, patch_size=8)).eval()
+    clip_folder = tmp_path / "clip"
+    clip.save_pretrained(clip_folder)
+    tokenizer = word_tokenizer("USER ASSISTANT : how many red shapes are there ?".split())
+    text = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                       num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=256)
+    lm = LlamaForCausalLM(text).eval()
+    projector = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.GELU(), torch.nn.Linear(32, 32))
+    folder = tmp_path / "llava-v1.5"
+    folder.mkdir()
+    save_file({**{k: v.contiguous() for k, v in lm.state_dict().items()},
+               **{f"model.mm_projector.{k}": v.contiguous() for k, v in projector.state_dict().items()}},
+              folder / "model.safetensors")
+    (folder / "config.json").write_text(json.dumps({
+        **text.to_dict(), "model_type": "llava_llama", "architectures": ["LlavaLlamaForCausalLM"],
+        "mm_vision_tower": str(clip_folder), "mm_projector_type": "mlp2x_gelu", "mm_hidden_size": 32,
+        "mm_vision_select_layer": -2, "mm_vision_select_feature": "patch", "image_aspect_ratio": "pad",
+        "mm_use_im_start_end": False, "tokenizer_model_max_length": 256}))
+    tokenizer.save_pretrained(folder)
+    with pytest.raises(CheckpointError, match="format 'llava-hf' takes no option 'vision'"):
+        convert("llava-hf", str(folder), tmp_path / "export", vision=str(clip_folder))
+    model = mmreason.load(convert("llava", str(folder), tmp_path / "export"))
+    assert model.preprocess.resize == "pad" and "A chat between" in model.processor.prompt
+
+    image = _image()
+    processor = CLIPImageProcessorPil(size={"shortest_edge": SIZE}, crop_size={"height": SIZE, "width": SIZE})
+    expected_pixels = processor(_expand2square(image, processor.image_mean), return_tensors="pt")["pixel_values"]
+    pixels = model.preprocess(image)[None]
+    torch.testing.assert_close(pixels, expected_pixels, atol=1e-5, rtol=0)
+    inputs = model.processor.generation_inputs([Record(question="how many red shapes are there ?", answer="")])
+    ids = inputs["input_ids"]
+    with torch.no_grad():  # LLaVA's forward: CLIP layer -2 without CLS, the projector, spliced at the image
+        features = projector(clip(pixel_values=expected_pixels, output_hidden_states=True).hidden_states[-2][:, 1:])
+        embeds = lm.model.embed_tokens(ids.clamp(max=text.vocab_size - 1))
+        embeds[ids == tokenizer.convert_tokens_to_ids("<image>")] = features.reshape(-1, 32)
+        theirs = lm(inputs_embeds=embeds, attention_mask=inputs["attention_mask"]).logits
+        ours = model(pixels, ids, inputs["attention_mask"]).logits
+    torch.testing.assert_close(ours[..., : text.vocab_size], theirs, atol=1e-5, rtol=1e-5)
 
 
 def test_siglip_tower_reads_every_token_of_the_chosen_layer():

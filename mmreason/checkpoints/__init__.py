@@ -8,17 +8,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mmreason.checkpoints import llava_hf
+from mmreason.checkpoints import llava, llava_hf
 from mmreason.checkpoints.source import CheckpointError, resolve_source
 from mmreason.export import save_export
 
-CONVERTERS = {llava_hf.FORMAT: llava_hf}
+CONVERTERS = {module.FORMAT: module for module in (llava_hf, llava)}
 
 
-def convert(fmt: str, src: str, out: str | Path) -> Path:
-    """Convert the checkpoint at ``src`` (a folder or a hub id) in format ``fmt`` into the export ``out``."""
+def convert(fmt: str, src: str, out: str | Path, **options) -> Path:
+    """Convert the checkpoint at ``src`` (a folder or a hub id) in format ``fmt`` into the export ``out``;
+    ``options`` are the format's own (e.g. ``vision`` for ``llava``)."""
     if fmt not in CONVERTERS:
         raise CheckpointError(f"unknown checkpoint format {fmt!r}; formats: {', '.join(sorted(CONVERTERS))}")
     converter = CONVERTERS[fmt]
-    model = converter.convert(resolve_source(src))
+    unknown = sorted(set(options) - set(converter.OPTIONS))
+    if unknown:
+        raise CheckpointError(f"format {fmt!r} takes no option {unknown[0]!r}; its options: {converter.OPTIONS or 'none'}")
+    model = converter.convert(resolve_source(src), **options)
     return save_export(model, out, source={"id": src, "format": fmt, "converter_version": converter.CONVERTER_VERSION})

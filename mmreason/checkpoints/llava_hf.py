@@ -13,16 +13,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
-from mmreason.checkpoints.source import CheckpointError, read_json, read_state_dict, take
+from mmreason.checkpoints.source import (
+    CLIP_MEAN,
+    CLIP_STD,
+    EMBEDDINGS,
+    CheckpointError,
+    align_tower_keys,
+    fit_vocabulary,
+    read_json,
+    read_state_dict,
+    take,
+)
 from mmreason.models.baseline import VisionLanguageModel
 from mmreason.text.tokenizer import build_tokenizer
 
 FORMAT = "llava-hf"
 CONVERTER_VERSION = 1
+OPTIONS: tuple[str, ...] = ()
 LLAVA_PROMPT = "USER: <image>\n{question}{choices} ASSISTANT:"
-CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
 # transformers' current layout first, then the one the hub's llava-hf checkpoints were saved in
 PREFIXES = {
     "model.vision_tower.": "vision.model.", "model.multi_modal_projector.linear_1.": "projector.0.",
@@ -32,7 +40,6 @@ PREFIXES = {
     "multi_modal_projector.linear_2.": "projector.2.", "language_model.model.": "lm.model.",
     "language_model.lm_head.": "lm.lm_head.",
 }
-EMBEDDINGS = ("lm.model.embed_tokens.weight", "lm.lm_head.weight")
 
 
 def _preprocess(folder: Path, image_size: int) -> dict:
@@ -68,14 +75,6 @@ def model_config(llava: dict, folder: Path) -> dict:
     }
 
 
-def _fit_vocabulary(state: dict[str, torch.Tensor], rows: int) -> None:
-    """Our tokenizer adds the zoo's special tokens; rows for them start at the mean embedding."""
-    for key in EMBEDDINGS:
-        if key in state and state[key].shape[0] < rows:
-            table = state[key]
-            state[key] = torch.cat([table, table.mean(0, keepdim=True).expand(rows - table.shape[0], -1)])
-
-
 def convert(folder: Path) -> VisionLanguageModel:
     llava = read_json(folder, "config.json")
     if llava.get("model_type") != "llava":
@@ -87,10 +86,10 @@ def convert(folder: Path) -> VisionLanguageModel:
         raise CheckpointError(f"{folder}: the tokenizer's <image> is id {tokenizer.convert_tokens_to_ids('<image>')}, "
                               f"the config's image_token_index {image_token}")
     state = take(read_state_dict(folder), PREFIXES, f"{folder} ({FORMAT} layout)")
-    config["language"]["config"]["vocab_size"] = max(len(tokenizer), state["lm.model.embed_tokens.weight"].shape[0])
+    config["language"]["config"]["vocab_size"] = max(len(tokenizer), state[EMBEDDINGS[0]].shape[0])
     model = VisionLanguageModel(config, tokenizer=tokenizer)
-    _fit_vocabulary(state, model.lm.get_input_embeddings().num_embeddings)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    fit_vocabulary(state, model.lm.get_input_embeddings().num_embeddings)
+    missing, unexpected = model.load_state_dict(align_tower_keys(state, model), strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{folder} ({FORMAT} layout): missing {missing[:5]} ({len(missing)}), unexpected "
                               f"{unexpected[:5]} ({len(unexpected)})")

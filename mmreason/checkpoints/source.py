@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+EMBEDDINGS = ("lm.model.embed_tokens.weight", "lm.lm_head.weight")  # a VLM's token tables, in our names
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -78,4 +80,27 @@ def take(state: dict[str, torch.Tensor], mapping: dict[str, str], what: str) -> 
     if unexpected:
         raise CheckpointError(f"{what}: {len(unexpected)} unexpected key(s), e.g. {unexpected[:3]}; expected keys "
                               f"starting with {sorted(mapping)}")
+    return out
+
+
+def fit_vocabulary(state: dict[str, torch.Tensor], rows: int) -> None:
+    """Our tokenizer adds the zoo's special tokens: their rows in the token tables start at the mean."""
+    for key in EMBEDDINGS:
+        if key in state and state[key].shape[0] < rows:
+            table = state[key]
+            state[key] = torch.cat([table, table.mean(0, keepdim=True).expand(rows - table.shape[0], -1)])
+
+
+def align_tower_keys(state: dict[str, torch.Tensor], model, prefix: str = "vision.model.",
+                     inner: str = "vision_model.") -> dict[str, torch.Tensor]:
+    """Checkpoints name a transformers vision tower's weights with or without its ``vision_model.``
+    level (transformers 4 kept it, 5 saves without); rename to what the installed version expects."""
+    wanted = model.state_dict().keys()
+    out = {}
+    for key, tensor in state.items():
+        if key.startswith(prefix) and key not in wanted:
+            rest = key[len(prefix):]
+            other = prefix + (rest[len(inner):] if rest.startswith(inner) else inner + rest)
+            key = other if other in wanted else key
+        out[key] = tensor
     return out
