@@ -99,6 +99,8 @@ def portable_config(model) -> dict:
     config = json.loads(json.dumps(model.config))
     if hasattr(model, "lm"):
         config["language"] = {"config": {"model_type": model.lm.config.model_type, **model.lm.config.to_diff_dict()}}
+    if (config.get("init_language") or {}).get("path") is not None:  # no path out of the folder: the architecture
+        config["init_language"] = config["language"]
     config["vision"] = {**config["vision"], "pretrained": False, "weights_file": None}
     if config["vision"].get("hf", {}).get("path") is not None:  # a pretrained HF tower: its config, not its path
         tower = model.vision.model.config

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mmreason.checkpoints import llava, llava_hf
+from mmreason.checkpoints import llava, llava_hf, mmcot
 from mmreason.checkpoints.source import CheckpointError, resolve_source
 from mmreason.export import save_export
 
-CONVERTERS = {module.FORMAT: module for module in (llava_hf, llava)}
+CONVERTERS = {module.FORMAT: module for module in (llava_hf, llava, mmcot)}
 
 
 def convert(fmt: str, src: str, out: str | Path, **options) -> Path:
     """Convert the checkpoint at ``src`` (a folder or a hub id) in format ``fmt`` into the export ``out``;
-    ``options`` are the format's own (e.g. ``vision`` for ``llava``)."""
+    ``options`` are the format's own (e.g. ``vision`` for ``llava``, ``answer`` for ``mmcot``)."""
     if fmt not in CONVERTERS:
         raise CheckpointError(f"unknown checkpoint format {fmt!r}; formats: {', '.join(sorted(CONVERTERS))}")
     converter = CONVERTERS[fmt]

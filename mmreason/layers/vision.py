@@ -1,6 +1,7 @@
 """A vision encoder over any timm model, returning a sequence of patch tokens.
 
-ViTs give their patch tokens (prefix/class tokens dropped); convolutional
+ViTs give their patch tokens (prefix/class tokens dropped unless ``keep_prefix_tokens``, as
+MM-CoT's features keep the class token); convolutional
 networks give their last feature map flattened row-major. Either way the
 language model sees ``(batch, tokens, width)``.
 """
@@ -49,10 +50,12 @@ class VisionEncoder(nn.Module):
         pretrained: load pretrained weights (from ``weights_file`` if given, else the hub).
         weights_file: a local weights file, so pretrained towers work offline.
         stem: ``patch`` (the model's own) or ``conv`` (:class:`ConvStemPatchEmbed`, ViTs only).
+        keep_prefix_tokens: return a ViT's class/register tokens before its patch tokens, as
+            ``forward_features`` gives them.
     """
 
     def __init__(self, name: str, overrides: dict | None = None, pretrained: bool = False,
-                 weights_file: str | None = None, stem: str = "patch"):
+                 weights_file: str | None = None, stem: str = "patch", keep_prefix_tokens: bool = False):
         super().__init__()
         kwargs = dict(overrides or {})
         if stem not in STEMS:
@@ -70,7 +73,7 @@ class VisionEncoder(nn.Module):
             if "Unknown model" in str(exn):
                 raise ValueError(f"unknown timm model {name!r}; see timm.list_models() for valid names") from exn
             raise
-        self.prefix_tokens = getattr(self.model, "num_prefix_tokens", 0)
+        self.prefix_tokens = 0 if keep_prefix_tokens else getattr(self.model, "num_prefix_tokens", 0)
         self.width = self.model.num_features
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -97,5 +100,5 @@ def build_vision_tower(spec: dict) -> nn.Module:
     if "name" not in spec:
         raise ValueError("vision needs 'name' (a timm model) or 'hf' (a transformers CLIP/SigLIP tower)")
     return VisionEncoder(spec["name"], spec.get("overrides"), spec.get("pretrained", False), spec.get("weights_file"),
-                         spec.get("stem", "patch"))
+                         spec.get("stem", "patch"), bool(spec.get("keep_prefix_tokens", False)))
 

@@ -15,7 +15,7 @@ LEAF = None  # a value, not a subtree
 
 HF_VISION = {"model_type": LEAF, "config": ANY, "path": LEAF, "feature_layer": LEAF, "select": LEAF}
 VISION = {"name": LEAF, "overrides": ANY, "pretrained": LEAF, "weights_file": LEAF, "stem": LEAF, "frozen": LEAF,
-          "hf": HF_VISION}
+          "keep_prefix_tokens": LEAF, "hf": HF_VISION}
 LANGUAGE = {"config": ANY, "path": LEAF, "gguf_file": LEAF}
 PREPROCESS = {"image_size": LEAF, "mean": LEAF, "std": LEAF, "max_pixels": LEAF, "resize": LEAF}
 VLM = {"vision": VISION, "projector": LEAF, "language": LANGUAGE, "tokenizer": LEAF, "output_format": LEAF,

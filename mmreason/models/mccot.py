@@ -8,7 +8,8 @@ writes ``the answer is …``; a ``direct`` stage answers without a rationale.
 Stages share the architecture but not weights. The rationale the answer stage
 reads at evaluation is generated autoregressively (``generated``); upstream's
 teacher-forced argmax (``teacher_forced``) and the gold rationale (``gold``)
-are there to compare against.
+are there to compare against. ``templates`` picks the zoo's prompt wording (``zoo``) or
+MM-CoT's own (``mm-cot``, for checkpoints converted from amazon-science/mm-cot).
 
 MC-CoT's self-consistency training runs the decoder ``passes`` times on one
 encoding (dropout on) and fuses the logits (:mod:`mmreason.layers.logit_voting`).
@@ -87,11 +88,21 @@ class MCCoTStage(nn.Module):
         language = config["language"]
         self.t5 = build_language_model(language.get("config"), language.get("path"), vocab_size=len(tokenizer),
                                        kind="seq2seq")
+        if (language.get("config") or {}).get("tie_word_embeddings") is False:
+            self._untie_lm_head()
+        elif language.get("path") is not None and self.t5.lm_head.weight is not self.t5.shared.weight:
+            self.t5.config.tie_word_embeddings = False  # a loaded FLAN-T5's own output table: say so in exports
         for name in ("pad_token_id", "decoder_start_token_id"):
             setattr(self.t5.config, name, tokenizer.pad_token_id)
             setattr(self.t5.generation_config, name, tokenizer.pad_token_id)
         self.t5.config.eos_token_id = self.t5.generation_config.eos_token_id = tokenizer.eos_token_id
         self.fusion = GatedCrossAttentionFusion(self.t5.config.d_model, self.vision.width)
+
+    def _untie_lm_head(self) -> None:
+        """T5 v1.1 / FLAN-T5 keep an output table apart from the input one; transformers 5 ties them whenever
+        a T5 is built from a config, so a config that says ``tie_word_embeddings: false`` gets its own."""
+        self.t5.lm_head.weight = nn.Parameter(self.t5.shared.weight.detach().clone())
+        self.t5.config.tie_word_embeddings = False  # kept in the export's config, and no later tie_weights()
 
     def image_features(self, visual: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, S, S) through the encoder, or cached features (B, N, D) as they are."""
@@ -135,8 +146,11 @@ class MCCoT(ZooModel):
 
     config_schema = {"vision": VISION, "language": LANGUAGE, "init_language": LANGUAGE, "tokenizer": LEAF,
                      "preprocess": PREPROCESS, "stages": LEAF, "train_stage": LEAF, "max_length": LEAF,
-                     "max_target_length": LEAF, "self_consistency": dict.fromkeys(("passes", "alpha", "vote"), LEAF)}
+                     "max_target_length": LEAF, "self_consistency": dict.fromkeys(("passes", "alpha", "vote"), LEAF),
+                     "templates": LEAF}
     init_parts = ("vision",)
+    # a stage added to an export starts from init_language: its architecture, or a run's pretrained path
+    fine_tune_options = ("init_language",)
     response_options = ("votes", "temperature", "top_p", "rationale_source", "max_answer_tokens")
 
     def __init__(self, config: dict, tokenizer=None):
@@ -164,7 +178,9 @@ class MCCoT(ZooModel):
         self.train_stage = config.get("train_stage", stages[-1])
         if self.train_stage not in self.stages:
             raise ValueError(f"train_stage {self.train_stage!r} is not one of this model's stages {stages}")
-        self.processor = MCCoTProcessor(self.tokenizer, self.max_length, self.max_target_length, self.train_stage)
+        self.templates = config.get("templates", "zoo")
+        self.processor = MCCoTProcessor(self.tokenizer, self.max_length, self.max_target_length, self.train_stage,
+                                        self.templates)
 
     @property
     def lm(self) -> nn.Module:
@@ -279,14 +295,14 @@ class MCCoT(ZooModel):
             tensors = {k: v.to(visual.device) for k, v in self.processor.stage_tensors("rationale", records).items()}
             logits, labels = self.stage_logits("rationale", visual, **tensors), tensors["labels"]
             predicted = logits.argmax(-1).masked_fill(labels == IGNORE_INDEX, self.tokenizer.pad_token_id)
-            texts = [strip_rationale_cue(t) for t in self._decode(predicted)]
+            texts = [strip_rationale_cue(t, self.templates) for t in self._decode(predicted)]
         else:
             module = self.stages["rationale"]
             ids, mask = self.encoder_inputs("rationale", records, visual.device)
             encoded = module.encode(module.image_features(visual), ids, mask)
             out = module.generate(encoded, mask, max_new_tokens or self.max_target_length, samples, temperature,
                                   top_p, sample)
-            return [strip_rationale_cue(t) for t in self._decode(out)]
+            return [strip_rationale_cue(t, self.templates) for t in self._decode(out)]
         return [t for t in texts for _ in range(samples)]
 
     @torch.no_grad()

@@ -4,6 +4,7 @@ The rationale stage reads ``question : … options : …`` and writes ``solution
 the answer stage reads the same plus a rationale (gold in training) and writes the answer
 sentence; the direct stage answers from QCM alone. Encoder inputs end in EOS and keep their
 first ``max_length`` tokens; targets end in EOS, keep ``max_target_length`` and pad with -100.
+``templates`` picks the zoo's wording or MM-CoT's own (:mod:`mmreason.text.prompts`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import torch
 
 from mmreason.data.schema import Record
 from mmreason.models.processor import IGNORE_INDEX, BatchProcessor, pad_rows
-from mmreason.text.prompts import answer_sentence, qcm_input, rationale_target
+from mmreason.text.prompts import answer_sentence, check_templates, qcm_input, rationale_target
 
 LEARNS_FROM_RATIONALES = ("rationale", "answer")  # stages whose training samples need a gold rationale
 
@@ -20,9 +21,10 @@ LEARNS_FROM_RATIONALES = ("rationale", "answer")  # stages whose training sample
 class MCCoTProcessor(BatchProcessor):
     """``train_stage`` is the stage :meth:`training_inputs` prepares (the stage a run trains)."""
 
-    def __init__(self, tokenizer, max_length: int, max_target_length: int, train_stage: str):
+    def __init__(self, tokenizer, max_length: int, max_target_length: int, train_stage: str,
+                 templates: str = "zoo"):
         self.tokenizer, self.max_length, self.max_target_length = tokenizer, max_length, max_target_length
-        self.train_stage = train_stage
+        self.train_stage, self.templates = train_stage, check_templates(templates)
 
     def encoder_inputs(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """Right-padded encoder ``input_ids`` ending in EOS, and their ``attention_mask``."""
@@ -36,19 +38,17 @@ class MCCoTProcessor(BatchProcessor):
         rows = [(ids + [self.tokenizer.eos_token_id])[: self.max_target_length] for ids in encoded]
         return pad_rows(rows, IGNORE_INDEX)["input_ids"]
 
-    @staticmethod
-    def stage_inputs(stage: str, records: list[Record], rationales: list[str] | None = None) -> list[str]:
+    def stage_inputs(self, stage: str, records: list[Record], rationales: list[str] | None = None) -> list[str]:
         """Encoder inputs of a stage; the answer stage reads ``rationales`` (gold by default)."""
         if stage != "answer":
-            return [qcm_input(r) for r in records]
+            return [qcm_input(r, templates=self.templates) for r in records]
         rationales = rationales if rationales is not None else [r.rationale or "" for r in records]
-        return [qcm_input(r, q) for r, q in zip(records, rationales)]
+        return [qcm_input(r, q, self.templates) for r, q in zip(records, rationales)]
 
-    @staticmethod
-    def stage_targets(stage: str, records: list[Record]) -> list[str]:
+    def stage_targets(self, stage: str, records: list[Record]) -> list[str]:
         if stage == "rationale":
-            return [rationale_target(r.rationale or "") for r in records]
-        return [answer_sentence(r) for r in records]
+            return [rationale_target(r.rationale or "", self.templates) for r in records]
+        return [answer_sentence(r, self.templates) for r in records]
 
     def stage_tensors(self, stage: str, records: list[Record]) -> dict[str, torch.Tensor]:
         """``input_ids``, ``attention_mask`` and ``labels`` of ``stage`` on the records' gold targets."""

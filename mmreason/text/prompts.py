@@ -9,7 +9,9 @@ without rationales trains with the same recipe.
 Two-stage families (MM-CoT) use the encoder–decoder templates instead: the
 ``qcm_input`` (question, context, options; the rationale appended for the
 answer stage), a ``solution : …`` rationale target and a ``the answer is …``
-answer target.
+answer target. Models converted from MM-CoT's release read and write upstream's own
+forms instead (``templates="mm-cot"``: ``Question: … Context: … Options: (A) … Solution:``,
+``Solution: …``, ``The answer is (X).``; amazon-science/mm-cot ``utils_prompt.py``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ PROMPT = "<image> question : {question}{choices} answer :"  # the zoo's own; rel
 TEMPLATE_WORDS = ("question", "choices", "answer", ":", "(", ")", *ascii_uppercase.lower(), *"0123456789",
                   "context", "options", "solution", "the", "is", "none", ".", ",", "object", "at", "and")
 RATIONALE_CUE = "solution :"
+TEMPLATES = ("zoo", "mm-cot")
+UPSTREAM_CUE = "Solution:"  # MM-CoT's rationale cue (prompt formats QCM-E / QCMG-A)
 
 
 def query_record(question: str, choices: list[str] | None = None, task: str = "vqa") -> Record:
@@ -76,8 +80,16 @@ def target_text(record: Record, output_format: str) -> str:
     return answer
 
 
-def qcm_input(record: Record, rationale: str | None = None) -> str:
+def check_templates(templates: str) -> str:
+    if templates not in TEMPLATES:
+        raise ValueError(f"unknown templates {templates!r}; expected one of {TEMPLATES}")
+    return templates
+
+
+def qcm_input(record: Record, rationale: str | None = None, templates: str = "zoo") -> str:
     """MM-CoT's encoder input: question, context, options (QCM), then the rationale when given (QCMG)."""
+    if check_templates(templates) == "mm-cot":
+        return _upstream_input(record, rationale)
     options = " ".join(f"( {ascii_uppercase[i]} ) {c}" for i, c in enumerate(record.choices or [])) or "none"
     context = record.meta.get("context")  # converters may also have put it into the question already
     context = f"\ncontext : {str(context).strip()}" if context else ""
@@ -85,18 +97,41 @@ def qcm_input(record: Record, rationale: str | None = None) -> str:
     return f"{text}\n{RATIONALE_CUE} {rationale.strip()}" if rationale is not None else text
 
 
-def rationale_target(rationale: str) -> str:
+def _upstream_input(record: Record, rationale: str | None) -> str:
+    """``create_one_example`` + ``build_train_pair`` of amazon-science/mm-cot, whitespace collapsed as its
+    dataset does: QCM-E ends with the ``Solution:`` cue, QCMG-A carries the rationale and ends with ``Answer:``.
+    The context is ScienceQA's hint (our ScienceQA shards append it to the question as ``Context: …``; it
+    moves back here) and the image caption when the record's meta has one, else ``N/A``."""
+    question = record.question.strip()
+    hint = str(record.meta.get("hint") or record.meta.get("context") or "").strip()
+    if hint and question.endswith(f"Context: {hint}"):
+        question = question[: -len(f"Context: {hint}")].strip()
+    context = " ".join([hint, str(record.meta.get("caption") or "").strip()]).strip() or "N/A"
+    options = " ".join(f"({ascii_uppercase[i]}) {c}" for i, c in enumerate(record.choices or []))
+    text = f"Question: {question}\nContext: {context}\nOptions: {options}\n"
+    text += f"{UPSTREAM_CUE} {rationale.strip()}\nAnswer:" if rationale is not None else UPSTREAM_CUE
+    return " ".join(text.split())
+
+
+def rationale_target(rationale: str, templates: str = "zoo") -> str:
+    if check_templates(templates) == "mm-cot":
+        return " ".join(f"{UPSTREAM_CUE} {rationale}".split())
     return f"{RATIONALE_CUE} {rationale.strip()}"
 
 
-def strip_rationale_cue(text: str) -> str:
-    """A generated rationale without its ``solution :`` cue."""
+def strip_rationale_cue(text: str, templates: str = "zoo") -> str:
+    """A generated rationale without its cue (``solution :``, or upstream's ``Solution:``)."""
+    cue = UPSTREAM_CUE if check_templates(templates) == "mm-cot" else RATIONALE_CUE
     text = " ".join(text.split())
-    return text[len(RATIONALE_CUE):].strip() if text.startswith(RATIONALE_CUE) else text
+    return text[len(cue):].strip() if text.startswith(cue) else text
 
 
-def answer_sentence(record: Record) -> str:
-    """``the answer is ( X ) .`` for multiple choice, ``the answer is A .`` otherwise."""
-    if answer_kind(record) == "choice":
+def answer_sentence(record: Record, templates: str = "zoo") -> str:
+    """``the answer is ( X ) .`` for multiple choice, ``the answer is A .`` otherwise (upstream: ``The answer
+    is (X).``)."""
+    choice = answer_kind(record) == "choice"
+    if check_templates(templates) == "mm-cot":
+        return f"The answer is ({gold_answer(record)})." if choice else f"The answer is {record.answer.strip()}."
+    if choice:
         return f"the answer is ( {gold_answer(record)} ) ."
     return f"the answer is {record.answer.strip()} ."
