@@ -100,6 +100,17 @@ def test_the_hub_layout_in_bin_shards_converts_too(llava, tmp_path):
     _same_outputs(convert("llava-hf", str(hub), tmp_path / "export"), reference, processor)
 
 
+def test_an_index_naming_a_file_outside_its_folder_is_refused(llava, tmp_path):
+    folder, _, _ = llava
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        (bad / name).write_bytes((folder / name).read_bytes())
+    (bad / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"w": "../secret.safetensors"}}))
+    with pytest.raises(CheckpointError, match="shard '../secret.safetensors' is not a plain file name"):
+        convert("llava-hf", str(bad), tmp_path / "export")
+
+
 def test_a_key_outside_the_layout_is_named(llava, tmp_path):
     folder, reference, _ = llava
     odd = tmp_path / "odd"
@@ -125,8 +136,8 @@ def _expand2square(image: Image.Image, mean) -> Image.Image:
 
 
 def test_original_llava_layout_with_a_separate_clip_converts(tmp_path):
-    """liuhaotian's layout: the LM and ``model.mm_projector`` in one folder, CLIP named by the config and
-    read from its own checkpoint; images padded to a square with the mean colour."""
+    """liuhaotian's layout: the LM and ``model.mm_projector`` in one folder, CLIP named by the config (a hub
+    id) or given as ``vision`` and read from its own checkpoint; images padded to a square with the mean colour."""
     from safetensors.torch import save_file
     from transformers import CLIPVisionModel, LlamaForCausalLM
 
@@ -153,7 +164,9 @@ def test_original_llava_layout_with_a_separate_clip_converts(tmp_path):
     tokenizer.save_pretrained(folder)
     with pytest.raises(CheckpointError, match="format 'llava-hf' takes no option 'vision'"):
         convert("llava-hf", str(folder), tmp_path / "export", vision=str(clip_folder))
-    model = mmreason.load(convert("llava", str(folder), tmp_path / "export"))
+    with pytest.raises(CheckpointError, match="is not a hub id .org/name.; pass the folder explicitly"):
+        convert("llava", str(folder), tmp_path / "export")  # the config may not point at a folder on this disk
+    model = mmreason.load(convert("llava", str(folder), tmp_path / "export", vision=str(clip_folder)))
     assert model.preprocess.resize == "pad" and "A chat between" in model.processor.prompt
 
     image = _image()

@@ -252,9 +252,10 @@ def test_init_without_parts_trains_the_whole_export_and_each_module_starts_that_
 
     torch.manual_seed(0)
     baseline = save_export(build_model("baseline", TINY_TEST_CONFIG, tokenizer=tiny_tokenizer), tmp_path / "baseline")
-    model = create_model(init={"from": str(baseline), "frozen": ["vision"]}, output_format="answer")
+    model = create_model(init={"from": str(baseline), "frozen": ["vision"]}, output_format="answer", max_length=40)
     source = load_export(baseline)
     assert model.training and model.output_format == "answer"
+    assert model.batch_processor().max_length == 40 and model.config["max_length"] == 40  # what the loader uses
     assert all(torch.equal(v, source.state_dict()[k]) for k, v in model.state_dict().items())
     assert not any(p.requires_grad for p in model.vision.parameters())
     assert all(p.requires_grad for p in model.lm.parameters())

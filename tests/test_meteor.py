@@ -290,3 +290,19 @@ def test_similarity_tool_runs_on_an_export(model, tmp_path, monkeypatch, capsys)
     images, records = model_images(model, 3), valid_records(3)
     expected = _similarity_tool().tor_similarity(model.eval(), images, records) / 3
     assert stats["diagonal"] == pytest.approx(float(expected.diagonal().mean()), abs=1e-5)
+
+
+def test_random_placements_differ_between_loader_streams_and_repeat_within_one(tiny_tokenizer):
+    from mmreason.models.meteor_processor import MeteorProcessor
+
+    processor = MeteorProcessor(tiny_tokenizer, 4, 512, "cot", True, num_tor=3, placement="random", seed=0)
+    record = validate_record({**make_record(0), "rationale": " ".join(f"w{i}" for i in range(40))})
+
+    def placements(stream: str) -> list[list[int]]:
+        processor.reseed(stream)
+        return [processor.traversal_inputs([record], with_rationale=True)["traversal_ids"][0].tolist()
+                for _ in range(3)]
+
+    assert placements("0-0-0") == placements("0-0-0")  # one worker's epoch is reproducible
+    assert placements("0-0-0") != placements("0-1-0")  # another worker draws its own
+    assert placements("0-0-0") != placements("0-0-1")  # and so does the next epoch

@@ -109,6 +109,10 @@ def test_box_answers_that_fail_to_parse_are_left_out_of_the_vote(tiny_tokenizer,
     monkeypatch.setattr(model, "generate_ids", answering(empty, empty, good))
     result = model.segment(images, records, samples=3)[0]
     assert not result["found"] and not result["mask"].any() and not result["answer"]  # a no-object answer
+    truncated = "<think> object 4 , 4"  # cut off before any answer: unparseable, not a "no object" vote
+    monkeypatch.setattr(model, "generate_ids", answering(truncated, truncated, good))
+    result = model.segment(images, records, samples=3)[0]
+    assert result["found"] and parse_box_points(result["answer"]) == [([4.0, 4.0, 20.0, 16.0], [12.0, 9.0])]
     monkeypatch.setattr(model, "generate_ids", answering(broken, broken, broken))
     result = model.segment(images, records, samples=3)[0]  # nothing parsed: N = 0, empty
     assert not result["found"] and not result["mask"].any() and result["mask"].shape == (32, 32)

@@ -22,12 +22,11 @@ from mmreason.checkpoints.source import (
     CLIP_STD,
     EMBEDDINGS,
     CheckpointError,
-    align_tower_keys,
-    fit_vocabulary,
+    load_converted,
     read_json,
     read_state_dict,
+    rename_by_prefix,
     resolve_source,
-    take,
 )
 from mmreason.models.baseline import VisionLanguageModel
 from mmreason.text.tokenizer import build_tokenizer
@@ -43,10 +42,10 @@ VISION_PREFIXES = {"vision_model.": "vision.model.vision_model."}
 LANGUAGE_CONFIG_SKIP = ("architectures", "auto_map", "_name_or_path", "transformers_version", "torch_dtype", "dtype")
 
 
-def _vision_state(source: str) -> tuple[dict, dict]:
+def _vision_state(source: str, hub_only: bool) -> tuple[dict, dict]:
     """The CLIP tower's config fields and weights from a CLIP checkpoint: a whole CLIP (``vision_model.*``
     beside ``text_model.*``) or a vision model alone (``vision_model.*``, or bare as transformers saves it)."""
-    folder = resolve_source(source)
+    folder = resolve_source(source, hub_only)
     clip = read_json(folder, "config.json")
     whole = clip.get("model_type") == "clip"
     fields = clip.get("vision_config", {}) if whole else clip
@@ -57,7 +56,7 @@ def _vision_state(source: str) -> tuple[dict, dict]:
         state = {f"vision_model.{k}": v for k, v in state.items()}
     if not state:
         raise CheckpointError(f"{folder}: no vision tower weights; expected a CLIP checkpoint")
-    return {k: v for k, v in fields.items() if k not in LANGUAGE_CONFIG_SKIP}, take(state, VISION_PREFIXES, str(folder))
+    return {k: v for k, v in fields.items() if k not in LANGUAGE_CONFIG_SKIP}, rename_by_prefix(state, VISION_PREFIXES, str(folder))
 
 
 def convert(folder: Path, vision: str | None = None) -> VisionLanguageModel:
@@ -67,8 +66,9 @@ def convert(folder: Path, vision: str | None = None) -> VisionLanguageModel:
                               "'mlp2x_gelu' expected)")
     if config.get("mm_use_im_start_end"):
         raise CheckpointError(f"{folder}: image start/end tokens (mm_use_im_start_end) are not supported")
-    state = take(read_state_dict(folder), LANGUAGE_PREFIXES, f"{folder} ({FORMAT} layout)")
-    vision_fields, vision_state = _vision_state(vision or config["mm_vision_tower"])
+    state = rename_by_prefix(read_state_dict(folder), LANGUAGE_PREFIXES, f"{folder} ({FORMAT} layout)")
+    # the tower's config comes from its own checkpoint; its weights too, unless the LLaVA folder holds them
+    vision_fields, vision_state = _vision_state(vision or config["mm_vision_tower"], hub_only=vision is None)
     if not any(k.startswith("vision.model.") for k in state):
         state.update(vision_state)
     llama_fields = LlamaConfig().to_dict().keys() - set(LANGUAGE_CONFIG_SKIP)
@@ -88,9 +88,4 @@ def convert(folder: Path, vision: str | None = None) -> VisionLanguageModel:
         "max_length": config.get("tokenizer_model_max_length", config.get("max_position_embeddings", 2048)),
     }
     model = VisionLanguageModel(model_config, tokenizer=tokenizer)
-    fit_vocabulary(state, model.lm.get_input_embeddings().num_embeddings)
-    missing, unexpected = model.load_state_dict(align_tower_keys(state, model), strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"{folder} ({FORMAT} layout): missing {missing[:5]} ({len(missing)}), unexpected "
-                              f"{unexpected[:5]} ({len(unexpected)})")
-    return model.eval()
+    return load_converted(model, state, f"{folder} ({FORMAT} layout)")

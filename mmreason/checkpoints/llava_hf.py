@@ -18,11 +18,10 @@ from mmreason.checkpoints.source import (
     CLIP_STD,
     EMBEDDINGS,
     CheckpointError,
-    align_tower_keys,
-    fit_vocabulary,
+    load_converted,
     read_json,
     read_state_dict,
-    take,
+    rename_by_prefix,
 )
 from mmreason.models.baseline import VisionLanguageModel
 from mmreason.text.tokenizer import build_tokenizer
@@ -85,12 +84,7 @@ def convert(folder: Path) -> VisionLanguageModel:
     if tokenizer.convert_tokens_to_ids("<image>") != image_token:
         raise CheckpointError(f"{folder}: the tokenizer's <image> is id {tokenizer.convert_tokens_to_ids('<image>')}, "
                               f"the config's image_token_index {image_token}")
-    state = take(read_state_dict(folder), PREFIXES, f"{folder} ({FORMAT} layout)")
+    state = rename_by_prefix(read_state_dict(folder), PREFIXES, f"{folder} ({FORMAT} layout)")
     config["language"]["config"]["vocab_size"] = max(len(tokenizer), state[EMBEDDINGS[0]].shape[0])
     model = VisionLanguageModel(config, tokenizer=tokenizer)
-    fit_vocabulary(state, model.lm.get_input_embeddings().num_embeddings)
-    missing, unexpected = model.load_state_dict(align_tower_keys(state, model), strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"{folder} ({FORMAT} layout): missing {missing[:5]} ({len(missing)}), unexpected "
-                              f"{unexpected[:5]} ({len(unexpected)})")
-    return model.eval()
+    return load_converted(model, state, f"{folder} ({FORMAT} layout)")

@@ -24,7 +24,13 @@ from pathlib import Path
 
 import torch
 
-from mmreason.checkpoints.source import CheckpointError, read_json, read_state_dict, resolve_source, take
+from mmreason.checkpoints.source import (
+    CheckpointError,
+    read_json,
+    read_state_dict,
+    rename_by_prefix,
+    resolve_source,
+)
 from mmreason.models.mccot import MCCoT
 from mmreason.text.tokenizer import build_tokenizer
 
@@ -62,7 +68,7 @@ def _language(folder: Path) -> dict:
 def _stage_state(folder: Path, rows: int) -> dict[str, torch.Tensor]:
     """A model's weights in a stage's names, its token tables cut (or grown with their mean) to ``rows``."""
     state = {k: v for k, v in read_state_dict(folder).items() if k not in UNUSED}
-    state = take(state, PREFIXES, f"{folder} ({FORMAT} layout)")
+    state = rename_by_prefix(state, PREFIXES, f"{folder} ({FORMAT} layout)")
     if "fusion.image_proj.weight" not in state:
         raise CheckpointError(f"{folder}: no encoder.image_dense weights; a text-only T5 (trained without "
                               "--img_type) is not an MM-CoT model")

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
 EMBEDDINGS = ("lm.model.embed_tokens.weight", "lm.lm_head.weight")  # a VLM's token tables, in our names
-HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
@@ -24,28 +24,51 @@ class CheckpointError(ValueError):
     """A released checkpoint that cannot be converted: missing files, or keys not in the expected layout."""
 
 
-def resolve_source(src: str) -> Path:
-    """A local folder as is; a hub id downloaded (once, into the Hugging Face cache) when the network allows."""
+def resolve_source(src: str, hub_only: bool = False) -> Path:
+    """A local folder as is (unless ``hub_only``: a name read from a checkpoint's own config may not point
+    at a folder on this disk); a hub id downloaded once, into the Hugging Face cache, when the network allows."""
     folder = Path(src)
-    if folder.is_dir():
+    if folder.is_dir() and not hub_only:
         return folder
-    if not HUB_ID.fullmatch(src):
-        raise CheckpointError(f"{src!r} is neither a folder nor a hub id (org/name)")
+    if not HUB_ID.fullmatch(src) or ".." in src:
+        raise CheckpointError(f"{src!r} is neither a folder nor a hub id (org/name)" if not hub_only else
+                              f"{src!r} is not a hub id (org/name); pass the folder explicitly")
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
         return Path(snapshot_download(src, allow_patterns=["*.json", "*.safetensors", "*.bin", "*.model", "*.txt"]))
     except LocalEntryNotFoundError as err:
         raise CheckpointError(f"cannot download {src!r}: no network and not in the Hugging Face cache; download the "
                               "folder elsewhere (huggingface-cli download) and pass its path") from err
+    except (HfHubHTTPError, ValueError) as err:
+        raise CheckpointError(f"cannot download {src!r}: {err}") from err
 
 
 def read_json(folder: Path, name: str) -> dict:
     path = folder / name
     if not path.is_file():
         raise CheckpointError(f"{folder} has no {name}")
-    return json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path} is not valid JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} must hold a JSON object")
+    return data
+
+
+def _shard_names(index: Path) -> list[str]:
+    """The shard file names an index lists: plain names beside it (a name with a folder in it could read
+    any file), however the folder itself is linked (a hub snapshot's files are links into its cache)."""
+    weight_map = read_json(index.parent, index.name).get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(f"{index}: 'weight_map' must map tensor names to shard file names")
+    names = sorted(set(weight_map.values()))
+    bad = [n for n in names if Path(n).name != n or n in (".", "..")]
+    if bad:
+        raise CheckpointError(f"{index}: shard {bad[0]!r} is not a plain file name beside the index")
+    return names
 
 
 def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
@@ -53,21 +76,21 @@ def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     their ``.index.json`` lists."""
     for name in WEIGHT_FILES:
         index = folder / f"{name}.index.json"
-        files = ([folder / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
-                 if index.is_file() else [folder / name] if (folder / name).is_file() else [])
+        files = ([folder / f for f in _shard_names(index)] if index.is_file()
+                 else [folder / name] if (folder / name).is_file() else [])
         if not files:
             continue
         state: dict[str, torch.Tensor] = {}
         for file in files:
-            if Path(file).resolve().parent != folder.resolve():
-                raise CheckpointError(f"{index}: shard {file.name!r} lies outside the folder")
+            if not file.is_file():
+                raise CheckpointError(f"{index}: shard {file.name!r} is missing")
             state.update(load_file(str(file)) if file.suffix == ".safetensors"
                          else torch.load(file, map_location="cpu", weights_only=True))
         return state
     raise CheckpointError(f"{folder} holds no weights: expected one of {WEIGHT_FILES} or its .index.json shards")
 
 
-def take(state: dict[str, torch.Tensor], mapping: dict[str, str], what: str) -> dict[str, torch.Tensor]:
+def rename_by_prefix(state: dict[str, torch.Tensor], mapping: dict[str, str], what: str) -> dict[str, torch.Tensor]:
     """``state`` renamed by the first matching prefix of ``mapping`` (source prefix → our prefix); a key no
     prefix matches, or a target left unfilled, is an error naming the keys and the expected layout."""
     out, unexpected = {}, []
@@ -104,3 +127,14 @@ def align_tower_keys(state: dict[str, torch.Tensor], model, prefix: str = "visio
             key = other if other in wanted else key
         out[key] = tensor
     return out
+
+
+def load_converted(model, state: dict[str, torch.Tensor], what: str):
+    """``model`` with the renamed ``state`` loaded (token tables fitted, tower keys aligned), in eval mode;
+    every key must land: missing and unexpected ones are named."""
+    fit_vocabulary(state, model.lm.get_input_embeddings().num_embeddings)
+    missing, unexpected = model.load_state_dict(align_tower_keys(state, model), strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{what}: missing {missing[:5]} ({len(missing)}), unexpected {unexpected[:5]} "
+                              f"({len(unexpected)})")
+    return model.eval()

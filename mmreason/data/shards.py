@@ -351,6 +351,7 @@ class TrainStream(torch.utils.data.IterableDataset):
         samples = _shuffle(decode_stream(raw, self.preprocess, guard), self.shuffle_buffer, rng)
         batches = _length_grouped(samples, self.batch_size, self.length_group, rng)
         if self.processor is not None:  # the model's tensors, made here in the loader worker
+            self.processor.reseed(f"{self.rank}-{worker}-{self.epoch}")
             batches = map(self.processor, batches)
         yield from islice(batches, self.batches_per_worker)
 

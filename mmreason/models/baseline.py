@@ -59,7 +59,6 @@ class VisionLanguageModel(ZooModel):
         tower's or language model's own weights."""
         super().__init__()
         self.config = copy.deepcopy(config)
-        self.max_length = int(config.get("max_length", 512))
         self.preprocess = Preprocess.from_dict({**Preprocess().to_dict(), **config.get("preprocess", {})})
         language = dict(config["language"])
         if tokenizer is None:
@@ -90,8 +89,17 @@ class VisionLanguageModel(ZooModel):
 
     def build_processor(self, config: dict) -> PromptProcessor:
         """Records → this model's token tensors (families with their own prompts or targets override)."""
-        return PromptProcessor(self.tokenizer, self.num_image_tokens, self.max_length,
+        return PromptProcessor(self.tokenizer, self.num_image_tokens, int(config.get("max_length", 512)),
                                config.get("output_format", "cot"), config.get("prompt", PROMPT))
+
+    @property
+    def max_length(self) -> int:
+        """Prompt + target tokens at most; the processor holds it (so a fine-tuning override reaches it)."""
+        return self.processor.max_length
+
+    @max_length.setter
+    def max_length(self, value: int) -> None:
+        self.processor.max_length = int(value)
 
     @property
     def output_format(self) -> str:

@@ -168,7 +168,7 @@ class MCCoT(ZooModel):
             spec = config.get("tokenizer", "synth-word")
             tokenizer = build_tokenizer(config["language"].get("path") if spec == "from_language" else spec)
         self.tokenizer = tokenizer
-        self.max_length = int(config.get("max_length", 256))
+        max_length = int(config.get("max_length", 256))
         self.max_target_length = int(config.get("max_target_length", 192))
         consistency = config.get("self_consistency", {})
         self.passes = int(consistency.get("passes", 1))
@@ -179,8 +179,17 @@ class MCCoT(ZooModel):
         if self.train_stage not in self.stages:
             raise ValueError(f"train_stage {self.train_stage!r} is not one of this model's stages {stages}")
         self.templates = config.get("templates", "zoo")
-        self.processor = MCCoTProcessor(self.tokenizer, self.max_length, self.max_target_length, self.train_stage,
+        self.processor = MCCoTProcessor(self.tokenizer, max_length, self.max_target_length, self.train_stage,
                                         self.templates)
+
+    @property
+    def max_length(self) -> int:
+        """Encoder input tokens at most; the processor holds it (so a fine-tuning override reaches it)."""
+        return self.processor.max_length
+
+    @max_length.setter
+    def max_length(self, value: int) -> None:
+        self.processor.max_length = int(value)
 
     @property
     def lm(self) -> nn.Module:

@@ -155,7 +155,7 @@ class Meteor(VisionLanguageModel):
 
     def build_processor(self, config: dict) -> MeteorProcessor:
         spec = merge_config(DEFAULT_TRAVERSAL, config.get("traversal", {}))
-        return MeteorProcessor(self.tokenizer, self.num_image_tokens, self.max_length,
+        return MeteorProcessor(self.tokenizer, self.num_image_tokens, int(config.get("max_length", 512)),
                                config.get("output_format", "cot"), spec["embedder"] != "none",
                                int(spec["num_tor"]), spec["placement"], spec["seed"], config.get("step", 1) == 1,
                                config.get("prompt", PROMPT))

@@ -37,9 +37,13 @@ class MeteorProcessor(PromptProcessor):
                  num_tor: int, placement: str, seed: int = 0, read_rationale: bool = True, prompt: str = PROMPT):
         super().__init__(tokenizer, num_image_tokens, max_length, output_format, prompt)
         self.traversal, self.num_tor, self.placement = traversal, num_tor, placement
-        self.read_rationale = read_rationale
+        self.read_rationale, self.seed = read_rationale, seed
         self.placement_rng = random.Random(seed)
         self.tor_token_id = tokenizer.convert_tokens_to_ids(TOR_TOKEN)
+
+    def reseed(self, stream: str) -> None:
+        """``random`` placements: each worker and epoch draws its own sequence, from ``seed``."""
+        self.placement_rng = random.Random(f"{self.seed}-{stream}")
 
     # ---- the embedder's inputs --------------------------------------------------------------
     def _traversal_text(self, record: Record, with_rationale: bool, skip_too_short: bool) -> str | None:

@@ -52,6 +52,10 @@ class BatchProcessor:
         batch["inputs"] = self.training_inputs(batch["records"], skip_too_long=True)
         return batch
 
+    def reseed(self, stream: str) -> None:
+        """Called by each loader worker's stream (``stream`` names rank, worker and epoch): a processor that
+        draws at random reseeds here, so workers and epochs do not repeat one another's draws."""
+
 
 class PromptProcessor(BatchProcessor):
     """The decoder VLM's tensors: ``<s>`` + the user prompt (``prompt``, a template, see

@@ -27,6 +27,7 @@ masks its answers produce. Both answers make a :class:`TrajectoryPolicy`.
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import torch
 import torch.nn.functional as F
@@ -116,6 +117,9 @@ class StarSegmenter(TrajectoryPolicy, VisionLanguageModel):
 
     def __init__(self, config: dict, tokenizer=None):
         super().__init__(config, tokenizer)
+        if self.preprocess.resize != "squash":
+            raise ValueError(f"preprocess.resize {self.preprocess.resize!r}: segmentation masks are resized as the "
+                             "image is only with 'squash'; use resize: squash")
         spec = merge_config(DEFAULT_SEGMENTATION, config.get("segmentation", {}))
         self.loss_weights = spec["loss_weights"]
         self.answer_kind = spec["answer"]
@@ -132,7 +136,7 @@ class StarSegmenter(TrajectoryPolicy, VisionLanguageModel):
 
     def build_processor(self, config: dict) -> StarProcessor:
         answer = merge_config(DEFAULT_SEGMENTATION, config.get("segmentation", {}))["answer"]
-        return StarProcessor(self.tokenizer, self.num_image_tokens, self.max_length,
+        return StarProcessor(self.tokenizer, self.num_image_tokens, int(config.get("max_length", 512)),
                              config.get("output_format", "answer"), answer, config.get("prompt", PROMPT))
 
     # ---- masks from prompts ------------------------------------------------------------------
@@ -257,7 +261,7 @@ class StarSegmenter(TrajectoryPolicy, VisionLanguageModel):
         texts = [self.completion_text(t) for t in trajectories]
         object_masks, scores = self.trajectory_masks(images, trajectories)
         if self.answer_kind == "box":
-            object_masks = [None if not masks and not _names_no_object(extract_answer_span(text)) else masks
+            object_masks = [None if not masks and not _names_no_object(text) else masks
                             for masks, text in zip(object_masks, texts)]
         size = self.preprocess.image_size
         out = []
@@ -297,10 +301,13 @@ class StarSegmenter(TrajectoryPolicy, VisionLanguageModel):
         return {**response, "rationale": None, "input_size": self.preprocess.image_size}
 
 
-def _names_no_object(answer: str | None) -> bool:
+NO_OBJECT_ANSWER = re.compile(r"<answer>\s*(?:\[\s*(?:\{\s*\}\s*)?\])?\s*</answer>")
+
+
+def _names_no_object(text: str) -> bool:
     """An empty answer (as the targets without a box write it) or an empty list, as StAR's parser reads
-    ``[]`` and ``[{}]``."""
-    return not answer or answer.replace(" ", "") in ("[]", "[{}]")
+    ``[]`` and ``[{}]``; no closed answer at all (truncated) failed to parse instead."""
+    return NO_OBJECT_ANSWER.search(text) is not None
 
 
 def strip_seg(text: str | None) -> str | None:

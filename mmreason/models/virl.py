@@ -46,6 +46,9 @@ class VirlPolicy(TrajectoryPolicy, VisionLanguageModel):
 
     def __init__(self, config: dict, tokenizer=None):
         super().__init__(config, tokenizer)
+        if self.preprocess.resize != "squash":
+            raise ValueError(f"preprocess.resize {self.preprocess.resize!r}: rationale boxes map onto the image as it "
+                             "is resized only with 'squash'; use resize: squash")
         spec = merge_config(DEFAULT_CROP, config.get("crop", {}))
         self.max_actions, self.min_size = int(spec["max_actions"]), int(spec["min_size"])
         self.crop_tokens = int(spec["tokens"])
