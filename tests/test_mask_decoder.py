@@ -251,9 +251,10 @@ class SamPromptEncoder(nn.Module):
         return self._pe(torch.stack([x, y], dim=-1)).permute(2, 0, 1).unsqueeze(0)
 
     def _with_coords(self, coords):
+        height, width = self.image_size
         coords = coords.clone()
-        coords[..., 0] /= self.image_size
-        coords[..., 1] /= self.image_size
+        coords[..., 0] /= width
+        coords[..., 1] /= height
         return self._pe(coords)
 
     def forward(self, points, labels, boxes, masks, text_embeds):
@@ -327,15 +328,15 @@ SAM_KEYS = {  # a sample of the names in SAM's released vit_b checkpoint (prefix
 
 @pytest.mark.parametrize("prompt", ["seg", "points", "box_point", "mask"])
 def test_a_sam_state_dict_loads_by_name_and_gives_sams_outputs(prompt):
-    dim, heads, grid, image_size, chans = 32, 4, 4, 64, 16
+    dim, heads, grid, image_size, chans = 32, 4, 4, (64, 48), 16  # (height, width): x and y scale apart
     torch.manual_seed(0)
     sam_prompt, sam_decoder = SamPromptEncoder(dim, grid, image_size, chans), SamMaskDecoder(dim, heads, 2, 64, 48)
     for p in [*sam_prompt.parameters(), *sam_decoder.parameters()]:
         p.data.normal_(0, 0.5)  # no default init: every weight must land in the right place
     encoder = PromptEncoder(dim, image_size, grid, mask_in_chans=chans)
     decoder = MaskDecoder(dim, heads, depth=2, mlp_dim=64, upscale=4, iou_head_hidden_dim=48)
-    assert encoder.load_state_dict(sam_prompt.state_dict(), strict=True)  # no missing or unexpected keys
-    assert decoder.load_state_dict(sam_decoder.state_dict(), strict=True)
+    encoder.load_state_dict(sam_prompt.state_dict(), strict=True)  # raises on a missing or unexpected key
+    decoder.load_state_dict(sam_decoder.state_dict(), strict=True)
     assert set(SAM_KEYS["prompt"]) <= encoder.state_dict().keys()
     assert set(SAM_KEYS["decoder"]) <= decoder.state_dict().keys()
 

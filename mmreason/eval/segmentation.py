@@ -259,13 +259,14 @@ def question_type(record) -> str:
 
 
 def score_segments(report: SegmentationReport, results: list[dict], batch: dict) -> None:
-    """Add each sample with a mask to ``report`` (samples without one have nothing to score)."""
+    """Add each sample with a mask to ``report`` (samples without one have nothing to score). A "no object"
+    answer predicts the empty mask; only a sample none of whose answers parsed predicts nothing (None)."""
     masks, sizes = batch.get("masks"), batch.get("orig_sizes") or [None] * len(results)
     for i, (result, record) in enumerate(zip(results, batch["records"], strict=True)):
         mask = None if masks is None else masks[i]
         if mask is not None:
-            report.add(result["mask"] if result["found"] else None, metric_target(mask.cpu(), record, sizes[i]),
-                       group=question_type(record))
+            report.add(None if result.get("parsed") == 0 else result["mask"],
+                       metric_target(mask.cpu(), record, sizes[i]), group=question_type(record))
 
 
 def with_text_answers(texts: list[str], records: list) -> tuple[list[str], list]:

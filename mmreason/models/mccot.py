@@ -216,10 +216,14 @@ class MCCoT(ZooModel):
 
     def add_stage(self, name: str) -> MCCoTStage:
         """A new stage (e.g. the answer stage next to a trained rationale stage): its language model
-        starts from the pipeline's original one (pretrained weights when that was a path), its vision
+        starts from ``init_language`` (pretrained weights when it names a path; an export keeps only the
+        architecture, so a run that wants them again sets ``model_config.init_language``), its vision
         encoder from the first stage's (the same frozen encoder, so cached features stay valid)."""
         if name not in STAGES or name in self.stages:
             raise ValueError(f"cannot add stage {name!r} to stages {list(self.stages)}")
+        if self.config["init_language"].get("path") is None:
+            log.info("stage %r starts from freshly initialised %s weights (init_language names no pretrained path)",
+                     name, self.config["init_language"].get("config", {}).get("model_type", "language model"))
         config = {**self.config, "language": self.config["init_language"]}
         stage = MCCoTStage(config, self.tokenizer).to(next(self.parameters()).device)
         stage.vision.load_state_dict(self.vision.state_dict())

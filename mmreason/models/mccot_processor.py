@@ -57,7 +57,8 @@ class MCCoTProcessor(BatchProcessor):
 
     def training_inputs(self, records: list[Record], skip_too_long: bool = False) -> dict[str, torch.Tensor]:
         """The training stage's tensors; stages that learn from gold rationales keep only records with
-        one (``rows``; empty when none has one, and then the tensors are every record's)."""
+        one (``rows``; empty when none has one, and then the tensors are every record's). No sample is
+        too long here (inputs and targets are cut), so ``skip_too_long`` changes nothing."""
         if self.train_stage in LEARNS_FROM_RATIONALES:
             kept = [i for i, r in enumerate(records) if r.rationale]
         else:

@@ -252,7 +252,7 @@ class StarSegmenter(TrajectoryPolicy, VisionLanguageModel):
     @torch.no_grad()
     def segment(self, images: torch.Tensor, records: list[Record], samples: int = 1, temperature: float = 1.0,
                 max_new_tokens: int = 32, output: str = "best") -> list[dict]:
-        """Per record: {text, answer, mask (S, S) bool, found, votes}. ``samples`` > 1 samples that
+        """Per record: {text, answer, mask (S, S) bool, found, votes, parsed (the answers that parsed)}. ``samples`` > 1 samples that
         many answers at ``temperature`` and votes their object masks into one (StAR); 1 decodes
         greedily and votes that one answer. A ``box`` answer naming something but no well-formed
         box failed to parse and is left out of the vote; an answer naming no object votes "no object"."""
@@ -270,7 +270,7 @@ class StarSegmenter(TrajectoryPolicy, VisionLanguageModel):
             result = aggregate_masks(object_masks[group], scores[group], output=output, shape=(size, size))
             text = texts[group][max(result["sample"], 0)]  # the answer the mask stands for (or the first)
             out.append({"text": text, "answer": strip_seg(extract_answer_span(text)), "mask": result["mask"],
-                        "found": not result["no_object"], "votes": samples})
+                        "found": not result["no_object"], "votes": samples, "parsed": result["valid"]})
         return out
 
     def reward_columns(self, trajectories: list[Trajectory], records: list[Record], batch: dict,

@@ -56,8 +56,9 @@ def group_advantages(rewards: torch.Tensor | Sequence[float], group_size: int, s
     whole batch ("batch", TRL; ``batch_rewards``, e.g. :func:`rewards_of_every_rank`, is that
     batch when it is larger than these rewards), or no division ("none", Dr.GRPO: dividing by
     the group std up-weights prompts that are nearly always right or wrong). The std is
-    unbiased, as in TRL, so numbers match upstream logs. A NaN reward (a reward that does
-    not apply to a sample) is left out of every mean and std and gets advantage 0, as in TRL.
+    unbiased, as in TRL, so numbers match upstream logs. A NaN reward is left out of every mean
+    and std and gets advantage 0 (TRL's nan-aware statistics; :func:`~mmreason.rl.rewards.weighted_sum`
+    already drops rewards that do not apply, so training totals are never NaN).
     """
     _check_choice("scale_rewards", scale_rewards, SCALE_REWARDS)
     _check_group_size(group_size)

@@ -148,9 +148,9 @@ class GRPOModule(ModelHooks, Evaluation, L.LightningModule):
         sampled_reward = rewards.mean()
         if hp.rollouts_per_prompt:
             trajectories, rewards, labels = self.select(trajectories, rewards, labels)
-        everyone = rewards_of_every_rank(rewards) if self.config.scale_rewards == "batch" else None
+        all_rank_rewards = rewards_of_every_rank(rewards) if self.config.scale_rewards == "batch" else None
         advantages = group_advantages(rewards, self.config.group_size, self.config.scale_rewards,
-                                      batch_rewards=everyone)
+                                      batch_rewards=all_rank_rewards)
         with torch.no_grad():
             old_logp = model.completion_log_probs(images, trajectories)[0] if self.config.num_iterations > 1 else None
             ref_logp = (self.reference.completion_log_probs(images, trajectories)[0]
