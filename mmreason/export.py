@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 CONFIG_FILE, WEIGHTS_FILE, CARD_FILE = "config.json", "model.safetensors", "README.md"
 TOKENIZER_FILE = "tokenizer_config.json"
 FORMAT_VERSION = 1
+# weights of layouts the zoo no longer builds, and what their owner can do
+RETIRED_LAYOUTS = {"mask_decoder.blocks.": "; this segmentation export predates the mask decoder's SAM layout (four "
+                   "mask tokens, SAM's parameter names), which its weights cannot be mapped onto: train it again "
+                   "with its recipe (recipes/star/)"}
 TEXTLESS_FAMILIES = ("encoder",)  # families that read no text and so export no tokenizer
 
 
@@ -212,9 +216,10 @@ def load_export(folder: str | Path, device: str | torch.device = "cpu"):
     except (SafetensorError, OSError) as exn:
         raise ExportError(f"{folder / WEIGHTS_FILE} is not a readable safetensors file: {exn}") from exn
     if missing or unexpected:
+        hint = next((h for key, h in RETIRED_LAYOUTS.items() if any(key in name for name in unexpected)), "")
         raise ExportError(
             f"{folder / WEIGHTS_FILE} does not match the architecture in {CONFIG_FILE}: "
-            f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+            f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}{hint}"
         )
     return model.to(device).eval()
 

@@ -277,3 +277,17 @@ def test_checkpoints_name_training_modules_from_a_fixed_list_that_keeps_former_n
     assert training_module("mmreason.training.star.SegmentationModule") is StarModule  # checkpoints written before
     with pytest.raises(ValueError, match="names training module 'os.system', which is not one of mmreason's"):
         training_module("os.system")
+
+
+def test_a_segmentation_export_of_the_retired_decoder_layout_says_what_to_do(tmp_path, tiny_tokenizer):
+    from safetensors.torch import load_file, save_file
+
+    from mmreason.export import ExportError
+
+    folder = save_export(build_model("star", {**TINY_TEST_CONFIG, "output_format": "answer"},
+                                     tokenizer=tiny_tokenizer), tmp_path / "star")
+    weights = load_file(folder / "model.safetensors")
+    weights["mask_decoder.blocks.0.self_attn.q.weight"] = torch.zeros(1)  # a name only the old layout had
+    save_file(weights, folder / "model.safetensors")
+    with pytest.raises(ExportError, match="predates the mask decoder's SAM layout .* train it again"):
+        load_export(folder)
