@@ -106,6 +106,14 @@ class ZooModel(nn.Module):
         return self.batch_loss(batch["images"], batch["records"])
 
 
+def nothing_to_learn(model: nn.Module, skipped: int) -> dict[str, torch.Tensor]:
+    """A batch whose every sample was skipped: a zero loss still connected to every trainable weight, so
+    the step runs (and distributed ranks stay in lockstep), with the samples counted as skipped."""
+    zero = sum((p.sum() * 0 for p in model.parameters() if p.requires_grad), torch.zeros(()))
+    return {"loss": zero, "token_accuracy": torch.zeros(()), "target_tokens": torch.zeros((), dtype=torch.long),
+            "tokens": torch.zeros((), dtype=torch.long), "skipped": skipped}
+
+
 def freeze(module: nn.Module) -> None:
     for parameter in module.parameters():
         parameter.requires_grad_(False)

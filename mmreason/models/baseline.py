@@ -20,7 +20,7 @@ from mmreason.layers.language import build_language_model, splice_image_features
 from mmreason.layers.position import sincos_2d
 from mmreason.layers.projector import build_projector
 from mmreason.layers.vision import build_vision_tower
-from mmreason.models.base import ZooModel, freeze
+from mmreason.models.base import ZooModel, freeze, nothing_to_learn
 from mmreason.models.config_schema import VLM
 from mmreason.models.processor import IGNORE_INDEX, PromptProcessor
 from mmreason.text.prompts import PROMPT
@@ -147,6 +147,8 @@ class VisionLanguageModel(ZooModel):
         skipped = len(records) - len(rows)
         if skipped:
             log.warning("skipped %d sample(s) whose prompt exceeds max_length=%d", skipped, self.max_length)
+            if not len(rows):
+                return nothing_to_learn(self, skipped)
             images = images[rows]
         out = self(images, **inputs)
         shifted_labels = inputs["labels"][:, 1:]

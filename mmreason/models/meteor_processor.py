@@ -104,15 +104,15 @@ class MeteorProcessor(PromptProcessor):
         """The baseline's tensors (N `<tor>` in the prompt) plus the embedder's ``traversal_ids/mask``.
 
         Step 1 reads each rationale; with ``skip_too_long`` a rationale too short for the
-        placement drops its sample (and ``rows`` says which were kept), otherwise it raises.
+        placement drops its sample (and ``rows`` says which were kept; none, and no tensors, when
+        no sample is left), otherwise it raises.
         """
         if not self.traversal:
             return super().training_inputs(records, skip_too_long)
         traversal = self._traversal_ids(records, self.read_rationale, skip_too_short=skip_too_long)
         kept = [i for i, ids in enumerate(traversal) if ids is not None]
-        if not kept:
-            raise RationaleTooShort(f"every rationale of the batch is too short for {self.num_tor} {TOR_TOKEN} "
-                                    f"placed {self.placement!r}; lower traversal.num_tor or use longer rationales")
+        if not kept:  # nothing to train on in this batch
+            return {"rows": torch.zeros(0, dtype=torch.long)}
         if len(kept) < len(records):
             log.warning("skipped %d sample(s) whose rationale is too short for %d %s placed %r",
                         len(records) - len(kept), self.num_tor, TOR_TOKEN, self.placement)

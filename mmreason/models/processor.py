@@ -98,11 +98,11 @@ class PromptProcessor(BatchProcessor):
 
     def training_inputs(self, records: list[Record], skip_too_long: bool = False) -> dict[str, torch.Tensor]:
         """Right-padded prompt+target ids and labels; ``rows`` holds the indices of the records kept
-        (all of them unless ``skip_too_long``)."""
+        (all of them unless ``skip_too_long``; none, and no tensors, when every prompt is too long)."""
         prompts = self.prompt_ids(records, skip_too_long)
         kept = [i for i, p in enumerate(prompts) if p is not None]
-        if not kept:
-            raise PromptTooLong(f"every prompt of the batch exceeds max_length={self.max_length}")
+        if not kept:  # every prompt too long: nothing to train on in this batch
+            return {"rows": torch.zeros(0, dtype=torch.long)}
         targets = self.tokenizer([self.target_text(records[i]) for i in kept],
                                  add_special_tokens=False)["input_ids"]
         rows, labels = [], []

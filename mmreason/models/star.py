@@ -37,7 +37,7 @@ from mmreason.data.schema import Record
 from mmreason.eval.answers import extract_answer_span
 from mmreason.layers.language import splice_image_features
 from mmreason.layers.mask_decoder import MaskDecoder, PromptEncoder
-from mmreason.models.base import ANSWERS, POLICY, SEGMENTS
+from mmreason.models.base import ANSWERS, POLICY, SEGMENTS, nothing_to_learn
 from mmreason.models.baseline import TINY_CONFIG as BASELINE_TINY
 from mmreason.models.baseline import VisionLanguageModel
 from mmreason.models.config_schema import LEAF, VLM
@@ -173,6 +173,8 @@ class StarSegmenter(TrajectoryPolicy, VisionLanguageModel):
             inputs = self.processor.segmentation_inputs(records, masks)
         inputs = {k: v.to(images.device) for k, v in inputs.items()}
         rows = inputs.pop("rows")
+        if not len(rows):
+            return nothing_to_learn(self, len(records))
         images, targets = images[rows], [targets[r] for r in rows.tolist()]
         patches = self.vision(images)
         embeds = splice_image_features(self.lm.get_input_embeddings()(inputs["input_ids"]), inputs["input_ids"],
