@@ -45,6 +45,16 @@ class ZooModel(nn.Module):
     init_parts: tuple[str, ...] = ()  # the parts ``init: {from: EXPORT, parts: [...]}`` can start
     response_options: tuple[str, ...] = ()  # e.g. ``votes``: evaluation options :meth:`respond` takes
 
+    @property
+    def max_length(self) -> int:
+        """The longest input the model takes, in tokens; its processor holds it, so a fine-tuning override
+        (``model_config: {max_length: …}``) reaches the loader workers too."""
+        return self.processor.max_length
+
+    @max_length.setter
+    def max_length(self, value: int) -> None:
+        self.processor.max_length = int(value)
+
     def part_modules(self, part: str) -> list[nn.Module]:
         """The modules holding ``part`` (one of :attr:`init_parts`); several when the part is repeated."""
         raise ValueError(f"a {self.family} model has no part {part!r}; its parts: {self.init_parts}")

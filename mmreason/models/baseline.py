@@ -93,15 +93,6 @@ class VisionLanguageModel(ZooModel):
                                config.get("output_format", "cot"), config.get("prompt", PROMPT))
 
     @property
-    def max_length(self) -> int:
-        """Prompt + target tokens at most; the processor holds it (so a fine-tuning override reaches it)."""
-        return self.processor.max_length
-
-    @max_length.setter
-    def max_length(self, value: int) -> None:
-        self.processor.max_length = int(value)
-
-    @property
     def output_format(self) -> str:
         return self.processor.output_format
 

@@ -183,15 +183,6 @@ class MCCoT(ZooModel):
                                         self.templates)
 
     @property
-    def max_length(self) -> int:
-        """Encoder input tokens at most; the processor holds it (so a fine-tuning override reaches it)."""
-        return self.processor.max_length
-
-    @max_length.setter
-    def max_length(self, value: int) -> None:
-        self.processor.max_length = int(value)
-
-    @property
     def lm(self) -> nn.Module:
         """The first stage's language model (every stage has its architecture)."""
         return next(iter(self.stages.values())).t5
