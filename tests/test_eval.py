@@ -133,6 +133,9 @@ LETTERS = ["B", "A", "C"]  # choices whose texts are letters: the letter a model
         ("between 3 and 5", "number", None, None),
         ("not 3 but 4", "number", None, "4"),
         ("either A or B", "choice", CHOICES, None),
+        ("(B) unlikely", "choice", ["likely", "unlikely"], "B"),  # an option worded as a hedge
+        ("The answer is (A) not sure", "choice", ["not sure", "sure"], "A"),
+        ("(B) unlikely, I guess", "choice", ["likely", "unlikely"], None),  # the model hedging
         ("(A) or (B)", "choice", CHOICES, None),
         ("the answer is A and B", "choice", CHOICES, None),
         ("The answer is probably B", "choice", CHOICES, None),

@@ -381,6 +381,15 @@ def _clause_letters(clause: str, texts: dict[str, str]) -> list[tuple[int, str]]
     return [(len(clause), named)] if named else []
 
 
+def _without_choice_texts(span: str, choices: list[str] | None) -> str:
+    """The span with the options' own words taken out, so an option worded as a hedge ("likely",
+    "not sure") is not read as the model hedging."""
+    for choice in sorted(choices or [], key=len, reverse=True):
+        if choice.strip():
+            span = re.sub(re.escape(choice.strip()), " ", span, flags=re.IGNORECASE)
+    return span
+
+
 def _parse_choice(span: str, choices: list[str] | None) -> str | None:
     n_letters = len(choices) if choices else len(string.ascii_uppercase)
     texts = _choice_texts(choices)
@@ -392,7 +401,7 @@ def _parse_choice(span: str, choices: list[str] | None) -> str | None:
     else:
         span = _REASON.split(span, 1)[0]
         mentions = _mentions(span, lambda c: _clause_letters(c, texts))
-        if _hedged(span, mentions):
+        if _hedged(_without_choice_texts(span, choices), mentions):  # "(B) unlikely" names an option
             return None
         letters = {value for value, asserted in mentions if asserted}
     if len(letters) != 1:
