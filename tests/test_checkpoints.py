@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_TEST_CONFIG
 from PIL import Image
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
@@ -20,6 +21,7 @@ from mmreason.data.schema import Record
 from mmreason.text.tokenizer import word_tokenizer
 
 SIZE = 32
+TINY_STAR = {**TINY_TEST_CONFIG, "output_format": "answer"}  # a 32 px image in a 4 x 4 grid of tokens
 
 
 def _image(width: int = 48, height: int = 40) -> Image.Image:
@@ -227,3 +229,32 @@ def test_prompt_templates_and_plain_answers():
         check_prompt("USER: {question}")
     with pytest.raises(ValueError, match="has a field other than"):
         check_prompt("<image> {question} {answer}")
+
+
+def test_sam_decoder_weights_load_into_a_segmentation_export_by_name(tmp_path):
+    """SAM's checkpoint is one state dict (image encoder, prompt encoder, mask decoder); the last two load
+    by name into a star export built at the same decoder size, and other sizes name the shapes."""
+    from mmreason.build import build_model
+    from mmreason.export import save_export
+    from mmreason.layers.mask_decoder import MaskDecoder, PromptEncoder
+
+    star = build_model("star", {**TINY_STAR, "segmentation": {"embed_dim": 32, "num_heads": 4, "depth": 2}},
+                       tokenizer=word_tokenizer(["segment", "the", "circle"]))
+    into = save_export(star, tmp_path / "star")
+    torch.manual_seed(1)
+    prompt, decoder = PromptEncoder(32, 32, 4), MaskDecoder(32, 4, 2, iou_head_hidden_dim=32)
+    sam = {**{f"prompt_encoder.{k}": v for k, v in prompt.state_dict().items()},
+           **{f"mask_decoder.{k}": v for k, v in decoder.state_dict().items()},
+           "image_encoder.patch_embed.proj.weight": torch.zeros(2, 3, 16, 16)}  # not taken: our own tower stays
+    torch.save(sam, tmp_path / "sam_vit_t.pth")
+    model = mmreason.load(convert("sam", str(tmp_path / "sam_vit_t.pth"), tmp_path / "export", into=str(into)))
+    for key, value in decoder.state_dict().items():
+        torch.testing.assert_close(model.mask_decoder.state_dict()[key], value)
+    torch.testing.assert_close(model.prompt_encoder.no_mask_embed.weight, prompt.no_mask_embed.weight)
+    torch.testing.assert_close(model.vision.state_dict(), star.vision.state_dict())
+    small = save_export(build_model("star", {**TINY_STAR, "segmentation": {"embed_dim": 16, "num_heads": 2}},
+                                    tokenizer=word_tokenizer(["segment"])), tmp_path / "small")
+    with pytest.raises(CheckpointError, match=r"does not fit .*point_embeddings.0.weight \(1, 32\) vs ours \(1, 16\)"):
+        convert("sam", str(tmp_path / "sam_vit_t.pth"), tmp_path / "export2", into=str(small))
+    with pytest.raises(CheckpointError, match="give it with --into EXPORT"):
+        convert("sam", str(tmp_path / "sam_vit_t.pth"), tmp_path / "export3")

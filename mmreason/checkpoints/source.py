@@ -25,10 +25,10 @@ class CheckpointError(ValueError):
 
 
 def resolve_source(src: str, hub_only: bool = False) -> Path:
-    """A local folder as is (unless ``hub_only``: a name read from a checkpoint's own config may not point
+    """A local folder or file as is (unless ``hub_only``: a name read from a checkpoint's own config may not point
     at a folder on this disk); a hub id downloaded once, into the Hugging Face cache, when the network allows."""
     folder = Path(src)
-    if folder.is_dir() and not hub_only:
+    if (folder.is_dir() or folder.is_file()) and not hub_only:  # a folder, or a single weights file
         return folder
     if not HUB_ID.fullmatch(src) or ".." in src:
         raise CheckpointError(f"{src!r} is neither a folder nor a hub id (org/name)" if not hub_only else
