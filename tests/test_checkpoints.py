@@ -87,6 +87,9 @@ def test_the_hub_layout_in_bin_shards_converts_too(llava, tmp_path):
     hub.mkdir()
     for name in ("config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json"):
         (hub / name).write_bytes((folder / name).read_bytes())
+    config = json.loads((hub / "config.json").read_text())
+    config["text_config"].update(torch_dtype="float16", _name_or_path="lmsys/vicuna-7b-v1.5")  # as the hub's
+    (hub / "config.json").write_text(json.dumps(config))
     renames = {"model.vision_tower.": "vision_tower.vision_model.",  # transformers 4 kept that level
                "model.multi_modal_projector.": "multi_modal_projector.",
                "model.language_model.": "language_model.model.", "lm_head.": "language_model.lm_head."}
@@ -99,7 +102,9 @@ def test_the_hub_layout_in_bin_shards_converts_too(llava, tmp_path):
         torch.save({k: state[k].clone() for k in names}, hub / name)
     index = {"weight_map": {k: name for name, names in shards.items() for k in names}}
     (hub / "pytorch_model.bin.index.json").write_text(json.dumps(index))
-    _same_outputs(convert("llava-hf", str(hub), tmp_path / "export"), reference, processor)
+    export = convert("llava-hf", str(hub), tmp_path / "export")
+    _same_outputs(export, reference, processor)  # in float32: the saved dtype does not choose the model's
+    assert "torch_dtype" not in json.loads((export / "config.json").read_text())["config"]["language"]["config"]
 
 
 def test_an_index_naming_a_file_outside_its_folder_is_refused(llava, tmp_path):

@@ -21,7 +21,9 @@ from mmreason.checkpoints.source import (
     CLIP_MEAN,
     CLIP_STD,
     EMBEDDINGS,
+    FILE_FIELDS,
     CheckpointError,
+    architecture,
     load_converted,
     read_json,
     read_state_dict,
@@ -39,7 +41,6 @@ VICUNA_V1 = ("A chat between a curious human and an artificial intelligence assi
 LANGUAGE_PREFIXES = {"model.mm_projector.0.": "projector.0.", "model.mm_projector.2.": "projector.2.",
                      "model.vision_tower.vision_tower.": "vision.model.", "model.": "lm.model.", "lm_head.": "lm.lm_head."}
 VISION_PREFIXES = {"vision_model.": "vision.model.vision_model."}
-LANGUAGE_CONFIG_SKIP = ("architectures", "auto_map", "_name_or_path", "transformers_version", "torch_dtype", "dtype")
 
 
 def _vision_state(source: str, hub_only: bool) -> tuple[dict, dict]:
@@ -56,7 +57,7 @@ def _vision_state(source: str, hub_only: bool) -> tuple[dict, dict]:
         state = {f"vision_model.{k}": v for k, v in state.items()}
     if not state:
         raise CheckpointError(f"{folder}: no vision tower weights; expected a CLIP checkpoint")
-    return {k: v for k, v in fields.items() if k not in LANGUAGE_CONFIG_SKIP}, rename_by_prefix(state, VISION_PREFIXES, str(folder))
+    return architecture(fields), rename_by_prefix(state, VISION_PREFIXES, str(folder))
 
 
 def convert(folder: Path, vision: str | None = None) -> VisionLanguageModel:
@@ -71,7 +72,7 @@ def convert(folder: Path, vision: str | None = None) -> VisionLanguageModel:
     vision_fields, vision_state = _vision_state(vision or config["mm_vision_tower"], hub_only=vision is None)
     if not any(k.startswith("vision.model.") for k in state):
         state.update(vision_state)
-    llama_fields = LlamaConfig().to_dict().keys() - set(LANGUAGE_CONFIG_SKIP)
+    llama_fields = LlamaConfig().to_dict().keys() - set(FILE_FIELDS)
     language = {"model_type": "llama", **{k: v for k, v in config.items() if k in llama_fields and k != "model_type"}}
     tokenizer = build_tokenizer(str(folder))
     language["vocab_size"] = max(len(tokenizer), state[EMBEDDINGS[0]].shape[0])

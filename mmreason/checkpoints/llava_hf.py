@@ -18,6 +18,7 @@ from mmreason.checkpoints.source import (
     CLIP_STD,
     EMBEDDINGS,
     CheckpointError,
+    architecture,
     load_converted,
     read_json,
     read_state_dict,
@@ -52,7 +53,7 @@ def _preprocess(folder: Path, image_size: int) -> dict:
 
 def model_config(llava: dict, folder: Path) -> dict:
     """Our baseline config for a ``LlavaConfig`` (its ``config.json``)."""
-    vision, text = dict(llava.get("vision_config") or {}), dict(llava.get("text_config") or {})
+    vision, text = architecture(llava.get("vision_config") or {}), architecture(llava.get("text_config") or {})
     if vision.get("model_type", "clip_vision_model") not in ("clip_vision_model", "siglip_vision_model"):
         raise CheckpointError(f"{folder}: vision tower {vision.get('model_type')!r} is not CLIP or SigLIP")
     layer = llava.get("vision_feature_layer", -2)

@@ -16,6 +16,13 @@ from safetensors.torch import load_file
 
 CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
 EMBEDDINGS = ("lm.model.embed_tokens.weight", "lm.lm_head.weight")  # a VLM's token tables, in our names
+# config fields about the saved file, not the architecture (a saved dtype would build the model in it)
+FILE_FIELDS = ("architectures", "auto_map", "_name_or_path", "transformers_version", "torch_dtype", "dtype")
+
+
+def architecture(fields: dict) -> dict:
+    """A released config's fields without those about how its file was saved."""
+    return {k: v for k, v in fields.items() if k not in FILE_FIELDS}
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
