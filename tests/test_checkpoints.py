@@ -263,3 +263,27 @@ def test_sam_decoder_weights_load_into_a_segmentation_export_by_name(tmp_path):
         convert("sam", str(tmp_path / "sam_vit_t.pth"), tmp_path / "export2", into=str(small))
     with pytest.raises(CheckpointError, match="give it with --into EXPORT"):
         convert("sam", str(tmp_path / "sam_vit_t.pth"), tmp_path / "export3")
+
+
+def test_a_converted_export_evaluates_and_fine_tunes_like_any_other(llava, tmp_path):
+    from mmreason.build import create_model
+    from mmreason.data.preprocess import Preprocess
+    from mmreason.data.shards import eval_stream, resolve_shards
+    from mmreason.data.synth import SynthConfig
+    from mmreason.data.synth_shards import synthesize
+    from mmreason.inference import evaluate
+
+    folder, _, _ = llava
+    export = convert("llava-hf", str(folder), tmp_path / "export")
+    synthesize(tmp_path / "data", {"test": 4}, SynthConfig(tasks=("count",)), progress=False)
+    urls = resolve_shards(tmp_path / "data", "test")
+    report = evaluate(mmreason.load(export), urls, batch_size=4, max_new_tokens=3)["report"]
+    assert report["n"] == 4 and 0.0 <= report["accuracy"] <= 1.0
+    model = create_model(init={"from": str(export), "frozen": ["vision"]})  # fine-tuning starts here
+    batch = next(iter(eval_stream(urls, Preprocess.from_dict(model.preprocess.to_dict()), 4)[0]))
+    batch["images"] = model.preprocess.normalize(batch["pixels"])
+    out = model.loss(batch)
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"]) and out["target_tokens"] > 0
+    assert model.lm.get_input_embeddings().weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.vision.parameters())
