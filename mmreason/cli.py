@@ -14,6 +14,12 @@ LIGHTNING_VERBS = {
 }
 
 
+def _load_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="where the model runs (cpu, cuda, cuda:1, …)")
+    p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
+                   help="the weights' precision (default: as exported, float32)")
+
+
 def _pipeline_arguments(p: argparse.ArgumentParser) -> None:
     """Options of families that sample several answers: pipelines (mccot) and segmentation (star)."""
     p.add_argument("--votes", type=int, default=1,
@@ -42,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--out", default=None,
                    help="save a PNG of what the model found: a crop policy's boxes, a segmentation's mask")
+    _load_arguments(p)
     _pipeline_arguments(p)
 
     p = verbs.add_parser("eval", help="score an export folder on shards, per task")
@@ -52,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-new-tokens", type=int, default=160)
     p.add_argument("--limit", type=int, default=None, help="score only the first N samples")
+    _load_arguments(p)
     _pipeline_arguments(p)
 
     p = verbs.add_parser("export", help="write an export folder from a training checkpoint (.ckpt)")

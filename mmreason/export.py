@@ -207,8 +207,14 @@ def _build(folder: Path, config: dict):
     return family_class(config["family"])(config["config"], tokenizer=tokenizer)
 
 
-def load_export(folder: str | Path, device: str | torch.device = "cpu"):
-    """Rebuild the model of an export folder, offline, in eval mode."""
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_export(folder: str | Path, device: str | torch.device = "cpu", dtype: str | None = None):
+    """Rebuild the model of an export folder, offline, in eval mode; ``dtype`` (``bfloat16``, ``float16``)
+    halves a large model's memory (a 7B model: about 14 GB instead of 28)."""
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     folder = Path(folder)
     model = _build(folder, read_export_config(folder))
     try:
@@ -221,7 +227,7 @@ def load_export(folder: str | Path, device: str | torch.device = "cpu"):
             f"{folder / WEIGHTS_FILE} does not match the architecture in {CONFIG_FILE}: "
             f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}{hint}"
         )
-    return model.to(device).eval()
+    return model.to(device=device, dtype=DTYPES[dtype] if dtype else None).eval()
 
 
 def checkpoint_payload(model) -> dict:

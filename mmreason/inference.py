@@ -72,10 +72,10 @@ def evaluate(model, urls: list[str], batch_size: int = 64, max_new_tokens: int =
                          f"{list(model.response_options) or 'none'}")
     evaluators = evaluators_for(model, options.get("rationale_source", "generated"))
     skipped, scored = Counter(), 0
-    device = next(model.parameters()).device
+    weights = next(model.parameters())
     unit = "sample" if evaluators and evaluators[0].key is None else "image"
     for batch in _eval_batches(urls, model.preprocess, batch_size, limit, skipped, unit):
-        images = model.preprocess.normalize(batch["pixels"].to(device))
+        images = model.preprocess.normalize(batch["pixels"].to(weights.device)).to(weights.dtype)
         responses = model.respond(images, batch["records"], max_new_tokens=max_new_tokens, **options)
         for evaluator in evaluators:
             evaluator.add(responses, batch)
@@ -93,7 +93,7 @@ def evaluate(model, urls: list[str], batch_size: int = 64, max_new_tokens: int =
 
 
 def eval_command(args) -> None:
-    model = load_export(args.model)
+    model = load_export(args.model, args.device, args.dtype)
     urls = resolve_shards(args.data, args.split)
     result = evaluate(model, urls, args.batch_size, args.max_new_tokens, args.limit, **_pipeline_options(args))
     print(result["table"])
@@ -103,7 +103,7 @@ def eval_command(args) -> None:
 
 
 def predict_command(args) -> None:
-    model = load_export(args.model)
+    model = load_export(args.model, args.device, args.dtype)
     out = model.predict(args.image, args.question, choices=args.choices, max_new_tokens=args.max_new_tokens,
                         **_pipeline_options(args))
     if args.out:

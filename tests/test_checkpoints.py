@@ -287,3 +287,19 @@ def test_a_converted_export_evaluates_and_fine_tunes_like_any_other(llava, tmp_p
     assert torch.isfinite(out["loss"]) and out["target_tokens"] > 0
     assert model.lm.get_input_embeddings().weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in model.vision.parameters())
+
+
+def test_a_converted_export_loads_in_bfloat16_and_answers(llava, tmp_path):
+    folder, _, _ = llava
+    export = convert("llava-hf", str(folder), tmp_path / "export")
+    full, half = mmreason.load(export), mmreason.load(export, dtype="bfloat16")
+    assert next(half.parameters()).dtype == torch.bfloat16
+    inputs = full.processor.generation_inputs([Record(question="how many red shapes are there ?", answer="")])
+    pixels = full.preprocess(_image())[None]
+    with torch.no_grad():
+        expected = full(pixels, inputs["input_ids"], inputs["attention_mask"]).logits
+        got = half(pixels.bfloat16(), inputs["input_ids"], inputs["attention_mask"]).logits.float()
+    torch.testing.assert_close(got, expected, atol=0.1, rtol=0.05)  # bfloat16 keeps ~3 significant digits
+    assert isinstance(half.predict(_image(), "what colour is the circle ?", max_new_tokens=2)["text"], str)
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        mmreason.load(export, dtype="int8")

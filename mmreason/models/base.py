@@ -83,7 +83,8 @@ class ZooModel(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            pixels = self.preprocess(image).unsqueeze(0).to(next(self.parameters()).device)
+            weights = next(self.parameters())
+            pixels = self.preprocess(image).unsqueeze(0).to(weights.device, weights.dtype)
             response = self.respond(pixels, [record], max_new_tokens, **options)[0]
         finally:
             self.train(was_training)
