@@ -51,6 +51,14 @@ def llava(tmp_path_factory):
     return folder, model, processor
 
 
+def _copy_files(folder, dest, *extra: str):
+    """A new checkpoint folder holding ``folder``'s config and tokenizer (and ``extra`` files), no weights."""
+    dest.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", *extra):
+        (dest / name).write_bytes((folder / name).read_bytes())
+    return dest
+
+
 def _same_outputs(export, reference, processor) -> None:
     model = mmreason.load(export)
     image = _image()
@@ -83,10 +91,7 @@ def test_the_hub_layout_in_bin_shards_converts_too(llava, tmp_path):
     ``vision_tower.vision_model.*`` and ship ``pytorch_model.bin`` shards with an index; all are read
     (the .bin files as data only)."""
     folder, reference, processor = llava
-    hub = tmp_path / "hub"
-    hub.mkdir()
-    for name in ("config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json"):
-        (hub / name).write_bytes((folder / name).read_bytes())
+    hub = _copy_files(folder, tmp_path / "hub", "preprocessor_config.json")
     config = json.loads((hub / "config.json").read_text())
     config["text_config"].update(torch_dtype="float16", _name_or_path="lmsys/vicuna-7b-v1.5")  # as the hub's
     (hub / "config.json").write_text(json.dumps(config))
@@ -109,10 +114,7 @@ def test_the_hub_layout_in_bin_shards_converts_too(llava, tmp_path):
 
 def test_an_index_naming_a_file_outside_its_folder_is_refused(llava, tmp_path):
     folder, _, _ = llava
-    bad = tmp_path / "bad"
-    bad.mkdir()
-    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
-        (bad / name).write_bytes((folder / name).read_bytes())
+    bad = _copy_files(folder, tmp_path / "bad")
     (bad / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"w": "../secret.safetensors"}}))
     with pytest.raises(CheckpointError, match="shard '../secret.safetensors' is not a plain file name"):
         convert("llava-hf", str(bad), tmp_path / "export")
@@ -120,10 +122,7 @@ def test_an_index_naming_a_file_outside_its_folder_is_refused(llava, tmp_path):
 
 def test_a_key_outside_the_layout_is_named(llava, tmp_path):
     folder, reference, _ = llava
-    odd = tmp_path / "odd"
-    odd.mkdir()
-    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
-        (odd / name).write_bytes((folder / name).read_bytes())
+    odd = _copy_files(folder, tmp_path / "odd")
     torch.save({**reference.state_dict(), "mystery.weight": torch.zeros(1)}, odd / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match=r"unexpected key\(s\), e.g. \['mystery.weight'\]"):
         convert("llava-hf", str(odd), tmp_path / "export")
