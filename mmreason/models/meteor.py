@@ -142,7 +142,6 @@ class Meteor(VisionLanguageModel):
             raise ValueError(f"traversal.embedder must be one of {EMBEDDERS}, got {spec['embedder']!r}")
         if spec["placement"] not in PLACEMENTS:
             raise ValueError(f"traversal.placement must be one of {PLACEMENTS}, got {spec['placement']!r}")
-        self.num_tor, self.placement = int(spec["num_tor"]), spec["placement"]
         if self.num_tor < 1 or (self.placement == "even" and self.num_tor < 2):
             raise ValueError(f"traversal.num_tor must be >= 1 (>= 2 for placement 'even'), got {self.num_tor}")
         self.tor_token_id = self.processor.tor_token_id
@@ -152,6 +151,14 @@ class Meteor(VisionLanguageModel):
             self.traversal_projector = build_projector("mlp2x_gelu", self.vision.width, width)
             self.tor_projector = build_projector("mlp2x_gelu", width, self.lm.config.hidden_size)
         self.step = config.get("step", 1)
+
+    @property
+    def num_tor(self) -> int:
+        return self.processor.num_tor
+
+    @property
+    def placement(self) -> str:
+        return self.processor.placement
 
     def build_processor(self, config: dict) -> MeteorProcessor:
         spec = merge_config(DEFAULT_TRAVERSAL, config.get("traversal", {}))

@@ -122,7 +122,6 @@ class StarSegmenter(TrajectoryPolicy, VisionLanguageModel):
                              "image is only with 'squash'; use resize: squash")
         spec = merge_config(DEFAULT_SEGMENTATION, config.get("segmentation", {}))
         self.loss_weights = spec["loss_weights"]
-        self.answer_kind = spec["answer"]
         width, dim = self.lm.config.hidden_size, int(spec["embed_dim"])
         self.seg_token_id = self.tokenizer.convert_tokens_to_ids(SEG_TOKEN)
         self.seg_projection = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, dim))
@@ -133,6 +132,11 @@ class StarSegmenter(TrajectoryPolicy, VisionLanguageModel):
         self.prompt_encoder = PromptEncoder(dim, self.preprocess.image_size, grid)
         self.mask_decoder = MaskDecoder(dim, spec["num_heads"], spec["depth"], upscale=spec["upscale"],
                                         iou_head_hidden_dim=dim)
+
+    @property
+    def answer_kind(self) -> str:
+        """``seg`` or ``box``: what the answer names (its processor holds it)."""
+        return self.processor.answer_kind
 
     def build_processor(self, config: dict) -> StarProcessor:
         answer = merge_config(DEFAULT_SEGMENTATION, config.get("segmentation", {}))["answer"]
