@@ -70,10 +70,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("format", help="the checkpoint's layout: llava-hf, llava, mmcot, sam")
     p.add_argument("src", help="a folder, or a hub id (downloaded when the network allows)")
     p.add_argument("--out", required=True, help="the export folder to write")
-    p.add_argument("--vision", default=None, help="llava: the CLIP checkpoint (default: the config's mm_vision_tower); "
+    p.add_argument("--vision", default=None, help="llava, lisa: the CLIP checkpoint (default: the config's vision tower); "
                    "mmcot: a local weights file of timm's vit_large_patch32_384 (default: timm downloads it)")
     p.add_argument("--answer", default=None, help="mmcot: the answer model (SRC is the rationale model)")
     p.add_argument("--into", default=None, help="sam: the segmentation export whose decoder takes SAM's weights")
+    p.add_argument("--mamba", default=None, help="meteor: Meteor-Mamba's folder or hub id (default: BK-Lee/Meteor-Mamba)")
 
     p = verbs.add_parser("list", help="list registered models")
     p.add_argument("pattern", nargs="?", default="*")
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.verb == "convert":
         from mmreason.checkpoints import convert
 
-        options = {k: getattr(args, k) for k in ("vision", "answer", "into") if getattr(args, k)}
+        options = {k: getattr(args, k) for k in ("vision", "answer", "into", "mamba") if getattr(args, k)}
         print(json.dumps({"export": str(convert(args.format, args.src, args.out, **options))}))
     elif args.verb == "export":
         from mmreason.training.checkpoint import export_checkpoint

@@ -126,7 +126,7 @@ def test_a_key_outside_the_layout_is_named(llava, tmp_path):
     torch.save({**reference.state_dict(), "mystery.weight": torch.zeros(1)}, odd / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match=r"unexpected key\(s\), e.g. \['mystery.weight'\]"):
         convert("llava-hf", str(odd), tmp_path / "export")
-    with pytest.raises(CheckpointError, match="unknown checkpoint format .llava-2.; formats: llava, llava-hf"):
+    with pytest.raises(CheckpointError, match="unknown checkpoint format .llava-2.; formats: lisa, llava, llava-hf, meteor, mmcot, sam"):
         convert("llava-2", str(folder), tmp_path / "export")
     with pytest.raises(CheckpointError, match="neither a folder nor a hub id"):
         convert("llava-hf", str(tmp_path / "absent" / "folder"), tmp_path / "export")

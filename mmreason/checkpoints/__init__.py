@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mmreason.checkpoints import llava, llava_hf, mmcot, sam
+from mmreason.checkpoints import lisa, llava, llava_hf, meteor, mmcot, sam
 from mmreason.checkpoints.source import CheckpointError, resolve_source
 from mmreason.export import save_export
 
-CONVERTERS = {module.FORMAT: module for module in (llava_hf, llava, mmcot, sam)}
+CONVERTERS = {module.FORMAT: module for module in (llava_hf, llava, lisa, meteor, mmcot, sam)}
 
 
 def convert(fmt: str, src: str, out: str | Path, **options) -> Path:

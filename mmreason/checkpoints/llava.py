@@ -60,14 +60,10 @@ def _vision_state(source: str, hub_only: bool) -> tuple[dict, dict]:
     return architecture(fields), rename_by_prefix(state, VISION_PREFIXES, str(folder))
 
 
-def convert(folder: Path, vision: str | None = None) -> VisionLanguageModel:
-    config = read_json(folder, "config.json")
-    if "mm_vision_tower" not in config or config.get("mm_projector_type", "linear") != "mlp2x_gelu":
-        raise CheckpointError(f"{folder}/config.json is not LLaVA-1.5's (mm_vision_tower and mm_projector_type "
-                              "'mlp2x_gelu' expected)")
-    if config.get("mm_use_im_start_end"):
-        raise CheckpointError(f"{folder}: image start/end tokens (mm_use_im_start_end) are not supported")
-    state = rename_by_prefix(read_state_dict(folder), LANGUAGE_PREFIXES, f"{folder} ({FORMAT} layout)")
+def llava_config(folder: Path, config: dict, state: dict, vision: str | None, projector: str = "mlp2x_gelu",
+                 prompt: str = VICUNA_V1) -> tuple[dict, object]:
+    """The baseline model config and tokenizer of a LLaVA-layout checkpoint whose weights ``state`` are
+    already in our names; the CLIP tower's weights join ``state`` when the folder lacks them."""
     # the tower's config comes from its own checkpoint; its weights too, unless the LLaVA folder holds them
     vision_fields, vision_state = _vision_state(vision or config["mm_vision_tower"], hub_only=vision is None)
     if not any(k.startswith("vision.model.") for k in state):
@@ -80,13 +76,25 @@ def convert(folder: Path, vision: str | None = None) -> VisionLanguageModel:
         "vision": {"hf": {"model_type": "clip_vision_model", "config": vision_fields,
                           "feature_layer": config.get("mm_vision_select_layer", -2),
                           "select": "full" if config.get("mm_vision_select_feature") == "cls_patch" else "default"}},
-        "projector": "mlp2x_gelu",
+        "projector": projector,
         "language": {"config": language},
         "output_format": "plain",
-        "prompt": VICUNA_V1,
+        "prompt": prompt,
         "preprocess": {"image_size": vision_fields.get("image_size", 336), "mean": CLIP_MEAN, "std": CLIP_STD,
                        "resize": "pad" if config.get("image_aspect_ratio") == "pad" else "crop"},
         "max_length": config.get("tokenizer_model_max_length", config.get("max_position_embeddings", 2048)),
     }
+    return model_config, tokenizer
+
+
+def convert(folder: Path, vision: str | None = None) -> VisionLanguageModel:
+    config = read_json(folder, "config.json")
+    if "mm_vision_tower" not in config or config.get("mm_projector_type", "linear") != "mlp2x_gelu":
+        raise CheckpointError(f"{folder}/config.json is not LLaVA-1.5's (mm_vision_tower and mm_projector_type "
+                              "'mlp2x_gelu' expected)")
+    if config.get("mm_use_im_start_end"):
+        raise CheckpointError(f"{folder}: image start/end tokens (mm_use_im_start_end) are not supported")
+    state = rename_by_prefix(read_state_dict(folder), LANGUAGE_PREFIXES, f"{folder} ({FORMAT} layout)")
+    model_config, tokenizer = llava_config(folder, config, state, vision)
     model = VisionLanguageModel(model_config, tokenizer=tokenizer)
     return load_converted(model, state, f"{folder} ({FORMAT} layout)")

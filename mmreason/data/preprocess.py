@@ -50,14 +50,15 @@ def decode_image(source: bytes | str | Path | Image.Image, max_pixels: int = DEF
     return image
 
 
-RESIZES = ("squash", "crop", "pad")
+RESIZES = ("squash", "crop", "pad", "longest")
 
 
 @dataclass
 class Preprocess:
     """``resize``: how an image becomes a square of ``image_size``: ``squash`` (resize, ignoring the
     aspect ratio), ``crop`` (CLIP's processor: the shorter side to ``image_size``, then the centre),
-    ``pad`` (LLaVA-1.5: pad to a square with the mean colour, then resize)."""
+    ``pad`` (LLaVA-1.5: pad to a square with the mean colour, then resize), ``longest`` (SAM: the longer
+    side to ``image_size``, bilinear, then padded at the bottom and right)."""
 
     image_size: int = 64
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
@@ -86,24 +87,36 @@ class Preprocess:
             image = ImageOps.exif_transpose(image)
         return to_rgb(image)
 
-    def to_pixels(self, image: Image.Image) -> torch.Tensor:
-        """A square of ``image_size`` made by ``resize``: (S, S, 3) uint8, as PIL lays it out — cheap to
-        stack, a quarter of the bytes of float32 to pass between processes."""
+    def _place(self, image: Image.Image, resample: int, fill) -> Image.Image:
+        """``image`` made a square of ``image_size`` as ``resize`` says (masks take the same geometry as
+        their image: only ``resample`` and the ``fill`` of padding differ)."""
         side = self.image_size
         width, height = image.size
+        if self.resize == "longest":
+            height, width = longest_side_shape(height, width, side)
+            square = Image.new(image.mode, (side, side), fill)
+            square.paste(image.resize((width, height), resample) if image.size != (width, height) else image)
+            return square
         if self.resize == "pad" and width != height:
-            square = Image.new("RGB", (max(width, height),) * 2, tuple(int(m * 255) for m in self.mean))
+            square = Image.new(image.mode, (max(width, height),) * 2, fill)
             square.paste(image, ((max(width, height) - width) // 2, (max(width, height) - height) // 2))
             image, width, height = square, *square.size
         if self.resize == "crop" and width != height:
             short, long = min(width, height), max(width, height)
             scaled = (side, int(side * long / short))  # (short side, long side), as CLIP's processor rounds
-            image = image.resize(scaled if width <= height else scaled[::-1], Image.BICUBIC)
+            image = image.resize(scaled if width <= height else scaled[::-1], resample)
             left, top = (image.size[0] - side) // 2, (image.size[1] - side) // 2
             image = image.crop((left, top, left + side, top + side))
-        if image.size != (side, side):
-            image = image.resize((side, side), Image.BICUBIC)
-        return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
+        return image.resize((side, side), resample) if image.size != (side, side) else image
+
+    def to_pixels(self, image: Image.Image) -> torch.Tensor:
+        """A square of ``image_size`` made by ``resize``: (S, S, 3) uint8, as PIL lays it out — cheap to
+        stack, a quarter of the bytes of float32 to pass between processes. ``longest`` pads with the
+        mean colour rounded to 8 bits (SAM pads the normalised image with exact zeros: :meth:`__call__`)."""
+        longest = self.resize == "longest"
+        fill = tuple(round(m * 255) if longest else int(m * 255) for m in self.mean)  # LLaVA's pad truncates
+        placed = self._place(image, Image.BILINEAR if longest else Image.BICUBIC, fill)
+        return torch.from_numpy(np.asarray(placed, dtype=np.uint8).copy())
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 pixels (..., S, S, 3) to the float32 (..., 3, S, S) input the model expects; one op per batch."""
@@ -112,15 +125,25 @@ class Preprocess:
         return pixels.movedim(-1, -3).float() * (1.0 / (255.0 * std)) - mean / std
 
     def mask_to_tensor(self, mask: Image.Image) -> torch.Tensor:
-        """A 0/255 mask (255 may also mark ignore in converted data) at model resolution, uint8."""
-        mask = mask.convert("L")
-        if mask.size != (self.image_size, self.image_size):
-            mask = mask.resize((self.image_size, self.image_size), Image.NEAREST)
-        return torch.from_numpy(np.asarray(mask, dtype=np.uint8).copy())
+        """A 0/255 mask (255 may also mark ignore in converted data) at model resolution, uint8, placed
+        as its image is (padding is background)."""
+        return torch.from_numpy(np.asarray(self._place(mask.convert("L"), Image.NEAREST, 0), dtype=np.uint8).copy())
 
     def __call__(self, source) -> torch.Tensor:
-        """One image, ready for the model: (3, S, S) float32."""
-        return self.normalize(self.to_pixels(self.open_rgb(source)))
+        """One image, ready for the model: (3, S, S) float32 (``longest``: padded after normalising, as SAM)."""
+        image = self.open_rgb(source)
+        if self.resize != "longest":
+            return self.normalize(self.to_pixels(image))
+        height, width = longest_side_shape(image.height, image.width, self.image_size)
+        resized = torch.from_numpy(np.asarray(image.resize((width, height), Image.BILINEAR), dtype=np.uint8).copy())
+        pad = self.image_size
+        return torch.nn.functional.pad(self.normalize(resized), (0, pad - width, 0, pad - height))
+
+
+def longest_side_shape(height: int, width: int, side: int) -> tuple[int, int]:
+    """(height, width) with the longer side scaled to ``side``, rounded as SAM's ``ResizeLongestSide``."""
+    scale = side / max(height, width)
+    return int(height * scale + 0.5), int(width * scale + 0.5)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

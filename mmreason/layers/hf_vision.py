@@ -1,28 +1,38 @@
-"""Hugging Face vision towers (CLIP, SigLIP) beside timm's, selecting features as LLaVA does.
+"""Hugging Face vision towers (CLIP, SigLIP, SAM's ViT) beside timm's, selecting features as LLaVA does.
 
 Released vision-language models ship their encoder as a transformers model:
 LLaVA-1.5 reads CLIP ViT-L/14-336's second-to-last layer (``feature_layer: -2``,
 before the final layer norm) without its CLS token (``select: default``);
-SigLIP has no CLS token, so ``default`` and ``full`` agree there. Hosting
-transformers' own classes keeps released weights loadable by name.
+SigLIP has no CLS token, so ``default`` and ``full`` agree there. SAM's image
+encoder (LISA's second tower) gives its neck's output, the image embeddings SAM's
+mask decoder reads, as a row-major grid of tokens; ``feature_layer`` does not apply.
+Hosting transformers' own classes keeps released weights loadable by name.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import CLIPVisionConfig, CLIPVisionModel, SiglipVisionConfig, SiglipVisionModel
+from transformers import (
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    SamVisionConfig,
+    SamVisionModel,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+)
 
 from mmreason.layers.language import resolve_path
 
 HF_VISION_MODELS = {"clip_vision_model": (CLIPVisionConfig, CLIPVisionModel),
-                    "siglip_vision_model": (SiglipVisionConfig, SiglipVisionModel)}
+                    "siglip_vision_model": (SiglipVisionConfig, SiglipVisionModel),
+                    "sam_vision_model": (SamVisionConfig, SamVisionModel)}
 SELECTS = ("default", "full")  # LLaVA's vision_feature_select_strategy
 
 
 class HFVisionTower(nn.Module):
     """Args:
-    model_type: ``clip_vision_model`` or ``siglip_vision_model``.
+    model_type: ``clip_vision_model``, ``siglip_vision_model`` or ``sam_vision_model``.
     config: the vision config's fields (random init), or ``path``: a folder or hub id to load.
     feature_layer: which hidden state to read (0 = embeddings, -1 = the last layer, before the
         final layer norm); LLaVA-1.5 reads -2.
@@ -48,9 +58,12 @@ class HFVisionTower(nn.Module):
             raise ValueError(f"feature_layer {feature_layer} is outside the tower's {layers} layers (+ embeddings)")
         self.feature_layer = feature_layer
         self.prefix_tokens = 1 if select == "default" and model_type == "clip_vision_model" else 0
-        self.width = self.model.config.hidden_size
+        config = self.model.config
+        self.width = config.output_channels if isinstance(self.model, SamVisionModel) else config.hidden_size
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.model, SamVisionModel):  # (B, C, g, g) image embeddings → (B, g², C)
+            return self.model(pixel_values=images).last_hidden_state.flatten(2).transpose(1, 2)
         out = self.model(pixel_values=images, output_hidden_states=True)
         return out.hidden_states[self.feature_layer][:, self.prefix_tokens :]
 

@@ -336,3 +336,13 @@ class MaskDecoder(nn.Module):
             size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
             masks = F.interpolate(masks, size=size, mode="bilinear", align_corners=False)
         return (masks, iou) if multimask_output else (masks[:, 0], iou[:, 0])
+
+
+def sam_postprocess_masks(logits: torch.Tensor, input_size: int, valid: tuple[int, int],
+                          original: tuple[int, int]) -> torch.Tensor:
+    """SAM's ``postprocess_masks`` for (M, h, w) low-resolution logits: up to the encoder's square input
+    (``input_size``), the padding cropped off (``valid``: the resized image's (height, width)), then
+    resized to the ``original`` (height, width); bilinear throughout, as SAM and LISA."""
+    logits = F.interpolate(logits[:, None], (input_size, input_size), mode="bilinear", align_corners=False)
+    logits = logits[..., : valid[0], : valid[1]]
+    return F.interpolate(logits, tuple(original), mode="bilinear", align_corners=False)[:, 0]

@@ -37,6 +37,13 @@ from a pretrained LLM. ``embedder: none`` is the baseline VLM (same parts, promp
 "no Mamba" ablation); ``transformer`` is the embedder ablation. The backbone
 never generates `<image>` or `<tor>`: generation suppresses both, in every mode.
 Mamba computes in float32 whatever the autocast (see :mod:`mmreason.layers.mamba`).
+
+Released Meteor (``mmreason convert meteor``) needs two settings the zoo's own models leave
+off: ``partial_lora`` (rank, alpha, targets, dropout) wraps those projections of the backbone
+LM in low-rank updates applied only at image tokens (:mod:`mmreason.layers.partial_lora`), and
+``traversal.prompt`` is the embedder's template (``<image>`` once, ``{question}``, ``{choices}``,
+``{tor}``: the bare `<tor>` run, written without spaces, or the rationale holding them) in place of
+the zoo's. A backbone writing ``plain`` answers keeps them at step 2.
 """
 
 from __future__ import annotations
@@ -48,11 +55,12 @@ from transformers import MambaConfig
 from mmreason.data.schema import Record
 from mmreason.layers.language import resolve_path, splice_image_features
 from mmreason.layers.mamba import MambaStack
+from mmreason.layers.partial_lora import apply_partial_lora
 from mmreason.layers.projector import build_projector
 from mmreason.models.baseline import TINY_CONFIG as BASELINE_TINY
 from mmreason.models.baseline import VisionLanguageModel
 from mmreason.models.config_schema import ANY, LEAF, VLM
-from mmreason.models.meteor_processor import MeteorProcessor
+from mmreason.models.meteor_processor import MeteorProcessor, TemplatedMeteorProcessor
 from mmreason.text.prompts import PROMPT
 from mmreason.text.tor import PLACEMENTS, TOR_TOKEN
 from mmreason.zoo import merge_config, register_family, register_model
@@ -67,7 +75,9 @@ DEFAULT_TRAVERSAL = {
     "placement": "even",
     "path": None,  # a Mamba checkpoint folder (e.g. state-spaces/mamba-130m-hf); its fields replace `mamba`
     "seed": 0,  # of the placement draws (`random` placement)
+    "prompt": None,  # the embedder's template (released Meteor's); None: the zoo's
 }
+PARTIAL_LORA = {"rank": LEAF, "alpha": LEAF, "targets": LEAF, "dropout": LEAF}
 
 # The baseline's tiny VLM + a 2-layer Mamba of width 64, state 4 (fwd+bwd ≈ 0.9 s for 64 prompts of
 # ~130 tokens on one contended core; state 8 tripled that). N = 10 as upstream: the benchmark's long
@@ -131,12 +141,15 @@ class Meteor(VisionLanguageModel):
     ``traversal_projector`` (vision → embedder width), ``tor_projector`` (embedder → backbone width).
     """
 
-    config_schema = {**VLM, "step": LEAF, "traversal": {"embedder": LEAF, "mamba": ANY, "transformer": ANY,
-                                                        "num_tor": LEAF, "placement": LEAF, "path": LEAF, "seed": LEAF}}
+    config_schema = {**VLM, "partial_lora": PARTIAL_LORA, "step": LEAF,
+                     "traversal": {"embedder": LEAF, "mamba": ANY, "transformer": ANY, "num_tor": LEAF,
+                                   "placement": LEAF, "path": LEAF, "seed": LEAF, "prompt": LEAF}}
     fine_tune_options = ("step",)
 
     def __init__(self, config: dict, tokenizer=None):
         super().__init__(config, tokenizer)
+        lora = config.get("partial_lora")
+        self.image_positions = apply_partial_lora(self.lm, **lora) if lora else None
         spec = merge_config(DEFAULT_TRAVERSAL, config.get("traversal", {}))
         if spec["embedder"] not in EMBEDDERS:
             raise ValueError(f"traversal.embedder must be one of {EMBEDDERS}, got {spec['embedder']!r}")
@@ -162,10 +175,12 @@ class Meteor(VisionLanguageModel):
 
     def build_processor(self, config: dict) -> MeteorProcessor:
         spec = merge_config(DEFAULT_TRAVERSAL, config.get("traversal", {}))
-        return MeteorProcessor(self.tokenizer, self.num_image_tokens, int(config.get("max_length", 512)),
-                               config.get("output_format", "cot"), spec["embedder"] != "none",
-                               int(spec["num_tor"]), spec["placement"], spec["seed"], config.get("step", 1) == 1,
-                               config.get("prompt", PROMPT))
+        template = {"traversal_template": spec["prompt"]} if spec["prompt"] else {}
+        return (TemplatedMeteorProcessor if template else MeteorProcessor)(
+            self.tokenizer, self.num_image_tokens, int(config.get("max_length", 512)),
+            config.get("output_format", "cot"), spec["embedder"] != "none", int(spec["num_tor"]),
+            spec["placement"], spec["seed"], config.get("step", 1) == 1, config.get("prompt", PROMPT),
+            **template)
 
     def _build_traversal(self, spec: dict) -> nn.Module | None:
         """The embedder; a checkpoint's Mamba fields replace ``traversal.mamba`` in ``self.config``
@@ -196,7 +211,8 @@ class Meteor(VisionLanguageModel):
         self._step = self.config["step"] = value
         self.processor.read_rationale = value == 1
         if self.traversal is not None:
-            self.output_format = self.config["output_format"] = "cot" if value == 1 else "answer"
+            answer = "plain" if self.output_format == "plain" else "answer"  # a released model's answers
+            self.output_format = self.config["output_format"] = "cot" if value == 1 else answer
             for part in (self.vision, self.projector, self.lm):
                 part.requires_grad_(value != 1)
 
@@ -223,7 +239,10 @@ class Meteor(VisionLanguageModel):
     # ---- the backbone's inputs --------------------------------------------------------------
     def embed(self, images: torch.Tensor, input_ids: torch.Tensor, traversal_ids: torch.Tensor | None = None,
               traversal_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Backbone input embeddings: projected patches at `<image>`, projected embedder states at `<tor>`."""
+        """Backbone input embeddings: projected patches at `<image>`, projected embedder states at `<tor>`
+        (and, with partial LoRA, the image positions its layers update)."""
+        if self.image_positions is not None:
+            self.image_positions.tokens = input_ids == self.image_token_id
         if self.traversal is None:
             return super().embed(images, input_ids)
         if traversal_ids is None:

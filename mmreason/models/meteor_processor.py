@@ -128,3 +128,28 @@ class MeteorProcessor(PromptProcessor):
         if not self.traversal:
             return inputs
         return {**inputs, **self.traversal_inputs(records, with_rationale=False)}
+
+
+class TemplatedMeteorProcessor(MeteorProcessor):
+    """The embedder reads ``traversal_template`` (``<image>``, ``{question}``, ``{choices}``, ``{tor}``)
+    instead of the zoo's prompt; bare `<tor>` are written without spaces, as released Meteor writes them."""
+
+    def __init__(self, *args, traversal_template: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        if traversal_template.count("<image>") != 1 or "{question}" not in traversal_template \
+                or "{tor}" not in traversal_template:
+            raise ValueError(f"traversal.prompt must contain '<image>' once, '{{question}}' and '{{tor}}', "
+                             f"got {traversal_template!r}")
+        self.traversal_template = traversal_template
+
+    def _traversal_text(self, record: Record, with_rationale: bool, skip_too_short: bool) -> str | None:
+        tor = TOR_TOKEN * self.num_tor
+        if with_rationale:
+            try:
+                tor = insert_tor(record.rationale or "", self.num_tor, self.placement, self.placement_rng)
+            except RationaleTooShort:
+                if skip_too_short:
+                    return None
+                raise
+        return self.traversal_template.format(question=record.question.strip(),
+                                              choices=format_choices(record.choices), tor=tor)

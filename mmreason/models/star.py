@@ -16,6 +16,13 @@ reads the ``<seg>`` states. ``segment(samples=N)`` samples N answers at a
 temperature and aggregates their masks (:mod:`mmreason.seg.tts`); an answer
 without ``<seg>`` votes "no object".
 
+``segmentation.image_encoder`` gives the decoder an image encoder of its own with its own view
+of the image (LISA: SAM's ViT at 1024 px beside the VLM's CLIP): ``predict`` makes that view
+from the original image and returns the mask at the original size, as LISA's post-processing
+(upscale, crop the padding, resize); batch evaluation and training resize the model's input
+view to the encoder's instead (one image tensor per batch), and masks stay in the input view.
+``segmentation.seg_token`` names the mask token (``[SEG]`` in LISA's checkpoints).
+
 ``segmentation.answer: box`` is the RL path's policy (Seg-Zero / StAR): the answer
 names each object by a box and a point (:mod:`mmreason.seg.answers`), and the
 same decoder, prompted by them (a promptable segmenter), draws the masks. Its
@@ -33,14 +40,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmreason.data.preprocess import Preprocess, longest_side_shape
 from mmreason.data.schema import Record
 from mmreason.eval.answers import extract_answer_span
 from mmreason.layers.language import splice_image_features
-from mmreason.layers.mask_decoder import MaskDecoder, PromptEncoder
+from mmreason.layers.mask_decoder import MaskDecoder, PromptEncoder, sam_postprocess_masks
+from mmreason.layers.vision import build_vision_tower
 from mmreason.models.base import ANSWERS, POLICY, SEGMENTS, nothing_to_learn
 from mmreason.models.baseline import TINY_CONFIG as BASELINE_TINY
 from mmreason.models.baseline import VisionLanguageModel
-from mmreason.models.config_schema import LEAF, VLM
+from mmreason.models.config_schema import ANY, LEAF, PREPROCESS, VLM
 from mmreason.models.policy import Trajectory, TrajectoryPolicy
 from mmreason.models.processor import PromptProcessor
 from mmreason.seg.answers import format_box_point, mask_box_point, parse_box_points
@@ -53,7 +62,8 @@ SEG_TOKEN = "<seg>"
 SEG_TASK = "seg"
 ANSWER_KINDS = ("seg", "box")
 DEFAULT_SEGMENTATION = {"answer": "seg", "embed_dim": 64, "num_heads": 4, "depth": 2, "upscale": 4,
-                        "loss_weights": {"text": 1.0, "bce": 2.0, "dice": 0.5}}
+                        "loss_weights": {"text": 1.0, "bce": 2.0, "dice": 0.5}, "seg_token": SEG_TOKEN,
+                        "image_encoder": None}  # or {vision: a vision tower spec, preprocess: its view}
 TINY_CONFIG = merge_config(BASELINE_TINY, {"output_format": "answer", "segmentation": DEFAULT_SEGMENTATION})
 
 
@@ -69,11 +79,11 @@ class StarProcessor(PromptProcessor):
     point (``box`` answers: read off the batch's masks, so the loader workers do it too)."""
 
     def __init__(self, tokenizer, num_image_tokens: int, max_length: int, output_format: str, answer_kind: str,
-                 prompt: str = PROMPT):
+                 prompt: str = PROMPT, seg_token: str = SEG_TOKEN):
         if answer_kind not in ANSWER_KINDS:
             raise ValueError(f"segmentation.answer must be one of {ANSWER_KINDS}, got {answer_kind!r}")
         super().__init__(tokenizer, num_image_tokens, max_length, output_format, prompt)
-        self.answer_kind = answer_kind
+        self.answer_kind, self.seg_token = answer_kind, seg_token
 
     def target_text(self, record: Record) -> str:
         """A segmentation question's answer ends with ``<seg>`` (the mask is part of the answer), or
@@ -81,11 +91,13 @@ class StarProcessor(PromptProcessor):
         text = target_text(record, self.output_format)
         if record.task != SEG_TASK:
             return text
+        if self.output_format == "plain" and self.answer_kind == "seg":  # LISA's answers: "Sure, it is [SEG]."
+            return f"{text} {self.seg_token}".strip()
         if self.answer_kind == "box":
             prompt = (record.meta or {}).get("box_point")
             answer = answer_tag(format_box_point(*prompt) if prompt else "")
         else:
-            answer = answer_tag(f"{record.answer.strip()} {SEG_TOKEN}".strip())
+            answer = answer_tag(f"{record.answer.strip()} {self.seg_token}".strip())
         return text[: text.rindex("<answer>")] + answer
 
     def segmentation_inputs(self, records: list[Record], masks) -> dict[str, torch.Tensor]:
@@ -111,25 +123,40 @@ class StarSegmenter(TrajectoryPolicy, VisionLanguageModel):
     """Extra config ``segmentation``: answer (seg | box), embed_dim (decoder width), num_heads, depth,
     upscale, loss_weights."""
 
-    config_schema = {**VLM, "segmentation": {**dict.fromkeys(("answer", "embed_dim", "num_heads", "depth", "upscale"), LEAF),
-                                             "loss_weights": dict.fromkeys(("text", "bce", "dice"), LEAF)}}
+    config_schema = {**VLM, "segmentation": {
+        **dict.fromkeys(("answer", "embed_dim", "num_heads", "depth", "upscale", "seg_token"), LEAF),
+        "loss_weights": dict.fromkeys(("text", "bce", "dice"), LEAF), "image_encoder": {"vision": ANY, "preprocess": PREPROCESS}}}
     response_options = ("samples", "temperature")
 
     def __init__(self, config: dict, tokenizer=None):
         super().__init__(config, tokenizer)
-        if self.preprocess.resize != "squash":
+        spec = merge_config(DEFAULT_SEGMENTATION, config.get("segmentation", {}))
+        encoder = spec["image_encoder"]
+        if self.preprocess.resize != "squash" and encoder is None:
             raise ValueError(f"preprocess.resize {self.preprocess.resize!r}: segmentation masks are resized as the "
                              "image is only with 'squash'; use resize: squash")
-        spec = merge_config(DEFAULT_SEGMENTATION, config.get("segmentation", {}))
         self.loss_weights = spec["loss_weights"]
         width, dim = self.lm.config.hidden_size, int(spec["embed_dim"])
-        self.seg_token_id = self.tokenizer.convert_tokens_to_ids(SEG_TOKEN)
+        self.seg_token_id = self.tokenizer.convert_tokens_to_ids(self.processor.seg_token)
+        if self.seg_token_id in (None, self.tokenizer.unk_token_id):
+            raise ValueError(f"segmentation.seg_token {self.processor.seg_token!r} is not a token of the tokenizer")
         self.seg_projection = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, dim))
-        self.image_to_decoder = nn.Linear(self.vision.width, dim)
-        grid = round(self.num_image_tokens ** 0.5)
-        if grid * grid != self.num_image_tokens:
-            raise ValueError(f"the mask decoder needs a square grid of image tokens, got {self.num_image_tokens}")
-        self.prompt_encoder = PromptEncoder(dim, self.preprocess.image_size, grid)
+        if encoder is None:
+            self.segmentation_encoder = self.segmentation_preprocess = None
+            decoder_size, tokens, in_width = self.preprocess.image_size, self.num_image_tokens, self.vision.width
+            self.image_to_decoder = nn.Linear(in_width, dim)
+        else:
+            if self.answer_kind != "seg":
+                raise ValueError("segmentation.image_encoder reads <seg> prompts (LISA); use answer: seg with it")
+            self.segmentation_encoder = build_vision_tower(encoder["vision"])
+            self.segmentation_preprocess = Preprocess.from_dict({**Preprocess().to_dict(), **encoder.get("preprocess", {})})
+            decoder_size = self.segmentation_preprocess.image_size
+            tokens, in_width = self.segmentation_encoder.num_tokens(decoder_size), self.segmentation_encoder.width
+            self.image_to_decoder = nn.Identity() if in_width == dim else nn.Linear(in_width, dim)
+        grid = round(tokens ** 0.5)
+        if grid * grid != tokens:
+            raise ValueError(f"the mask decoder needs a square grid of image tokens, got {tokens}")
+        self.prompt_encoder = PromptEncoder(dim, decoder_size, grid)
         self.mask_decoder = MaskDecoder(dim, spec["num_heads"], spec["depth"], upscale=spec["upscale"],
                                         iou_head_hidden_dim=dim)
 
@@ -139,20 +166,49 @@ class StarSegmenter(TrajectoryPolicy, VisionLanguageModel):
         return self.processor.answer_kind
 
     def build_processor(self, config: dict) -> StarProcessor:
-        answer = merge_config(DEFAULT_SEGMENTATION, config.get("segmentation", {}))["answer"]
+        spec = merge_config(DEFAULT_SEGMENTATION, config.get("segmentation", {}))
         return StarProcessor(self.tokenizer, self.num_image_tokens, int(config.get("max_length", 512)),
-                             config.get("output_format", "answer"), answer, config.get("prompt", PROMPT))
+                             config.get("output_format", "answer"), spec["answer"], config.get("prompt", PROMPT),
+                             spec["seg_token"])
 
     # ---- masks from prompts ------------------------------------------------------------------
-    def decode_masks(self, patches: torch.Tensor, image_index: torch.Tensor, states: torch.Tensor | None = None,
-                     boxes: torch.Tensor | None = None, points: torch.Tensor | None = None
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(M, S, S) mask logits and (M,) predicted IoU for M prompts reading ``patches[image_index]``:
-        `<seg>` states (M, h), or boxes (M, 4) with points (M, 2) in input pixels."""
+    def decoder_features(self, images: torch.Tensor, patches: torch.Tensor,
+                         view: dict | None = None) -> torch.Tensor:
+        """(B, g², d): the image tokens the mask decoder reads — the VLM's patches, or the segmentation
+        encoder's over ``view["images"]`` (its own view of the originals) or else over ``images`` resized."""
+        if self.segmentation_encoder is None:
+            return self.image_to_decoder(patches)
+        pixels = view["images"] if view is not None else self._encoder_view(images)
+        return self.image_to_decoder(self.segmentation_encoder(pixels.to(images.device, images.dtype)))
+
+    def _encoder_view(self, images: torch.Tensor) -> torch.Tensor:
+        """The segmentation encoder's input made from the model's input view: back to [0, 1], resized
+        (antialiased) to the encoder's size, normalised as it expects."""
+        ours, theirs = self.preprocess, self.segmentation_preprocess
+        def stats(p: Preprocess) -> tuple[torch.Tensor, torch.Tensor]:
+            return (torch.tensor(p.mean, device=images.device).view(1, 3, 1, 1),
+                    torch.tensor(p.std, device=images.device).view(1, 3, 1, 1))
+        (mean, std), (their_mean, their_std) = stats(ours), stats(theirs)
+        size = (theirs.image_size, theirs.image_size)
+        pixels = F.interpolate(images.float() * std + mean, size=size, mode="bilinear", antialias=True)
+        return ((pixels - their_mean) / their_std).to(images.dtype)
+
+    def decode_masks(self, features: torch.Tensor, image_index: torch.Tensor, states: torch.Tensor | None = None,
+                     boxes: torch.Tensor | None = None, points: torch.Tensor | None = None,
+                     view: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(M, S, S) mask logits in the input view's pixels (or, given the segmentation encoder's ``view``,
+        (M, H, W) at the original image's size) and (M,) predicted IoU for M prompts reading
+        ``features[image_index]`` (:meth:`decoder_features`): `<seg>` states (M, h), or boxes (M, 4)
+        with points (M, 2) in input pixels."""
         sparse, dense = self.prompt_encoder(sparse=None if states is None else self.seg_projection(states)[:, None],
                                             boxes=boxes, points=points)
-        return self.mask_decoder(self.image_to_decoder(patches), self.prompt_encoder.image_pe(), sparse, dense,
-                                 output_size=self.preprocess.image_size, image_index=image_index)
+        size = None if view is not None else self.preprocess.image_size
+        logits, iou = self.mask_decoder(features, self.prompt_encoder.image_pe(), sparse, dense, output_size=size,
+                                        image_index=image_index)
+        if view is not None:
+            logits = sam_postprocess_masks(logits, self.segmentation_preprocess.image_size, view["valid"],
+                                           view["original"])
+        return logits, iou
 
     def _seg_states(self, hidden: torch.Tensor, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The states predicting each `<seg>` (one position earlier, as LISA) and their rows."""
@@ -198,7 +254,8 @@ class StarSegmenter(TrajectoryPolicy, VisionLanguageModel):
         prompt_rows = prompt_rows[keep].to(images.device)
         loss, bce, dice = self.loss_weights["text"] * out.loss, out.loss.new_zeros(()), out.loss.new_zeros(())
         if len(prompt_rows):
-            logits, _ = self.decode_masks(patches, prompt_rows, **{k: v.to(images.device) for k, v in prompts.items()})
+            logits, _ = self.decode_masks(self.decoder_features(images, patches), prompt_rows,
+                                          **{k: v.to(images.device) for k, v in prompts.items()})
             target = torch.stack([targets[r] for r in prompt_rows.tolist()]).to(logits.dtype)
             bce = F.binary_cross_entropy_with_logits(logits, target)
             dice = dice_loss(logits, target)
@@ -228,10 +285,10 @@ class StarSegmenter(TrajectoryPolicy, VisionLanguageModel):
         return out
 
     @torch.no_grad()
-    def trajectory_masks(self, images: torch.Tensor, trajectories: list[Trajectory]
+    def trajectory_masks(self, images: torch.Tensor, trajectories: list[Trajectory], view: dict | None = None
                          ) -> tuple[list[list[torch.Tensor]], list[list[float]]]:
         """Per trajectory, the masks its answer makes (``seg``: one per `<seg>`; ``box``: one per box and
-        point) and their predicted IoUs."""
+        point) and their predicted IoUs; ``view``: the segmentation encoder's view (:meth:`predict`)."""
         patches = self.vision(images)
         if self.answer_kind == "seg":
             inputs = self.trajectory_embeddings(images, trajectories, left=False)
@@ -249,7 +306,8 @@ class StarSegmenter(TrajectoryPolicy, VisionLanguageModel):
         scores: list[list[float]] = [[] for _ in trajectories]
         if len(rows):
             image_index = torch.tensor([trajectories[r].image_index for r in rows.tolist()], device=images.device)
-            logits, iou = self.decode_masks(patches, image_index, **{k: v.to(images.device) for k, v in prompts.items()})
+            logits, iou = self.decode_masks(self.decoder_features(images, patches, view), image_index, view=view,
+                                            **{k: v.to(images.device) for k, v in prompts.items()})
             for row, mask_logits, score in zip(rows.tolist(), logits, iou.tolist()):
                 masks[row].append((mask_logits > 0).cpu())
                 scores[row].append(score)
@@ -257,7 +315,7 @@ class StarSegmenter(TrajectoryPolicy, VisionLanguageModel):
 
     @torch.no_grad()
     def segment(self, images: torch.Tensor, records: list[Record], samples: int = 1, temperature: float = 1.0,
-                max_new_tokens: int = 32, output: str = "best") -> list[dict]:
+                max_new_tokens: int = 32, output: str = "best", view: dict | None = None) -> list[dict]:
         """Per record: {text, answer, mask (S, S) bool, found, votes, parsed (the answers that parsed)}. ``samples`` > 1 samples that
         many answers at ``temperature`` and votes their object masks into one (StAR); 1 decodes
         greedily and votes that one answer. A ``box`` answer naming something but no well-formed
@@ -265,17 +323,17 @@ class StarSegmenter(TrajectoryPolicy, VisionLanguageModel):
         trajectories = self.rollout(images, records, samples, max_new_tokens, do_sample=samples > 1,
                                     temperature=temperature)
         texts = [self.completion_text(t) for t in trajectories]
-        object_masks, scores = self.trajectory_masks(images, trajectories)
+        object_masks, scores = self.trajectory_masks(images, trajectories, view)
         if self.answer_kind == "box":
             object_masks = [None if not masks and not _names_no_object(text) else masks
                             for masks, text in zip(object_masks, texts)]
-        size = self.preprocess.image_size
+        shape = view["original"] if view is not None else (self.preprocess.image_size,) * 2
         out = []
         for i in range(len(records)):
             group = slice(i * samples, (i + 1) * samples)
-            result = aggregate_masks(object_masks[group], scores[group], output=output, shape=(size, size))
+            result = aggregate_masks(object_masks[group], scores[group], output=output, shape=tuple(shape))
             text = texts[group][max(result["sample"], 0)]  # the answer the mask stands for (or the first)
-            out.append({"text": text, "answer": strip_seg(extract_answer_span(text)), "mask": result["mask"],
+            out.append({"text": text, "answer": self.strip_seg(extract_answer_span(text)), "mask": result["mask"],
                         "found": not result["no_object"], "votes": samples, "parsed": result["valid"]})
         return out
 
@@ -289,12 +347,29 @@ class StarSegmenter(TrajectoryPolicy, VisionLanguageModel):
                               for t, masks in zip(trajectories, object_masks)]}
 
     def respond(self, images: torch.Tensor, records: list[Record], max_new_tokens: int | None = None,
-                samples: int = 1, temperature: float = 1.0) -> list[dict]:
+                samples: int = 1, temperature: float = 1.0, view: dict | None = None) -> list[dict]:
         """:meth:`segment`'s results with texts to score as answers: the `<seg>` token is the mask's
         place, not a word of the answer."""
         budget = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
-        results = self.segment(images, records, samples=samples, temperature=temperature, **budget)
-        return [{**r, "text": strip_seg(r["text"])} for r in results]
+        results = self.segment(images, records, samples=samples, temperature=temperature, view=view, **budget)
+        return [{**r, "text": self.strip_seg(r["text"])} for r in results]
+
+    def strip_seg(self, text: str | None) -> str | None:
+        return None if text is None else " ".join(text.replace(self.processor.seg_token, " ").split())
+
+    @torch.no_grad()
+    def predict(self, image, question: str | None = None, choices: list[str] | None = None,
+                max_new_tokens: int | None = None, **options) -> dict:
+        """With a segmentation encoder, it reads its own view of the original image and the mask comes
+        back at the original size (LISA's inference)."""
+        if self.segmentation_encoder is None:
+            return super().predict(image, question, choices, max_new_tokens, **options)
+        picture = self.preprocess.open_rgb(image)
+        size = self.segmentation_preprocess.image_size
+        view = {"images": self.segmentation_preprocess(picture)[None], "original": (picture.height, picture.width),
+                "valid": (longest_side_shape(picture.height, picture.width, size)
+                          if self.segmentation_preprocess.resize == "longest" else (size, size))}
+        return super().predict(picture, question, choices, max_new_tokens, view=view, **options)
 
     def answer_batch(self, images: torch.Tensor, records: list[Record], max_new_tokens: int = 32) -> list[str]:
         return [r["text"] for r in self.respond(images, records, max_new_tokens)]
@@ -303,7 +378,8 @@ class StarSegmenter(TrajectoryPolicy, VisionLanguageModel):
         return query_record(question, choices, SEG_TASK)
 
     def describe(self, response: dict) -> dict:
-        """{text, answer, mask (S×S bool, the model input's pixels), found, votes, input_size}."""
+        """{text, answer, mask (S×S bool, the model input's pixels; with a segmentation encoder H×W, the
+        original's), found, votes, input_size}."""
         return {**response, "rationale": None, "input_size": self.preprocess.image_size}
 
 
@@ -314,10 +390,6 @@ def _names_no_object(text: str) -> bool:
     """An empty answer (as the targets without a box write it) or an empty list, as StAR's parser reads
     ``[]`` and ``[{}]``; no closed answer at all (truncated) failed to parse instead."""
     return NO_OBJECT_ANSWER.search(text) is not None
-
-
-def strip_seg(text: str | None) -> str | None:
-    return None if text is None else " ".join(text.replace(SEG_TOKEN, " ").split())
 
 
 def _until_eos(ids: list[int], eos: int, pad: int) -> list[int]:
