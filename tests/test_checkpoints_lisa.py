@@ -226,3 +226,29 @@ def test_a_lisa_folder_without_sams_encoder_names_what_is_missing(lisa, tmp_path
     torch.save(state, broken / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match="SAM's image encoder is incomplete.*pos_embed"):
         convert("lisa", str(broken), tmp_path / "export", vision=str(clip))
+
+
+def test_a_converted_lisa_evaluates_and_fine_tunes_in_batches(lisa, tmp_path):
+    """Batches carry one image tensor (CLIP's view); SAM reads it resized, and masks stay in that view."""
+    from mmreason.build import create_model
+    from mmreason.data.preprocess import Preprocess
+    from mmreason.data.shards import eval_stream, resolve_shards
+    from mmreason.data.synth import SynthConfig
+    from mmreason.data.synth_shards import synthesize
+    from mmreason.inference import evaluate
+
+    folder, clip, _ = lisa
+    export = convert("lisa", str(folder), tmp_path / "export", vision=str(clip))
+    synthesize(tmp_path / "data", {"test": 4}, SynthConfig(tasks=("seg",)), progress=False)
+    urls = resolve_shards(tmp_path / "data", "test")
+    report = evaluate(mmreason.load(export), urls, batch_size=4, max_new_tokens=3)["report"]
+    assert report["segmentation"]["n"] == 4 and 0.0 <= report["segmentation"]["giou"] <= 1.0
+    model = create_model(init={"from": str(export), "frozen": ["vision"]})
+    batch = next(iter(eval_stream(urls, Preprocess.from_dict(model.preprocess.to_dict()), 4)[0]))
+    assert batch["masks"].shape[1:] == (CLIP_SIZE, CLIP_SIZE)
+    batch["images"] = model.preprocess.normalize(batch["pixels"])
+    out = model.loss(batch)
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"]) and out["mask_bce"] > 0
+    assert model.mask_decoder.mask_tokens.weight.grad.abs().sum() > 0
+    assert model.segmentation_encoder.model.vision_encoder.pos_embed.grad.abs().sum() > 0

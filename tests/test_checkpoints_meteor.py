@@ -25,10 +25,10 @@ from transformers import (
 )
 
 import mmreason
+from mmreason.checkpoints import convert
 from mmreason.checkpoints import meteor as meteor_format
 from mmreason.checkpoints.source import CLIP_MEAN, CLIP_STD, CheckpointError
 from mmreason.data.schema import Record
-from mmreason.export import save_export
 
 WORDS = ("system user assistant rationale you should give helpful answer to based on the . "
          "what colour is circle ? red blue").split()
@@ -243,9 +243,7 @@ def _image() -> Image.Image:
 
 def test_released_meteor_converts_into_an_export_with_upstream_prompts_and_logits(released, tmp_path):
     root, _, mlm, mamba = released
-    model = meteor_format.convert(root / "Meteor-MLM", mamba=str(root / "Meteor-Mamba"))
-    source = {"id": str(root), "format": "meteor", "converter_version": meteor_format.CONVERTER_VERSION}
-    export = save_export(model, tmp_path / "export", source=source)
+    export = convert("meteor", str(root / "Meteor-MLM"), tmp_path / "export", mamba=str(root / "Meteor-Mamba"))
     config = json.loads((export / "config.json").read_text())["config"]
     assert config["partial_lora"]["rank"] == RANK and config["output_format"] == "plain"
     model = mmreason.load(export)
@@ -322,3 +320,27 @@ def test_keys_outside_the_layout_are_named(released, tmp_path):
     mlm.save(tmp_path / "no-lora", tokenizer, drop=tuple(k for k in mlm.state_dict() if ".lora_" in k))
     with pytest.raises(CheckpointError, match="no partial LoRA weights"):
         meteor_format.convert(tmp_path / "no-lora", mamba=str(root / "Meteor-Mamba"))
+
+
+def test_a_converted_meteor_evaluates_and_fine_tunes_like_any_other(released, tmp_path):
+    from mmreason.build import create_model
+    from mmreason.data.preprocess import Preprocess
+    from mmreason.data.shards import eval_stream, resolve_shards
+    from mmreason.data.synth import SynthConfig
+    from mmreason.data.synth_shards import synthesize
+    from mmreason.inference import evaluate
+
+    root, *_ = released
+    export = convert("meteor", str(root / "Meteor-MLM"), tmp_path / "export", mamba=str(root / "Meteor-Mamba"))
+    synthesize(tmp_path / "data", {"test": 4}, SynthConfig(tasks=("count",)), progress=False)
+    urls = resolve_shards(tmp_path / "data", "test")
+    report = evaluate(mmreason.load(export), urls, batch_size=4, max_new_tokens=3)["report"]
+    assert report["n"] == 4 and 0.0 <= report["accuracy"] <= 1.0
+    model = create_model(init={"from": str(export)}, step=2)  # answering: everything trains
+    batch = next(iter(eval_stream(urls, Preprocess.from_dict(model.preprocess.to_dict()), 4)[0]))
+    batch["images"] = model.preprocess.normalize(batch["pixels"])
+    out = model.loss(batch)
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"]) and out["target_tokens"] > 0
+    lora = model.lm.model.layers[0].self_attn.q_proj.lora_B.weight
+    assert lora.grad is not None and lora.grad.abs().sum() > 0  # image tokens reach the partial LoRA
