@@ -7,6 +7,8 @@ import json
 import logging
 import sys
 
+DTYPE_CHOICES = ("bf16", "fp16", "fp32", "bfloat16", "float16", "float32")  # mmreason.export's names
+
 LIGHTNING_VERBS = {
     "fit": "train from a recipe (-c RECIPE; --ckpt_path last resumes)",
     "validate": "validate a checkpoint (-c RECIPE --ckpt_path CKPT)",
@@ -16,8 +18,8 @@ LIGHTNING_VERBS = {
 
 def _load_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="where the model runs (cpu, cuda, cuda:1, …)")
-    p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
-                   help="the weights' precision (default: as exported, float32)")
+    p.add_argument("--dtype", default=None, choices=DTYPE_CHOICES,
+                   help="the precision to run in (default: float32, whatever the export stores)")
 
 
 def _pipeline_arguments(p: argparse.ArgumentParser) -> None:
@@ -65,9 +67,11 @@ def _parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("export", help="write an export folder from a training checkpoint (.ckpt)")
     p.add_argument("--ckpt", required=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, default=None,
+                   help="precision of the stored weights (default: the checkpoint's, float32)")
 
     p = verbs.add_parser("convert", help="turn a released checkpoint (folder or hub id) into an export folder")
-    p.add_argument("format", help="the checkpoint's layout: llava-hf, llava, mmcot, sam")
+    p.add_argument("format", help="the checkpoint's layout: llava-hf, llava, lisa, meteor, mmcot, sam")
     p.add_argument("src", help="a folder, or a hub id (downloaded when the network allows)")
     p.add_argument("--out", required=True, help="the export folder to write")
     p.add_argument("--vision", default=None, help="llava, lisa: the CLIP checkpoint (default: the config's vision tower); "
@@ -75,6 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--answer", default=None, help="mmcot: the answer model (SRC is the rationale model)")
     p.add_argument("--into", default=None, help="sam: the segmentation export whose decoder takes SAM's weights")
     p.add_argument("--mamba", default=None, help="meteor: Meteor-Mamba's folder or hub id (default: BK-Lee/Meteor-Mamba)")
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, default=None, help="precision of the stored weights "
+                   "(default: float32; bf16 halves a 7B export to about 14 GB)")
 
     p = verbs.add_parser("list", help="list registered models")
     p.add_argument("pattern", nargs="?", default="*")
@@ -120,9 +126,9 @@ def main(argv: list[str] | None = None) -> None:
         from mmreason.checkpoints import convert
 
         options = {k: getattr(args, k) for k in ("vision", "answer", "into", "mamba") if getattr(args, k)}
-        print(json.dumps({"export": str(convert(args.format, args.src, args.out, **options))}))
+        print(json.dumps({"export": str(convert(args.format, args.src, args.out, args.dtype, **options))}))
     elif args.verb == "export":
         from mmreason.training.checkpoint import export_checkpoint
 
-        export_checkpoint(args.ckpt, args.out)
+        export_checkpoint(args.ckpt, args.out, args.dtype)
         print(json.dumps({"export": args.out}))

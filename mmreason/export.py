@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model, save_file
 from transformers import AutoTokenizer
 
 from mmreason.data.writer import unsafe_key
@@ -131,11 +131,43 @@ def model_card(family: str, metrics: dict | None, recipe: dict | None, source: d
     return "\n".join(lines)
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", **{name: name for name in DTYPES}}
+
+
+def dtype_name(dtype: str | None) -> str | None:
+    """``bf16``/``bfloat16``, ``fp16``/``float16``, ``fp32``/``float32`` (or None) as DTYPES names it."""
+    if dtype is not None and dtype not in DTYPE_NAMES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPE_NAMES)}, got {dtype!r}")
+    return None if dtype is None else DTYPE_NAMES[dtype]
+
+
+def _save_weights(model, path: Path, dtype: torch.dtype) -> None:
+    """The model's tensors, floating-point ones cast to ``dtype``, each storage once (tied weights are one
+    tensor: :func:`safetensors.torch.load_model` fills the other names), into a file as readable as the
+    folder's other files (safetensors writes its own owner-only)."""
+    state, seen = {}, set()
+    for name, tensor in model.state_dict().items():
+        identity = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if identity in seen:
+            continue
+        seen.add(identity)
+        state[name] = (tensor.to(dtype) if tensor.is_floating_point() else tensor).contiguous()
+    save_file(state, str(path))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def save_export(model, folder: str | Path, recipe: dict | None = None, metrics: dict | None = None,
-                source: dict | None = None) -> Path:
+                source: dict | None = None, dtype: str | None = None) -> Path:
     """Write ``model`` to ``folder``; refuses non-finite weights, keeping the export already there.
-    ``source`` says where converted weights came from (id, format, converter version)."""
+    ``source`` says where converted weights came from (id, format, converter version); ``dtype``
+    (``bf16``, ``fp16``, ``fp32``; default: the weights' own) is the stored weights' precision, so an
+    export is sized like what it was trained in (it loads in float32 unless ``load_export`` says otherwise)."""
     folder = Path(folder)
+    dtype = dtype_name(dtype) or next((name for name, t in DTYPES.items()
+                                       if t == next(model.parameters()).dtype), "float32")
     non_finite = _non_finite_tensors(model)
     if non_finite:
         raise ExportError(f"refusing to export to {folder}: {len(non_finite)} weight tensor(s) hold NaN or inf "
@@ -153,10 +185,11 @@ def save_export(model, folder: str | Path, recipe: dict | None = None, metrics: 
         "recipe": recipe,
         "metrics": metrics or {},
         "versions": _versions(),
+        "weights_dtype": dtype,
         **({"source": source} if source else {}),
     }
     (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1, default=str))
-    save_model(model, str(tmp / WEIGHTS_FILE))
+    _save_weights(model, tmp / WEIGHTS_FILE, DTYPES[dtype])
     if model.tokenizer is not None:  # a vision encoder reads no text
         model.tokenizer.save_pretrained(str(tmp))
     (tmp / CARD_FILE).write_text(model_card(model.family, metrics, recipe, source))
@@ -207,14 +240,10 @@ def _build(folder: Path, config: dict):
     return family_class(config["family"])(config["config"], tokenizer=tokenizer)
 
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
 def load_export(folder: str | Path, device: str | torch.device = "cpu", dtype: str | None = None):
     """Rebuild the model of an export folder, offline, in eval mode; ``dtype`` (``bfloat16``, ``float16``)
     halves a large model's memory (a 7B model: about 14 GB instead of 28)."""
-    if dtype is not None and dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    dtype = dtype_name(dtype)
     folder = Path(folder)
     model = _build(folder, read_export_config(folder))
     try:

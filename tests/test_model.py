@@ -87,6 +87,33 @@ def test_export_round_trip_gives_identical_logits_and_predicts(model, tmp_path):
     assert set(out) == {"text", "rationale", "answer"} and isinstance(out["text"], str)
 
 
+def test_exports_store_weights_in_the_asked_precision_readable_like_the_folder(model, tmp_path):
+    full = save_export(model, tmp_path / "fp32")
+    half = save_export(model, tmp_path / "bf16", dtype="bf16")
+    size = {f: (f / "model.safetensors").stat().st_size for f in (full, half)}
+    assert 0.45 < size[half] / size[full] < 0.55  # tied tables stored once, every float tensor halved
+    assert json.loads((half / "config.json").read_text())["weights_dtype"] == "bfloat16"
+    loaded = load_export(half)  # runs in float32 unless asked: the bf16-rounded weights
+    weight = model.lm.get_input_embeddings().weight
+    assert loaded.lm.get_input_embeddings().weight.dtype == torch.float32
+    assert torch.equal(loaded.lm.get_input_embeddings().weight, weight.detach().bfloat16().float())
+    for name in ("model.safetensors", "config.json"):
+        assert (half / name).stat().st_mode & 0o777 == (half / "config.json").stat().st_mode & 0o777
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        save_export(model, tmp_path / "x", dtype="int8")
+
+
+def test_training_exports_default_to_the_trainers_precision():
+    from types import SimpleNamespace
+
+    from mmreason.training.callbacks import ExportCallback
+
+    assert ExportCallback()._dtype(SimpleNamespace(precision="bf16-mixed")) == "bfloat16"
+    assert ExportCallback()._dtype(SimpleNamespace(precision="16-mixed")) == "float16"
+    assert ExportCallback()._dtype(SimpleNamespace(precision="32-true")) == "float32"
+    assert ExportCallback(dtype="fp32")._dtype(SimpleNamespace(precision="bf16-mixed")) == "float32"
+
+
 def test_broken_exports_name_the_problem(model, tmp_path):
     folder = save_export(model, tmp_path / "export")
     (folder / "model.safetensors").unlink()

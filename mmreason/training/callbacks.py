@@ -19,7 +19,7 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
 
-from mmreason.export import save_export
+from mmreason.export import dtype_name, save_export
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +33,24 @@ def _recipe(trainer: L.Trainer) -> dict | None:
     return None
 
 
-class ExportCallback(L.Callback):
-    """Write ``{dirpath}/export`` at the end of fit and ``{dirpath}/export-best`` on a new best ``monitor``."""
+PRECISION_DTYPES = {"bf16": "bfloat16", "16": "float16"}  # trainer precision prefix → exported weights
 
-    def __init__(self, dirpath: str | None = None, monitor: str = "val/accuracy", mode: str = "max"):
+
+class ExportCallback(L.Callback):
+    """Write ``{dirpath}/export`` at the end of fit and ``{dirpath}/export-best`` on a new best ``monitor``,
+    weights stored in ``dtype`` (bf16 | fp16 | fp32; default: the trainer's precision, bf16 for
+    ``bf16-mixed``)."""
+
+    def __init__(self, dirpath: str | None = None, monitor: str = "val/accuracy", mode: str = "max",
+                 dtype: str | None = None):
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
-        self.dirpath, self.monitor, self.mode = dirpath, monitor, mode
+        self.dirpath, self.monitor, self.mode, self.dtype = dirpath, monitor, mode, dtype_name(dtype)
         self.best: float | None = None
+
+    def _dtype(self, trainer) -> str:
+        precision = str(trainer.precision)
+        return self.dtype or next((d for p, d in PRECISION_DTYPES.items() if precision.startswith(p)), "float32")
 
     def _root(self, trainer) -> Path:
         return Path(self.dirpath or trainer.default_root_dir)
@@ -49,7 +59,8 @@ class ExportCallback(L.Callback):
         recipe = _recipe(trainer)  # trainer.log_dir is a collective call: every rank must reach it
         if trainer.is_global_zero:
             save_export(pl_module.model, self._root(trainer) / name, recipe=recipe,
-                        metrics=dict(pl_module.last_metrics) | {"global_step": trainer.global_step})
+                        metrics=dict(pl_module.last_metrics) | {"global_step": trainer.global_step},
+                        dtype=self._dtype(trainer))
         trainer.strategy.barrier("export")
 
     def on_validation_end(self, trainer, pl_module):

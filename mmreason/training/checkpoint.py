@@ -20,8 +20,8 @@ from mmreason.training.modules import training_module
 MODEL_PREFIX = "model."
 
 
-def export_checkpoint(ckpt: str | Path, out: str | Path) -> Path:
-    """Export the model of training checkpoint ``ckpt`` to the folder ``out``."""
+def export_checkpoint(ckpt: str | Path, out: str | Path, dtype: str | None = None) -> Path:
+    """Export the model of training checkpoint ``ckpt`` to the folder ``out`` (weights in ``dtype``)."""
     ckpt = Path(ckpt)
     if not ckpt.is_file():
         raise FileNotFoundError(f"checkpoint {str(ckpt)!r} does not exist")
@@ -35,7 +35,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path) -> Path:
         model = model_from_checkpoint(state["mmreason_export"], weights, str(ckpt))
     else:
         model = _rebuilt_module(state, ckpt).model
-    return save_export(model, out, recipe=recipe, metrics=metrics)
+    return save_export(model, out, recipe=recipe, metrics=metrics, dtype=dtype)
 
 
 def _rebuilt_module(state: dict, ckpt: Path):
