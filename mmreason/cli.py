@@ -20,6 +20,7 @@ def _load_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="where the model runs (cpu, cuda, cuda:1, …)")
     p.add_argument("--dtype", default=None, choices=DTYPE_CHOICES,
                    help="the precision to run in (default: float32, whatever the export stores)")
+    p.add_argument("--adapters", default=None, help="a folder of LoRA adapters trained on --model (lora.save: adapters)")
 
 
 def _pipeline_arguments(p: argparse.ArgumentParser) -> None:

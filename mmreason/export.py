@@ -13,6 +13,7 @@ loading one does bounded work and reads nothing beyond the folder.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -23,16 +24,18 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_model, save_file
+from safetensors.torch import load_file, load_model, save_file
 from transformers import AutoTokenizer
 
 from mmreason.data.writer import unsafe_key
+from mmreason.layers.lora import adapter_state_dict, apply_adapters, merged_state_dict
 from mmreason.text.tokenizer import SPECIAL_TOKENS
 from mmreason.zoo import family_class
 
 log = logging.getLogger(__name__)
 
 CONFIG_FILE, WEIGHTS_FILE, CARD_FILE = "config.json", "model.safetensors", "README.md"
+ADAPTERS_FILE = "adapters.safetensors"  # a LoRA export's adapters alone (``lora.save: adapters``)
 TOKENIZER_FILE = "tokenizer_config.json"
 FORMAT_VERSION = 1
 # weights of layouts the zoo no longer builds, and what their owner can do
@@ -142,12 +145,12 @@ def dtype_name(dtype: str | None) -> str | None:
     return None if dtype is None else DTYPE_NAMES[dtype]
 
 
-def _save_weights(model, path: Path, dtype: torch.dtype) -> None:
-    """The model's tensors, floating-point ones cast to ``dtype``, each storage once (tied weights are one
+def _save_weights(weights: dict[str, torch.Tensor], path: Path, dtype: torch.dtype) -> None:
+    """``weights``, floating-point ones cast to ``dtype``, each storage once (tied weights are one
     tensor: :func:`safetensors.torch.load_model` fills the other names), into a file as readable as the
     folder's other files (safetensors writes its own owner-only)."""
     state, seen = {}, set()
-    for name, tensor in model.state_dict().items():
+    for name, tensor in weights.items():
         identity = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
         if identity in seen:
             continue
@@ -164,7 +167,9 @@ def save_export(model, folder: str | Path, recipe: dict | None = None, metrics: 
     """Write ``model`` to ``folder``; refuses non-finite weights, keeping the export already there.
     ``source`` says where converted weights came from (id, format, converter version); ``dtype``
     (``bf16``, ``fp16``, ``fp32``; default: the weights' own) is the stored weights' precision, so an
-    export is sized like what it was trained in (it loads in float32 unless ``load_export`` says otherwise)."""
+    export is sized like what it was trained in (it loads in float32 unless ``load_export`` says otherwise).
+    A model fine-tuned with LoRA (``model.lora``) is stored with its adapters merged, or with
+    ``lora.save: adapters`` as its adapters alone (loaded by ``load_export(BASE, adapters=FOLDER)``)."""
     folder = Path(folder)
     dtype = dtype_name(dtype) or next((name for name, t in DTYPES.items()
                                        if t == next(model.parameters()).dtype), "float32")
@@ -188,8 +193,15 @@ def save_export(model, folder: str | Path, recipe: dict | None = None, metrics: 
         "weights_dtype": dtype,
         **({"source": source} if source else {}),
     }
+    lora = getattr(model, "lora", None)
+    weights = model.state_dict()
+    if lora is not None and lora["save"] == "adapters":
+        config["adapters"] = {"lora": lora, "base_weights_sha256": model.lora_base}
+        weights, weights_file = adapter_state_dict(model), ADAPTERS_FILE
+    else:
+        weights, weights_file = (merged_state_dict(weights, lora) if lora else weights), WEIGHTS_FILE
     (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1, default=str))
-    _save_weights(model, tmp / WEIGHTS_FILE, DTYPES[dtype])
+    _save_weights(weights, tmp / weights_file, DTYPES[dtype])
     if model.tokenizer is not None:  # a vision encoder reads no text
         model.tokenizer.save_pretrained(str(tmp))
     (tmp / CARD_FILE).write_text(model_card(model.family, metrics, recipe, source))
@@ -212,13 +224,19 @@ def read_export_config(folder: str | Path, need_weights: bool = True) -> dict:
             raise ExportError(f"export folder {str(folder)!r} does not exist; {str(tmp)!r} is an export whose "
                               "writing was interrupted (incomplete): export again")
         raise ExportError(f"export folder {str(folder)!r} does not exist (write one with `mmreason export`)")
-    for name in (CONFIG_FILE, WEIGHTS_FILE) if need_weights else (CONFIG_FILE,):
-        if not (folder / name).is_file():
-            raise ExportError(f"export folder {str(folder)!r} is incomplete: {name} is missing")
+    if not (folder / CONFIG_FILE).is_file():
+        raise ExportError(f"export folder {str(folder)!r} is incomplete: {CONFIG_FILE} is missing")
     try:
         config = json.loads((folder / CONFIG_FILE).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exn:
         raise ExportError(f"{folder / CONFIG_FILE} is not valid JSON: {exn}") from exn
+    if need_weights and isinstance(config, dict) and "adapters" in config:
+        raise ExportError(f"{str(folder)!r} holds LoRA adapters only: load them onto the export they were trained "
+                          f"from, mmreason.load(BASE, adapters={str(folder)!r}) (predict/eval: --adapters)")
+    if need_weights and not (folder / WEIGHTS_FILE).is_file():
+        raise ExportError(f"export folder {str(folder)!r} is incomplete: {WEIGHTS_FILE} is missing")
+    if not isinstance(config, dict):
+        raise ExportError(f"{folder / CONFIG_FILE} must hold a JSON object")
     for key in ("family", "config"):
         if key not in config:
             raise ExportError(f"{folder / CONFIG_FILE} has no {key!r} entry; is this an mmreason export?")
@@ -240,9 +258,39 @@ def _build(folder: Path, config: dict):
     return family_class(config["family"])(config["config"], tokenizer=tokenizer)
 
 
-def load_export(folder: str | Path, device: str | torch.device = "cpu", dtype: str | None = None):
+def weights_sha256(folder: str | Path) -> str:
+    """The digest of an export's weights file: what LoRA adapters record of the export they fit."""
+    digest = hashlib.sha256()
+    with open(Path(folder) / WEIGHTS_FILE, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _with_adapters(model, base: Path, folder: str | Path):
+    """``model`` (the export ``base``) with the LoRA adapters of ``folder`` on it, if they were trained on it."""
+    folder = Path(folder)
+    entry = read_export_config(folder, need_weights=False).get("adapters")
+    if not isinstance(entry, dict) or not (folder / ADAPTERS_FILE).is_file():
+        raise ExportError(f"{str(folder)!r} holds no LoRA adapters ({ADAPTERS_FILE} and an 'adapters' entry)")
+    if entry.get("base_weights_sha256") != weights_sha256(base):
+        raise ExportError(f"the adapters in {str(folder)!r} were trained on another export than {str(base)!r} "
+                          "(its weights differ); load them onto the export named by init.from in their recipe")
+    try:
+        adapters = load_file(str(folder / ADAPTERS_FILE))
+    except (SafetensorError, OSError) as exn:
+        raise ExportError(f"{folder / ADAPTERS_FILE} is not a readable safetensors file: {exn}") from exn
+    try:
+        return apply_adapters(model, entry["lora"], adapters)
+    except ValueError as exn:
+        raise ExportError(f"{folder}: {exn}") from exn
+
+
+def load_export(folder: str | Path, device: str | torch.device = "cpu", dtype: str | None = None,
+                adapters: str | Path | None = None):
     """Rebuild the model of an export folder, offline, in eval mode; ``dtype`` (``bfloat16``, ``float16``)
-    halves a large model's memory (a 7B model: about 14 GB instead of 28)."""
+    halves a large model's memory (a 7B model: about 14 GB instead of 28); ``adapters``: a folder of LoRA
+    adapters trained on this export (``lora.save: adapters``), put on it."""
     dtype = dtype_name(dtype)
     folder = Path(folder)
     model = _build(folder, read_export_config(folder))
@@ -256,6 +304,8 @@ def load_export(folder: str | Path, device: str | torch.device = "cpu", dtype: s
             f"{folder / WEIGHTS_FILE} does not match the architecture in {CONFIG_FILE}: "
             f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}{hint}"
         )
+    if adapters is not None:
+        model = _with_adapters(model, folder, adapters)
     return model.to(device=device, dtype=DTYPES[dtype] if dtype else None).eval()
 
 
@@ -268,7 +318,7 @@ def checkpoint_payload(model) -> dict:
             model.tokenizer.save_pretrained(tmp)
             files = {path.name: path.read_bytes() for path in Path(tmp).iterdir() if path.is_file()}
     return {"format_version": FORMAT_VERSION, "family": model.family, "config": portable_config(model),
-            "tokenizer_files": files}
+            "tokenizer_files": files, "lora": getattr(model, "lora", None)}
 
 
 def model_from_checkpoint(payload: dict, weights: dict, source: str):
@@ -284,6 +334,8 @@ def model_from_checkpoint(payload: dict, weights: dict, source: str):
         entries = {k: payload.get(k) for k in ("format_version", "family", "config")}
         (folder / CONFIG_FILE).write_text(json.dumps(entries))
         model = _build(folder, read_export_config(folder, need_weights=False))
+    if payload.get("lora"):  # trained with LoRA: the model without adapters, the adapters merged in
+        weights = merged_state_dict(weights, payload["lora"])
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise ExportError(f"{source}: weights do not match the architecture: missing {sorted(missing)[:5]}, "

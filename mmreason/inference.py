@@ -93,7 +93,7 @@ def evaluate(model, urls: list[str], batch_size: int = 64, max_new_tokens: int =
 
 
 def eval_command(args) -> None:
-    model = load_export(args.model, args.device, args.dtype)
+    model = load_export(args.model, args.device, args.dtype, args.adapters)
     urls = resolve_shards(args.data, args.split)
     result = evaluate(model, urls, args.batch_size, args.max_new_tokens, args.limit, **_pipeline_options(args))
     print(result["table"])
@@ -103,7 +103,7 @@ def eval_command(args) -> None:
 
 
 def predict_command(args) -> None:
-    model = load_export(args.model, args.device, args.dtype)
+    model = load_export(args.model, args.device, args.dtype, args.adapters)
     out = model.predict(args.image, args.question, choices=args.choices, max_new_tokens=args.max_new_tokens,
                         **_pipeline_options(args))
     if args.out:
