@@ -83,6 +83,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=DTYPE_CHOICES, default=None, help="precision of the stored weights "
                    "(default: float32; bf16 halves a 7B export to about 14 GB)")
 
+    p = verbs.add_parser("vocab", help="how an export's tokenizer covers a data set; grow a word-level vocabulary")
+    p.add_argument("model", help="the export folder")
+    p.add_argument("--data", required=True, help="shards: a folder of {split}-*.tar, a pattern or a file")
+    p.add_argument("--split", default="train", help="the split of a data folder (default: train)")
+    p.add_argument("--limit", type=int, default=100_000, help="records to read at most")
+    p.add_argument("--extend", default=None, metavar="NEW_EXPORT",
+                   help="write a copy of the export whose tokenizer also knows the unknown words")
+
     p = verbs.add_parser("list", help="list registered models")
     p.add_argument("pattern", nargs="?", default="*")
 
@@ -128,6 +136,10 @@ def main(argv: list[str] | None = None) -> None:
 
         options = {k: getattr(args, k) for k in ("vision", "answer", "into", "mamba") if getattr(args, k)}
         print(json.dumps({"export": str(convert(args.format, args.src, args.out, args.dtype, **options))}))
+    elif args.verb == "vocab":
+        from mmreason.text.vocabulary import vocab_command
+
+        print(json.dumps(vocab_command(args), indent=1))
     elif args.verb == "export":
         from mmreason.training.checkpoint import export_checkpoint
 

@@ -20,13 +20,13 @@ from mmreason.text.prompts import TEMPLATE_WORDS
 from mmreason.text.tokenizer import word_tokenizer
 
 WORDS = ("is there a red blue circle square yes no how many shapes the at left right ? . "
-         "i see one two").split()
+         "i see one two it shows").split()
 
 
 def make_record(i: int) -> dict:
     colour = ("red", "blue")[i % 2]
     return {"question": f"is there a {colour} circle?", "answer": ("yes", "no")[i % 2],
-            "rationale": f"i see a {colour} circle at the left .", "task": ("exist", "count")[i % 2],
+            "rationale": f"it shows a {colour} circle at the left .", "task": ("exist", "count")[i % 2],
             "choices": None, "steps": [{"text": "look", "box": [1, 1, 10, 10]}], "meta": {"i": i}}
 
 

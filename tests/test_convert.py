@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from mmreason.data.convert import CONVERTERS, ConversionError, convert
+from mmreason.data.convert.jsonl import count_lines
 
 ANSWER_SPLIT = r"(?s)(?P<rationale>.*)\n*The answer is:? *(?P<answer>.+)$"
 
@@ -76,9 +77,11 @@ def check_report(out: Path, report: dict, written: int, skipped: dict, per_shard
     assert len(report["shards"]) == sum(math.ceil(n / per_shard) for n in report["splits"].values())
 
 
-def canonical(question, answer, task="vqa", choices=None, rationale=None, steps=(), meta=None) -> dict:
-    return {"question": question, "answer": answer, "task": task, "choices": choices, "rationale": rationale,
-            "steps": list(steps), "meta": meta or {}}
+def canonical(question, answer, task="vqa", choices=None, rationale=None, steps=(), meta=None,
+              turns=()) -> dict:
+    out = {"question": question, "answer": answer, "task": task, "choices": choices, "rationale": rationale,
+           "steps": list(steps), "meta": meta or {}}
+    return {**out, "turns": list(turns)} if turns else out
 
 
 # --- llava -------------------------------------------------------------------------------------------
@@ -110,45 +113,76 @@ def test_llava_round_trip(tmp_path, pictures):
     src = write_json(tmp_path / "llava.json", llava_items())
     out = tmp_path / "out"
     report = convert("llava", src, out, samples_per_shard=3, answer_split=ANSWER_SPLIT)
-    check_report(out, report, written=8, skipped={"no_image": 1}, per_shard=3)
-    assert report["splits"] == {"train": 8} and report["blank_images"] == 0
+    check_report(out, report, written=7, skipped={"no_image": 1}, per_shard=3)
+    assert report["splits"] == {"train": 7} and report["blank_images"] == 0 and report["skipped_records"] == []
     samples = read_shards(out, "train")
-    assert sorted(samples) == ["7-0", "a-0", "a-1", "b-0", "d-0", "e-0", "f_1-0", "h-0"]
-    assert record(samples["a-0"]) == canonical("What colour is it?", "red", rationale="It is red.",
-                                               meta={"source": "llava", "id": "a", "turn": 0})
-    assert record(samples["a-1"]) == canonical("And the size?", "small", meta={"source": "llava", "id": "a", "turn": 1})
-    assert record(samples["b-0"])["question"] == "Describe please"
-    assert record(samples["f_1-0"])["question"] == "Large?"
-    assert record(samples["7-0"])["meta"]["id"] == "7"
+    assert sorted(samples) == ["7", "a", "b", "d", "e", "f_1", "h"]
+    assert record(samples["a"]) == canonical(
+        "And the size?", "small", meta={"source": "llava", "id": "a"},
+        turns=[{"question": "What colour is it?", "answer": "red", "rationale": "It is red."}])
+    assert record(samples["b"])["question"] == "Describe please"
+    assert record(samples["f_1"])["question"] == "Large?"
+    assert record(samples["7"])["meta"]["id"] == "7"
     # 8-bit JPEG/PNG pass through byte for byte; other modes become RGB PNG.
-    assert samples["a-0"]["png"] == (pictures / "rgb.png").read_bytes()
-    assert samples["f_1-0"]["jpg"] == (pictures / "large.jpg").read_bytes()
-    expected_sizes = {"a-0": (40, 30), "b-0": (20, 10), "d-0": (24, 24), "e-0": (3, 5), "f_1-0": (1000, 800),
-                      "7-0": (16, 16), "h-0": (12, 8)}
+    assert samples["a"]["png"] == (pictures / "rgb.png").read_bytes()
+    assert samples["f_1"]["jpg"] == (pictures / "large.jpg").read_bytes()
+    expected_sizes = {"a": (40, 30), "b": (20, 10), "d": (24, 24), "e": (3, 5), "f_1": (1000, 800),
+                      "7": (16, 16), "h": (12, 8)}
     for key, size in expected_sizes.items():
         assert picture(samples[key]).size == size
-    cmyk = picture(samples["d-0"])
-    assert "png" in samples["d-0"] and cmyk.mode == "RGB"
-    assert np.asarray(picture(samples["e-0"]).convert("L"))[0].tolist() == [0, 128, 255]
+    cmyk = picture(samples["d"])
+    assert "png" in samples["d"] and cmyk.mode == "RGB"
+    assert np.asarray(picture(samples["e"]).convert("L"))[0].tolist() == [0, 128, 255]
 
 
 def test_llava_text_only_blank(tmp_path, pictures):
     src = write_json(tmp_path / "llava.json", llava_items())
     out = tmp_path / "out"
     report = convert("llava", src, out, split="val", text_only="blank")
-    check_report(out, report, written=9, skipped={}, per_shard=1000)
+    check_report(out, report, written=8, skipped={}, per_shard=1000)
     assert report["blank_images"] == 1 and report["shards"] == ["val-000000.tar"]
-    sample = read_shards(out, "val")["c-0"]
-    assert record(sample) == canonical("Hello?", "Hi.", meta={"source": "llava", "id": "c", "turn": 0,
-                                                             "no_image": True})
+    sample = read_shards(out, "val")["c"]
+    assert record(sample) == canonical("Hello?", "Hi.", meta={"source": "llava", "id": "c", "no_image": True})
     blank = picture(sample)
     assert blank.size == (64, 64) and np.all(np.asarray(blank.convert("L")) == 255)
 
 
-def test_llava_missing_image_names_path_and_id(tmp_path, pictures):
+def test_llava_skips_unusable_images_and_names_them(tmp_path, pictures):
+    jpeg = (pictures / "large.jpg").read_bytes()
+    (pictures / "cut.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    chat = llava_items()[1]["conversations"]
+    items = [*llava_items()[:2], {"id": "zz", "image": "imgs/nope.png", "conversations": chat},
+             {"id": "cut", "image": "imgs/cut.jpg", "conversations": chat}]
+    out = tmp_path / "out"
+    report = convert("llava", write_json(tmp_path / "llava.json", items), out)
+    check_report(out, report, written=2, skipped={"missing_image": 1, "truncated_image": 1}, per_shard=1000)
+    assert sorted(read_shards(out, "train")) == ["a", "b"]
+    named = {entry["reason"]: entry for entry in report["skipped_records"]}
+    missing, truncated = named["missing_image"], named["truncated_image"]
+    assert missing["file"].endswith("imgs/nope.png") and "'zz'" in missing["record"]
+    assert truncated["file"].endswith("imgs/cut.jpg") and "'cut'" in truncated["record"]
+    assert "truncated" in truncated["message"]
+    listed = [json.loads(line) for line in (out / "train-skipped.jsonl").read_text().splitlines()]
+    assert listed == report["skipped_records"]
+
+
+def test_llava_strict_stops_at_missing_image(tmp_path, pictures):
     items = llava_items()[:1] + [{"id": "zz", "image": "imgs/nope.png", "conversations": llava_items()[1]["conversations"]}]
     with pytest.raises(ConversionError, match=r"'zz'.*imgs/nope\.png"):
-        convert("llava", write_json(tmp_path / "llava.json", items), tmp_path / "out")
+        convert("llava", write_json(tmp_path / "llava.json", items), tmp_path / "out", strict=True)
+    assert not list((tmp_path / "out").glob("*.tar"))
+
+
+def test_cli_strict_prints_one_line(tmp_path, pictures, capsys):
+    from mmreason.cli import main
+
+    items = [{"id": "zz", "image": "imgs/nope.png", "conversations": llava_items()[1]["conversations"]}]
+    src = write_json(tmp_path / "llava.json", items)
+    with pytest.raises(SystemExit, match=r"^mmreason data convert: .*'zz'.*imgs/nope\.png[^\n]*$"):
+        main(["data", "convert", "llava", str(src), "--out", str(tmp_path / "out"), "--strict"])
+    main(["data", "convert", "llava", str(src), "--out", str(tmp_path / "out")])
+    report = json.loads(capsys.readouterr().out)
+    assert report["skipped"] == {"missing_image": 1} and "nope.png" in report["skipped_records"][0]["file"]
 
 
 @pytest.mark.parametrize("items, expected", [
@@ -165,7 +199,9 @@ def test_llava_bad_record(tmp_path, pictures, items, expected):
 def test_unopenable_image_names_file(tmp_path, pictures):
     items = [{"id": "x", "image": "imgs/broken.png", "conversations": llava_items()[1]["conversations"]}]
     with pytest.raises(ConversionError, match=r"broken\.png"):
-        convert("llava", write_json(tmp_path / "llava.json", items), tmp_path / "out")
+        convert("llava", write_json(tmp_path / "llava.json", items), tmp_path / "out", strict=True)
+    report = convert("llava", write_json(tmp_path / "llava.json", items), tmp_path / "out")
+    assert report["skipped"] == {"unreadable_image": 1} and report["written"] == 0
 
 
 # --- jsonl -------------------------------------------------------------------------------------------
@@ -202,6 +238,25 @@ def test_jsonl_bad_line_names_line(tmp_path, pictures):
     src = write_lines(tmp_path / "data.jsonl", [good, good, "{not json"])
     with pytest.raises(ConversionError, match="line 3"):
         convert("jsonl", src, tmp_path / "out", images=pictures)
+
+
+def test_jsonl_skips_missing_mask_and_broken_image(tmp_path, pictures):
+    good = {"image": "rgb.png", "question": "Q", "answer": "A"}
+    lines = [good, {**good, "mask": "gone.png"}, {**good, "image": "broken.png"}]
+    src = write_lines(tmp_path / "data.jsonl", lines)
+    out = tmp_path / "out"
+    report = convert("jsonl", src, out, images=pictures)
+    check_report(out, report, written=1, skipped={"missing_mask": 1, "unreadable_image": 1}, per_shard=1000)
+    assert [(e["reason"], Path(e["file"]).name) for e in report["skipped_records"]] == [
+        ("missing_mask", "gone.png"), ("unreadable_image", "broken.png")]
+    first, second = report["skipped_records"]
+    assert "line 2" in first["record"] and "line 3" in second["record"]
+
+
+@pytest.mark.parametrize("text, lines", [("", 0), ("a\n", 1), ("a\nb", 2), ("a\n\nb\n", 3)])
+def test_progress_total_counts_lines(tmp_path, text, lines):
+    (tmp_path / "data.jsonl").write_text(text)
+    assert count_lines(tmp_path / "data.jsonl") == lines
 
 
 @pytest.mark.parametrize("bad, field", [
@@ -318,6 +373,20 @@ def test_reasonseg_round_trip(tmp_path):
     assert picture(samples["rot"]).size == (20, 40) and mask(samples["rot"]).shape == (40, 20)
 
 
+def test_reasonseg_skips_unreadable_annotation_and_image(tmp_path):
+    src = tmp_path / "reason"
+    shape = {"label": "target", "points": [[1, 1], [6, 1], [6, 6]]}
+    for name in ("ok", "bad_json", "bad_image"):
+        save(src / f"{name}.jpg", gradient("RGB", (8, 8)))
+        write_json(src / f"{name}.json", {"text": ["Where?"], "shapes": [shape]})
+    (src / "bad_json.json").write_text("{not json")
+    (src / "bad_image.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    out = tmp_path / "out"
+    report = convert("reasonseg", src, out)
+    check_report(out, report, written=1, skipped={"unreadable_json": 1, "unreadable_image": 1}, per_shard=1000)
+    assert sorted(Path(e["file"]).name for e in report["skipped_records"]) == ["bad_image.jpg", "bad_json.json"]
+
+
 # --- the entry point ---------------------------------------------------------------------------------
 
 
@@ -337,4 +406,4 @@ def test_refuses_to_mix_with_existing_shards(tmp_path, pictures):
     convert("llava", src, tmp_path / "out")
     with pytest.raises(ConversionError, match="already holds 'train' shards"):
         convert("llava", src, tmp_path / "out")
-    assert convert("llava", src, tmp_path / "out", split="val")["written"] == 2
+    assert convert("llava", src, tmp_path / "out", split="val")["written"] == 1

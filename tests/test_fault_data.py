@@ -146,7 +146,7 @@ def test_a_failed_conversion_leaves_no_shards_and_no_sizes(tmp_path):
     convert("jsonl", write_lines(tmp_path / "ok.jsonl", [good]), out, split="val")
     before = read_sizes(out)
     with pytest.raises(ConversionError, match="line 4.*missing.png"):
-        convert("jsonl", src, out, samples_per_shard=1)
+        convert("jsonl", src, out, samples_per_shard=1, strict=True)
     assert sorted(p.name for p in out.iterdir()) == ["sizes.json", "val-000000.tar"]
     assert read_sizes(out) == before == {"val-000000.tar": 1}
 
@@ -155,7 +155,7 @@ def test_a_failure_in_a_later_split_removes_the_earlier_ones(tmp_path):
     src = scienceqa_folder(tmp_path / "sqa")
     (src / "images/test/4/image.png").unlink()  # train and val are written before test fails
     with pytest.raises(ConversionError, match="'4'"):
-        convert("scienceqa", src, tmp_path / "out", samples_per_shard=1)
+        convert("scienceqa", src, tmp_path / "out", samples_per_shard=1, strict=True)
     assert list((tmp_path / "out").iterdir()) == []
 
 

@@ -68,10 +68,10 @@ def test_both_prompts_hold_n_tor_and_labels_skip_them(model):
             target = tok.decode([t for t in labels.tolist() if t != IGNORE_INDEX])
             text = tok.decode(traversal[traversal != tok.pad_token_id])
             if step == 1:  # the rationale, with <tor> spread through it, and the rationale as target
-                assert "<tor> i see a" in text and text.endswith("left. <tor>")
-                assert target.startswith("<think> i see")
+                assert "<tor> it shows a" in text and text.endswith("left. <tor>")
+                assert target.startswith("<think> it shows")
             else:  # bare <tor> and the answer as target
-                assert text.endswith("solution : <tor> <tor> <tor>") and "i see" not in text
+                assert text.endswith("solution : <tor> <tor> <tor>") and "it shows" not in text
                 assert target.startswith("<answer>")
     generation = model.processor.generation_inputs(records)["input_ids"]
     assert ((generation == model.tor_token_id).sum(1) == N).all()
@@ -121,7 +121,7 @@ def test_step_one_trains_the_traversal_into_a_frozen_backbone(tiny_tokenizer):
         getattr(model, part).load_state_dict(getattr(joint, part).state_dict())
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     assert not any(p.requires_grad for part in backbone_parts for p in getattr(model, part).parameters())
-    losses, _ = train_steps(model, images, records, steps=20)
+    losses, _ = train_steps(model, images, records, steps=30)
     assert losses[-1] < 0.75 * losses[0]
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert not {n for n in changed if n.split(".")[0] in backbone_parts}  # the backbone VLM is untouched

@@ -121,7 +121,7 @@ def test_reasonseg_shards_train_with_the_recipe_then_predict_and_eval(tmp_path):
     mmreason("fit", "-c", "recipes/star/synth-tiny.yaml", "--trainer.default_root_dir", str(root),
              "--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1",
              "--trainer.max_time", "null", "--trainer.enable_progress_bar", "false",
-             "--model.init_args.model_config", json.dumps({**STAR_TEST_CONFIG, "tokenizer": "synth-word"}),
+             "--model.init_args.model_config", json.dumps({**STAR_TEST_CONFIG, "tokenizer": "synth-bpe"}),
              "--model.init_args.init", "null",
              "--data.init_args.synth", "null", "--data.init_args.train", str(tmp_path / "data"),
              "--data.init_args.val", str(tmp_path / "data"), "--data.init_args.batch_size", "2",

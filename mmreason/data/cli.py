@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+SHOWN_SKIPPED = 20  # skipped records printed; every one is listed in {split}-skipped.jsonl
+
 
 def add_data_arguments(verbs) -> None:
     p = verbs.add_parser("synth", help="generate the synthetic visual-reasoning benchmark as shards")
@@ -25,6 +27,9 @@ def add_data_arguments(verbs) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--split", default="train", help="shard name prefix for single-split formats")
     p.add_argument("--samples-per-shard", type=int, default=1000)
+    p.add_argument("--strict", action="store_true",
+                   help="stop at the first record whose image or mask is missing, unreadable or truncated "
+                        "(default: skip it and name it in the report and {split}-skipped.jsonl)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a format option, e.g. --option text_only=blank (repeatable)")
 
@@ -63,8 +68,16 @@ def run_data_verb(args: argparse.Namespace) -> None:
         report = write_feature_shards(args.encoder, args.data, args.out, batch_size=args.batch_size,
                                       device=args.device, **splits)
     else:
-        from mmreason.data.convert import convert
+        from mmreason.data.convert import ConversionError, convert
 
-        report = convert(args.format, args.src, args.out, images=args.images, split=args.split,
-                         samples_per_shard=args.samples_per_shard, **_options(args.option))
+        try:
+            report = convert(args.format, args.src, args.out, images=args.images, split=args.split,
+                             samples_per_shard=args.samples_per_shard, strict=args.strict,
+                             **_options(args.option))
+        except ConversionError as err:  # the message names the file and record: no traceback needed
+            raise SystemExit(f"mmreason data convert: {err}") from err
+        named = report["skipped_records"]
+        if len(named) > SHOWN_SKIPPED:
+            more = f"... and {len(named) - SHOWN_SKIPPED} more in {args.out}/*-skipped.jsonl"
+            report["skipped_records"] = [*named[:SHOWN_SKIPPED], more]
     print(json.dumps(report, indent=1, default=str))

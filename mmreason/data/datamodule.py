@@ -34,6 +34,8 @@ class ShardDataModule(L.LightningDataModule):
             shards in a row (data that yields nothing would otherwise spin forever); None never stops.
         length_group: sort this many batches' worth of samples by text length before batching
             (less padding, faster steps); 1 keeps the plain shuffled order.
+        check_vocabulary: before training, refuse a model whose tokenizer turns words of the training
+            records (a sample of them) into ``<unk>`` (:mod:`mmreason.text.vocabulary`).
     """
 
     def __init__(
@@ -52,6 +54,7 @@ class ShardDataModule(L.LightningDataModule):
         allow_pipe: bool = False,
         seed: int = 0,
         synth: dict | None = None,
+        check_vocabulary: bool = True,
     ):
         super().__init__()
         self.train, self.val, self.test = train, val, test
@@ -60,6 +63,7 @@ class ShardDataModule(L.LightningDataModule):
         self.num_workers, self.shuffle_buffer, self.seed = num_workers, shuffle_buffer, seed
         self.length_group, self.max_consecutive_skips = length_group, max_consecutive_skips
         self.epoch_samples, self.allow_pipe, self.synth = epoch_samples, allow_pipe, synth
+        self.check_vocabulary = check_vocabulary
         # image size and normalisation are set by the model in its setup(); only the pixel limit is ours
         self.preprocess = Preprocess(max_pixels=max_pixels)
         self.processor = None  # the model's batch processor, set by the training module; runs in the workers
@@ -85,6 +89,9 @@ class ShardDataModule(L.LightningDataModule):
             raise ValueError(f"no {split} shards configured: set data.{split} (a shard pattern or folder)")
         return resolve_shards(spec, split if isinstance(spec, str) and os.path.isdir(spec) else None,
                               self.allow_pipe)
+
+    def train_urls(self) -> list[str]:
+        return self._urls(self.train, "train")
 
     def train_dataloader(self):
         rank, world = self._rank()

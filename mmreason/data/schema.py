@@ -36,7 +36,21 @@ class Step:
 
 
 @dataclass
+class Turn:
+    """An earlier exchange of a conversation: the user's question and the assistant's reply."""
+
+    question: str
+    answer: str
+    rationale: str | None = None
+
+
+TURN_FIELDS = ("question", "answer", "rationale")
+
+
+@dataclass
 class Record:
+    """One sample; ``turns`` are a conversation's exchanges before ``question`` and ``answer``."""
+
     question: str
     answer: str
     task: str = "vqa"
@@ -44,9 +58,14 @@ class Record:
     rationale: str | None = None
     steps: list[Step] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
+    turns: list[Turn] = field(default_factory=list)
 
     def to_json(self) -> dict:
-        return asdict(self)
+        """The stored form; single-turn records keep the layout they had before conversations existed."""
+        out = asdict(self)
+        if not self.turns:
+            del out["turns"]
+        return out
 
 
 def is_finite_number(value: Any) -> bool:
@@ -68,6 +87,23 @@ def _check_box(key: str, name: str, box: Any, image_size: tuple[int, int] | None
         if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
             raise RecordError(key, name, f"a box inside the {w}x{h} image", box)
     return [x0, y0, x1, y1]
+
+
+def _check_turns(key: str, raw: Any) -> list[Turn]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise RecordError(key, "turns", "null or a list of {question, answer, rationale} objects", raw)
+    expected = "an object with a non-empty string 'question', a string 'answer', a null or string 'rationale'"
+    turns = []
+    for i, turn in enumerate(raw):
+        if (not isinstance(turn, dict) or set(turn) - set(TURN_FIELDS)
+                or not isinstance(turn.get("question"), str) or not turn["question"].strip()
+                or not isinstance(turn.get("answer"), str)
+                or not isinstance(turn.get("rationale"), (str, type(None)))):
+            raise RecordError(key, f"turns[{i}]", expected, turn)
+        turns.append(Turn(turn["question"], turn["answer"], turn.get("rationale")))
+    return turns
 
 
 def validate_record(obj: Any, key: str = "?", image_size: tuple[int, int] | None = None) -> Record:
@@ -106,5 +142,5 @@ def validate_record(obj: Any, key: str = "?", image_size: tuple[int, int] | None
         raise RecordError(key, "meta", "a JSON object", meta)
     return Record(
         question=obj["question"], answer=obj["answer"], task=task, choices=choices,
-        rationale=rationale, steps=steps, meta=meta,
+        rationale=rationale, steps=steps, meta=meta, turns=_check_turns(key, obj.get("turns")),
     )

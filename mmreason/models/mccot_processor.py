@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from mmreason.data.schema import Record
-from mmreason.models.processor import IGNORE_INDEX, BatchProcessor, pad_rows
+from mmreason.models.processor import IGNORE_INDEX, BatchProcessor, pad_rows, refuse_turns
 from mmreason.text.prompts import answer_sentence, check_templates, qcm_input, rationale_target
 
 LEARNS_FROM_RATIONALES = ("rationale", "answer")  # stages whose training samples need a gold rationale
@@ -40,6 +40,7 @@ class MCCoTProcessor(BatchProcessor):
 
     def stage_inputs(self, stage: str, records: list[Record], rationales: list[str] | None = None) -> list[str]:
         """Encoder inputs of a stage; the answer stage reads ``rationales`` (gold by default)."""
+        refuse_turns(records, "mccot")  # QCM inputs hold one question
         if stage != "answer":
             return [qcm_input(r, templates=self.templates) for r in records]
         rationales = rationales if rationales is not None else [r.rationale or "" for r in records]

@@ -16,7 +16,7 @@ import random
 import torch
 
 from mmreason.data.schema import Record
-from mmreason.models.processor import PromptProcessor, PromptTooLong
+from mmreason.models.processor import PromptProcessor, PromptTooLong, refuse_turns
 from mmreason.text.prompts import PROMPT, RATIONALE_CUE, format_choices
 from mmreason.text.tor import TOR_TOKEN, RationaleTooShort, bare_tor, insert_tor
 
@@ -32,6 +32,8 @@ class MeteorProcessor(PromptProcessor):
     """``traversal`` False gives the baseline's tensors (the "no Mamba" ablation); ``read_rationale``
     (step 1) places the `<tor>` in each training rationale, drawing ``random`` placements from
     ``seed``."""
+
+    single_turn_family = "meteor"  # the embedder reads one question and its rationale
 
     def __init__(self, tokenizer, num_image_tokens: int, max_length: int, output_format: str, traversal: bool,
                  num_tor: int, placement: str, seed: int = 0, read_rationale: bool = True, prompt: str = PROMPT):
@@ -61,6 +63,7 @@ class MeteorProcessor(PromptProcessor):
     def _traversal_ids(self, records: list[Record], with_rationale: bool,
                        skip_too_short: bool = False) -> list[list[int] | None]:
         """Embedder prompt ids (image tokens expanded); None where a too-short rationale was skipped."""
+        refuse_turns(records, self.single_turn_family)
         texts = [self._traversal_text(r, with_rationale, skip_too_short) for r in records]
         present = [t for t in texts if t is not None]
         encoded = iter(self.tokenizer(present, add_special_tokens=False)["input_ids"] if present else [])

@@ -5,6 +5,12 @@ small and picklable: the training loader runs it on every batch in its worker pr
 (``batch["inputs"]``, overlapping tokenisation and padding with the model's step), and
 the model runs the same object for generation and for batches that arrive without
 ``inputs``. The model's forward takes the tensors.
+
+A record with earlier ``turns`` (a conversation) is one sequence, as LLaVA trains
+them (haotian-liu/LLaVA ``preprocess_v1``): the first user turn with the image,
+each reply and its EOS, the next user turn, and so on; every reply is a target and
+every user turn is masked with -100. Families whose prompts hold one question
+refuse such records rather than train on their last turn alone.
 """
 
 from __future__ import annotations
@@ -12,7 +18,14 @@ from __future__ import annotations
 import torch
 
 from mmreason.data.schema import Record
-from mmreason.text.prompts import OUTPUT_FORMATS, PROMPT, check_prompt, target_text, user_prompt
+from mmreason.text.prompts import (
+    OUTPUT_FORMATS,
+    PROMPT,
+    check_prompt,
+    follow_up_prompt,
+    target_text,
+    user_prompt,
+)
 
 IGNORE_INDEX = -100
 
@@ -41,6 +54,17 @@ def pad_rows(rows: list[list[int]], pad_id: int, labels: list[list[int]] | None 
     return out
 
 
+def refuse_turns(records: list[Record], family: str) -> None:
+    """Raise for the first record holding a conversation: ``family`` would drop its earlier turns."""
+    for record in records:
+        if record.turns:
+            raise ValueError(
+                f"the {family} family trains and answers single-turn records, but record "
+                f"{record.meta.get('id', record.question[:40])!r} is a conversation of "
+                f"{len(record.turns) + 1} turns; train conversations with a baseline-family model"
+            )
+
+
 class BatchProcessor:
     """What a loader worker runs on a training batch: ``inputs`` = :meth:`training_inputs` of its records,
     samples that cannot be trained on dropped (``inputs["rows"]`` names the ones kept)."""
@@ -60,7 +84,13 @@ class BatchProcessor:
 class PromptProcessor(BatchProcessor):
     """The decoder VLM's tensors: ``<s>`` + the user prompt (``prompt``, a template, see
     :func:`~mmreason.text.prompts.user_prompt`) with ``<image>`` expanded to the image's tokens,
-    then the target and EOS; labels are -100 everywhere but the target (and EOS)."""
+    then the target and EOS; labels are -100 everywhere but the target (and EOS). A conversation's
+    earlier turns come between the first prompt and the last question (see the module's docstring).
+
+    A subclass whose prompt or target cannot hold earlier turns names its family in
+    ``single_turn_family``, and records with turns are refused."""
+
+    single_turn_family: str | None = None
 
     def __init__(self, tokenizer, num_image_tokens: int, max_length: int, output_format: str = "cot",
                  prompt: str = PROMPT):
@@ -75,26 +105,47 @@ class PromptProcessor(BatchProcessor):
         return target_text(record, self.output_format)
 
     def prompt_ids(self, records: list[Record], skip_too_long: bool = False) -> list[list[int] | None]:
-        """Prompt ids with the image tokens expanded; a prompt over ``max_length`` raises, or is None
-        when ``skip_too_long`` (training streams skip such samples instead of stopping)."""
-        prompts = [user_prompt(r.question, r.choices, self.prompt) for r in records]
+        """Prompt ids with the image tokens expanded, a conversation's earlier turns (questions and
+        replies) before its last question; a prompt over ``max_length`` raises, or is None when
+        ``skip_too_long`` (training streams skip such samples instead of stopping)."""
+        if self.single_turn_family is not None:
+            refuse_turns(records, self.single_turn_family)
+        prompts = [user_prompt(r.turns[0].question, None, self.prompt) if r.turns
+                   else user_prompt(r.question, r.choices, self.prompt) for r in records]
         encoded = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
         out: list[list[int] | None] = []
-        for ids in encoded:
+        for record, ids in zip(records, encoded):
             at = ids.index(self.image_token_id)
             ids = [self.tokenizer.bos_token_id, *ids[:at], *[self.image_token_id] * self.num_image_tokens,
                    *ids[at + 1 :]]
+            if record.turns:
+                ids += self.later_turns(record)[0]
             if len(ids) > self.max_length and skip_too_long:
                 out.append(None)
                 continue
             if len(ids) > self.max_length:
+                turns = f" over {len(record.turns) + 1} turns" if record.turns else ""
                 raise PromptTooLong(
-                    f"prompt needs {len(ids)} tokens ({self.num_image_tokens} image tokens + "
+                    f"prompt needs {len(ids)} tokens{turns} ({self.num_image_tokens} image tokens + "
                     f"{len(ids) - self.num_image_tokens} text tokens) but max_length is {self.max_length}; "
-                    "raise max_length or shorten the question"
+                    "raise max_length or shorten the " + ("conversation" if record.turns else "question")
                 )
             out.append(ids)
         return out
+
+    def later_turns(self, record: Record) -> tuple[list[int], list[int]]:
+        """What follows a conversation's first user prompt up to its last answer cue, and its labels:
+        each earlier reply and its EOS are targets, the user turns after them are -100."""
+        replies = [target_text(turn, self.output_format) for turn in record.turns]
+        asks = [follow_up_prompt(turn.question, None, self.prompt) for turn in record.turns[1:]]
+        asks.append(follow_up_prompt(record.question, record.choices, self.prompt))
+        encoded = self.tokenizer(replies + asks, add_special_tokens=False)["input_ids"]
+        ids, labels = [], []
+        for reply, ask in zip(encoded[: len(replies)], encoded[len(replies) :]):
+            reply = [*reply, self.tokenizer.eos_token_id]
+            ids += reply + ask
+            labels += reply + [IGNORE_INDEX] * len(ask)
+        return ids, labels
 
     def training_inputs(self, records: list[Record], skip_too_long: bool = False) -> dict[str, torch.Tensor]:
         """Right-padded prompt+target ids and labels; ``rows`` holds the indices of the records kept
@@ -109,8 +160,9 @@ class PromptProcessor(BatchProcessor):
         for i, t in zip(kept, targets):
             p = prompts[i]
             t = [*t, self.tokenizer.eos_token_id][: self.max_length - len(p)]
+            earlier = self.later_turns(records[i])[1] if records[i].turns else []
             rows.append(p + t)
-            labels.append([IGNORE_INDEX] * len(p) + t)
+            labels.append([IGNORE_INDEX] * (len(p) - len(earlier)) + earlier + t)
         return {**self.pad(rows, labels), "rows": torch.tensor(kept)}
 
     def generation_inputs(self, records: list[Record]) -> dict[str, torch.Tensor]:

@@ -78,6 +78,8 @@ class StarProcessor(PromptProcessor):
     """The VLM's tensors, segmentation answers ending in ``<seg>`` or naming the target mask's box and
     point (``box`` answers: read off the batch's masks, so the loader workers do it too)."""
 
+    single_turn_family = "star"  # its masks and boxes answer one question about the image
+
     def __init__(self, tokenizer, num_image_tokens: int, max_length: int, output_format: str, answer_kind: str,
                  prompt: str = PROMPT, seg_token: str = SEG_TOKEN):
         if answer_kind not in ANSWER_KINDS:

@@ -28,6 +28,7 @@ from mmreason.models.baseline import TINY_CONFIG as BASELINE_TINY
 from mmreason.models.baseline import VisionLanguageModel
 from mmreason.models.config_schema import LEAF, VLM
 from mmreason.models.policy import Trajectory, TrajectoryPolicy
+from mmreason.models.processor import refuse_turns
 from mmreason.rl.crop import CROP_CLOSE, CROP_OPEN, clamp_box, crop_and_resize, crop_text, parse_box
 from mmreason.rl.grpo import token_log_probs
 from mmreason.text.prompts import answer_tag
@@ -116,6 +117,7 @@ class VirlPolicy(TrajectoryPolicy, VisionLanguageModel):
     def batch_loss(self, images: torch.Tensor, records: list[Record]) -> dict[str, torch.Tensor]:
         """Supervised loss on the gold visual rationales (crop image tokens excluded); samples over
         ``max_length`` are skipped and counted."""
+        refuse_turns(records, "virl")  # a visual rationale answers one question about the image
         trajectories = [self.gold_trajectory(r, i, images) for i, r in enumerate(records)]
         kept = [t for t in trajectories if t is not None]
         if not kept:

@@ -4,7 +4,9 @@ The output formats: ``answer`` (direct) targets ``<answer> A </answer>``;
 ``cot`` targets ``<think> rationale </think> <answer> A </answer>``; ``plain`` targets
 the bare answer, as released models (LLaVA) write it. A record
 without a rationale falls back to the direct target, so user data with and
-without rationales trains with the same recipe.
+without rationales trains with the same recipe. In a conversation, each later
+user turn is the prompt without its ``<image>`` (the first turn brought it), and
+each earlier reply is written in the same output format.
 
 Two-stage families (MM-CoT) use the encoder–decoder templates instead: the
 ``qcm_input`` (question, context, options; the rationale appended for the
@@ -16,9 +18,10 @@ forms instead (``templates="mm-cot"``: ``Question: … Context: … Options: (A)
 
 from __future__ import annotations
 
+import re
 from string import ascii_uppercase
 
-from mmreason.data.schema import Record
+from mmreason.data.schema import Record, Turn
 from mmreason.eval.answers import answer_kind, gold_answer
 
 OUTPUT_FORMATS = ("answer", "cot", "plain")
@@ -27,6 +30,7 @@ TEMPLATE_WORDS = ("question", "choices", "answer", ":", "(", ")", *ascii_upperca
                   "context", "options", "solution", "the", "is", "none", ".", ",", "object", "at", "and")
 RATIONALE_CUE = "solution :"
 TEMPLATES = ("zoo", "mm-cot")
+IMAGE_TAG = re.compile(r"\s*<image>\s*")
 UPSTREAM_CUE = "Solution:"  # MM-CoT's rationale cue (prompt formats QCM-E / QCMG-A)
 
 
@@ -65,11 +69,16 @@ def user_prompt(question: str, choices: list[str] | None = None, template: str =
     return template.format(question=question.strip(), choices=format_choices(choices))
 
 
+def follow_up_prompt(question: str, choices: list[str] | None = None, template: str = PROMPT) -> str:
+    """A later user turn of a conversation: the template without its image, which the first turn brought."""
+    return user_prompt(question, choices, IMAGE_TAG.sub(" ", template).strip())
+
+
 def answer_tag(answer: str) -> str:
     return f"<answer> {answer.strip()} </answer>"
 
 
-def target_text(record: Record, output_format: str) -> str:
+def target_text(record: Record | Turn, output_format: str) -> str:
     if output_format not in OUTPUT_FORMATS:
         raise ValueError(f"unknown output_format {output_format!r}; expected one of {OUTPUT_FORMATS}")
     if output_format == "plain":

@@ -1,8 +1,10 @@
 """Tokenizers: a small one trained here, or any Hugging Face tokenizer from a path.
 
 Tiny recipes use a word-level vocabulary built from the synthetic benchmark's
-complete word list (deterministic, no data pass needed); user data can train a
-byte-level BPE on its own text. Either way the result is a
+complete word list (deterministic, no data pass needed), or ``synth-bpe``: a
+byte-level BPE over the same words, each one token, that also encodes any other
+text (bytes, never ``<unk>``), so fine-tuning on open-vocabulary data keeps every
+word; user data can train a byte-level BPE on its own text. Either way the result is a
 ``PreTrainedTokenizerFast`` that saves and loads like any other, and the
 special tokens of every family are added by :func:`add_special_tokens`.
 """
@@ -70,16 +72,26 @@ def add_special_tokens(tokenizer) -> dict[str, int]:
     return {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
 
 
+def synth_bpe_tokenizer() -> PreTrainedTokenizerFast:
+    """Byte-level BPE whose merges make every benchmark and prompt word one token, at the start of a text
+    and after a space (trained on each word twice: ``w w``); deterministic, as the word list is."""
+    words = sorted({*vocabulary(), *TEMPLATE_WORDS})
+    return bpe_tokenizer([f"{w} {w}" for w in words], vocab_size=1 << 14)
+
+
 def build_tokenizer(spec: str, gguf_file: str | None = None) -> PreTrainedTokenizerFast:
-    """``synth-word`` (the benchmark's word list and prompt words), a folder of tokenizer files
+    """``synth-word`` (the benchmark's word list and prompt words), ``synth-bpe`` (the same words, byte-level,
+    open vocabulary), a folder of tokenizer files
     (``pkg:NAME`` for an installed package's folder; ``gguf_file`` reads the tokenizer inside a GGUF),
     or a hub id (downloaded once by transformers, then cached)."""
     if spec == "synth-word":
         return word_tokenizer([*vocabulary(), *TEMPLATE_WORDS])
+    if spec == "synth-bpe":
+        return synth_bpe_tokenizer()
     folder = resolve_path(spec)
     if not Path(folder).exists() and not HUB_ID.fullmatch(spec):
         raise FileNotFoundError(
-            f"tokenizer {spec!r}: expected 'synth-word', a folder with tokenizer files (tokenizer.json) "
+            f"tokenizer {spec!r}: expected 'synth-word', 'synth-bpe', a folder with tokenizer files (tokenizer.json) "
             "or a hub id (org/name)"
         )
     tokenizer = AutoTokenizer.from_pretrained(folder, **({"gguf_file": gguf_file} if gguf_file else {}))

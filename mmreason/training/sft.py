@@ -16,9 +16,11 @@ import torch
 from mmreason.build import create_model
 from mmreason.export import checkpoint_payload
 from mmreason.models.base import CACHED_FEATURES
+from mmreason.text.vocabulary import check_training_text, shard_records
 from mmreason.training.evaluation import Evaluation
 from mmreason.training.schedule import warmup_cosine
 
+VOCABULARY_SAMPLE = 2000  # training records whose text is checked against the tokenizer before training
 STANDARD_OUTPUTS = {"loss", "token_accuracy", "target_tokens", "tokens", "skipped"}  # of a model's batch_loss
 
 
@@ -34,6 +36,9 @@ class ModelHooks:
                 setattr(datamodule.preprocess, setting, getattr(self.model.preprocess, setting))
         if datamodule is not None and hasattr(datamodule, "processor"):
             datamodule.processor = self.batch_processor()
+        if stage == "fit" and getattr(datamodule, "check_vocabulary", False) and self.model.tokenizer is not None:
+            check_training_text(self.model.tokenizer, shard_records(datamodule.train_urls(), VOCABULARY_SAMPLE),
+                                "training")
 
     def batch_processor(self):
         """What the training loader's workers run on each batch: the model's, for ``model.loss``."""

@@ -1,7 +1,8 @@
 """Converters from users' dataset layouts to canonical shards: ``convert("llava", src, out)``.
 
 Each converter validates every record, writes ``{split}-%06d.tar`` shards with
-a ``sizes.json`` and returns a report of what it wrote and skipped.
+a ``sizes.json`` and returns a report of what it wrote and skipped; records
+whose image or mask file is unusable are skipped and named (``strict``: an error).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from .common import ConversionError
+from .common import ConversionError, UnusableFile
 from .jsonl import convert_jsonl
 from .llava import convert_llava
 from .reasonseg import convert_reasonseg
@@ -34,11 +35,12 @@ def converter_options(fmt: str) -> dict[str, object]:
 
 
 def convert(fmt: str, src: str | Path, out: str | Path, images: str | Path | None = None, split: str = "train",
-            samples_per_shard: int = 1000, **options) -> dict:
+            samples_per_shard: int = 1000, strict: bool = False, **options) -> dict:
     """Convert ``src`` in format ``fmt`` to shards in ``out`` and return the report.
 
     ``images`` is the folder image paths are relative to: by default the folder
-    holding ``src`` (a file) or ``src`` itself (a folder).
+    holding ``src`` (a file) or ``src`` itself (a folder). ``strict`` stops at the first record whose
+    image or mask is missing, unreadable or truncated instead of skipping it.
     """
     if fmt not in CONVERTERS:
         raise ValueError(f"unknown data format {fmt!r}; expected one of {sorted(CONVERTERS)}")
@@ -50,7 +52,8 @@ def convert(fmt: str, src: str | Path, out: str | Path, images: str | Path | Non
         raise ConversionError(f"{fmt} source {src} not found; expected an existing file or folder")
     images = Path(images) if images is not None else (src if src.is_dir() else src.parent)
     log.info("converting %s data %s (images in %s) to %s", fmt, src, images, out)
-    return {"format": fmt, **CONVERTERS[fmt](src, Path(out), images, split, samples_per_shard, **options)}
+    report = CONVERTERS[fmt](src, Path(out), images, split, samples_per_shard, strict, **options)
+    return {"format": fmt, **report}
 
 
-__all__ = ["CONVERTERS", "ConversionError", "convert", "converter_options"]
+__all__ = ["CONVERTERS", "ConversionError", "UnusableFile", "convert", "converter_options"]

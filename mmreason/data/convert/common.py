@@ -1,10 +1,14 @@
-"""What every converter shares: its error type, image reading and the sink that writes shards.
+"""What every converter shares: its error types, image reading and the sink that writes shards.
 
 Converters fail loudly on bad source data (the streaming reader is the one that
-skips): a broken image or record found here names its file, id or line, so it
-is fixed once instead of being skipped on every epoch. A failed conversion
-leaves no shards behind. Images over the shard reader's default pixel limit are
-refused here, before they are decoded, as the reader would skip them anyway.
+skips): a broken record found here names its file, id or line, so it is fixed
+once instead of being skipped on every epoch. A record whose image (or mask)
+file is missing, unreadable or truncated is the exception: large
+collections always hold a few, so the record is skipped and named, with its
+file and why, in the report and in ``{split}-skipped.jsonl``; ``strict`` makes
+it an error instead. A failed conversion leaves no shards behind. Images over
+the shard reader's default pixel limit are refused here, before they are
+decoded, as the reader would skip them anyway.
 """
 
 from __future__ import annotations
@@ -31,10 +35,19 @@ log = logging.getLogger(__name__)
 PASS_THROUGH_MODES = {"JPEG": {"L", "RGB"}, "PNG": {"1", "L", "LA", "P", "RGB", "RGBA"}}
 EXIF_ORIENTATION = 0x0112
 KEY_UNSAFE = re.compile(r"[^\w-]+")
+SKIPPED_SUFFIX = "skipped.jsonl"
 
 
 class ConversionError(ValueError):
     """Source data that cannot be converted; the message says where and what was expected."""
+
+
+class UnusableFile(ConversionError):
+    """A record's file that cannot be used; ``reason`` (e.g. ``missing_image``) is what the report counts."""
+
+    def __init__(self, message: str, path: Path, reason: str):
+        super().__init__(message)
+        self.path, self.reason = path, reason
 
 
 def decode_utf8(data: bytes, where: str, first_line: int = 1) -> str:
@@ -50,14 +63,15 @@ def decode_utf8(data: bytes, where: str, first_line: int = 1) -> str:
 def read_json(path: Path, what: str):
     """Parse a whole JSON file, naming it (and the position) when it is missing or malformed."""
     if not path.is_file():
-        raise ConversionError(f"{what} file {path} not found; expected a JSON file at that path")
-    text = decode_utf8(path.read_bytes(), f"{what} file {path}")
+        raise UnusableFile(f"{what} file {path} not found; expected a JSON file at that path", path,
+                           "missing_json")
     try:
-        return json.loads(text)
+        return json.loads(decode_utf8(path.read_bytes(), f"{what} file {path}"))
     except json.JSONDecodeError as err:
-        raise ConversionError(
-            f"{what} file {path}: invalid JSON at line {err.lineno} column {err.colno} ({err.msg})"
-        ) from err
+        raise UnusableFile(f"{what} file {path}: invalid JSON at line {err.lineno} column {err.colno} "
+                           f"({err.msg})", path, "unreadable_json") from err
+    except ConversionError as err:
+        raise UnusableFile(str(err), path, "unreadable_json") from err
 
 
 def image_path(images: Path, relative: str, where: str) -> Path:
@@ -73,21 +87,23 @@ def image_path(images: Path, relative: str, where: str) -> Path:
     return images.joinpath(*parts)
 
 
-def read_image(path: Path, where: str) -> tuple[bytes, Image.Image]:
-    """Read and fully decode an image, so a broken file fails here rather than mid-training."""
+def read_image(path: Path, where: str, kind: str = "image") -> tuple[bytes, Image.Image]:
+    """Read and fully decode an image (or a ``kind="mask"``), so a broken file fails here rather than
+    mid-training: a missing, unreadable or truncated one as :class:`UnusableFile`."""
     if not path.is_file():
-        raise ConversionError(f"{where}: image file {path} not found; expected an image at that path")
-    data = path.read_bytes()
+        raise UnusableFile(f"{where}: {kind} file {path} not found; expected an image at that path", path,
+                           f"missing_{kind}")
     try:
+        data = path.read_bytes()
         image = decode_image(data, DEFAULT_MAX_PIXELS)
-    except ImageTooLarge as err:
-        raise ConversionError(f"{where}: image {path} is too large: {err}; downscale it (the shard reader "
+    except ImageTooLarge as err:  # a decompression bomb is suspect, not a stray broken file: always an error
+        raise ConversionError(f"{where}: {kind} {path} is too large: {err}; downscale it (the shard reader "
                               f"refuses images over that limit too)") from err
     except (OSError, SyntaxError, ValueError) as err:
         reason = "unknown file type" if isinstance(err, UnidentifiedImageError) else str(err)
-        raise ConversionError(
-            f"{where}: cannot read image {path} ({reason}); expected a JPEG, PNG or other file PIL can open"
-        ) from err
+        problem = "truncated" if "truncated" in reason else "unreadable"
+        raise UnusableFile(f"{where}: cannot read {kind} {path} ({reason}); expected a JPEG, PNG or other file "
+                           f"PIL can open", path, f"{problem}_{kind}") from err
     return data, image
 
 
@@ -120,24 +136,26 @@ def sample_key(name: str) -> str:
 
 
 def progress(items: Iterable, desc: str, total: int | None = None) -> Iterable:
-    """A progress bar on a terminal, nothing in logs."""
-    return tqdm(items, desc=desc, total=total, unit=" samples", disable=None, leave=False)
+    """A progress bar on a terminal, nothing in logs; ``total`` defaults to ``len(items)`` if it has one."""
+    return tqdm(items, desc=desc, total=total, unit=" records", disable=None, leave=False)
 
 
 class ShardSink:
     """Validates samples, writes one shard set per split and tallies what was written and skipped.
 
     Used as a context manager: leaving the block by an exception deletes every
-    shard written so far, so a failed conversion leaves no set behind.
+    shard written so far, so a failed conversion leaves no set behind. ``strict``
+    makes an unusable file an error rather than a skipped record.
     """
 
-    def __init__(self, out: Path, samples_per_shard: int):
+    def __init__(self, out: Path, samples_per_shard: int, strict: bool = False):
         if samples_per_shard < 1:
             raise ValueError(f"samples_per_shard must be a positive integer, got {samples_per_shard!r}")
-        self.out, self.per_shard = Path(out), samples_per_shard
+        self.out, self.per_shard, self.strict = Path(out), samples_per_shard, strict
         self._writers: dict[str, ShardSetWriter] = {}
         self._keys: dict[str, set[str]] = {}
         self.skipped: Counter[str] = Counter()
+        self.unusable: dict[str, list[dict]] = {}
         self.blank = 0
 
     def _writer(self, split: str) -> ShardSetWriter:
@@ -172,6 +190,15 @@ class ShardSink:
         self.skipped[reason] += count
         log.log(level, "skipped %s: %s", where, reason)
 
+    def skip_unusable(self, split: str, where: str, err: UnusableFile) -> None:
+        """Skip the record at ``where`` and name it with its file in the report; raise ``err`` when strict."""
+        if self.strict:
+            raise err
+        self._writer(split)  # claims the split: refuses to add to an existing set, as a written sample would
+        self.unusable.setdefault(split, []).append(
+            {"record": where, "file": str(err.path), "reason": err.reason, "message": str(err)})
+        self.skip(err.reason, str(err), level=logging.WARNING)
+
     def __enter__(self) -> ShardSink:
         return self
 
@@ -181,12 +208,19 @@ class ShardSink:
                 writer.abort()
 
     def finish(self) -> dict:
-        """Close every shard set and return (and log) the report."""
+        """Close every shard set, list each split's skipped records in ``{split}-skipped.jsonl`` and return
+        (and log) the report."""
         splits = {split: writer.close() for split, writer in self._writers.items()}
+        for split, entries in self.unusable.items():
+            path = self.out / f"{split}-{SKIPPED_SUFFIX}"
+            self.out.mkdir(parents=True, exist_ok=True)
+            lines = "".join(json.dumps(entry, ensure_ascii=False) + "\n" for entry in entries)
+            path.write_text(lines, encoding="utf-8")
         report = {
             "out": str(self.out),
             "written": sum(splits.values()),
             "skipped": dict(self.skipped),
+            "skipped_records": [entry for entries in self.unusable.values() for entry in entries],
             "blank_images": self.blank,
             "splits": splits,
             "shards": [f"{split}-{i:06d}.tar" for split, n in splits.items()

@@ -1,8 +1,10 @@
 """LLaVA instruction data (a JSON list of image + human/gpt conversations) to canonical shards.
 
-Every human→gpt turn pair becomes its own ``vqa`` sample keyed ``{id}-{turn}``
-with the record's image; the earlier turns of a conversation are not kept as
-context.
+Each conversation becomes one ``vqa`` sample keyed by its id: the last
+human→gpt pair is the record's question and answer, the earlier pairs its
+``turns``, so a model trains on every reply with the conversation before it in
+context, as LLaVA does. ``<image>`` is dropped from the text: the image goes
+into the first user turn, where each model family's prompt puts it.
 """
 
 from __future__ import annotations
@@ -10,7 +12,16 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .common import ConversionError, ShardSink, blank_image, image_path, load_image, progress, read_json
+from .common import (
+    ConversionError,
+    ShardSink,
+    UnusableFile,
+    blank_image,
+    image_path,
+    load_image,
+    progress,
+    read_json,
+)
 
 IMAGE_TAG = re.compile(r"\s*<image>\s*")
 ASKS, ANSWERS = ("human", "user"), ("gpt", "assistant")
@@ -58,12 +69,12 @@ def turn_pairs(conversations, where: str) -> list[tuple[str, str]]:
     return [(conversations[i]["value"], conversations[i + 1]["value"]) for i in range(0, len(conversations), 2)]
 
 
-def convert_llava(src: Path, out: Path, images: Path, split: str, samples_per_shard: int, *,
-                  text_only: str = "skip", answer_split: str | None = None) -> dict:
+def convert_llava(src: Path, out: Path, images: Path, split: str, samples_per_shard: int,
+                  strict: bool = False, *, text_only: str = "skip", answer_split: str | None = None) -> dict:
     """Convert ``src`` (LLaVA JSON) with image paths relative to ``images``.
 
-    ``text_only``: records without an image are skipped ("skip", counted per
-    turn pair as ``no_image``) or kept with a blank 64×64 white image and
+    ``text_only``: records without an image are skipped ("skip", counted as
+    ``no_image``) or kept with a blank 64×64 white image and
     ``meta["no_image"]`` ("blank"). ``answer_split``: a regex with named groups
     ``rationale`` and ``answer`` that splits a gpt reply where it matches.
     """
@@ -74,7 +85,7 @@ def convert_llava(src: Path, out: Path, images: Path, split: str, samples_per_sh
     if not isinstance(items, list):
         raise ConversionError(f"{src}: expected a JSON list of {{id, image, conversations}} records, "
                               f"got a {type(items).__name__}")
-    with ShardSink(out, samples_per_shard) as sink:
+    with ShardSink(out, samples_per_shard, strict) as sink:
         for index, item in enumerate(progress(items, "llava")):
             if not isinstance(item, dict):
                 raise ConversionError(f"{src} record at index {index}: expected an object with 'id', 'image' and "
@@ -85,18 +96,22 @@ def convert_llava(src: Path, out: Path, images: Path, split: str, samples_per_sh
             path = item.get("image")
             if path is None:
                 if text_only == "skip":
-                    sink.skip("no_image", where, count=len(pairs))
+                    sink.skip("no_image", where)
                     continue
                 image, size, extra = blank_image(BLANK_SIZE), BLANK_SIZE, {"no_image": True}
             elif isinstance(path, str) and path:
-                (image, size), extra = load_image(image_path(images, path, where), where), {}
+                try:
+                    (image, size), extra = load_image(image_path(images, path, where), where), {}
+                except UnusableFile as err:
+                    sink.skip_unusable(split, where, err)
+                    continue
             else:
                 raise ConversionError(f"{where}: 'image' must be one path relative to {images}, got {path!r}")
-            for turn, (question, reply) in enumerate(pairs):
+            turns = []
+            for question, reply in pairs:
                 answer, rationale = split_answer(reply, regex)
-                record = {
-                    "question": strip_image_tag(question), "answer": answer, "task": "vqa", "rationale": rationale,
-                    "meta": {"source": "llava", "id": record_id, "turn": turn, **extra},
-                }
-                sink.write(split, f"{record_id}-{turn}", image, size, record, f"{where} turn {turn}")
+                turns.append({"question": strip_image_tag(question), "answer": answer, "rationale": rationale})
+            meta = {"source": "llava", "id": record_id, **extra}
+            record = {**turns.pop(), "task": "vqa", "turns": turns, "meta": meta}
+            sink.write(split, record_id, image, size, record, where)
         return sink.finish()

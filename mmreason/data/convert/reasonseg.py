@@ -25,7 +25,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from ..schema import is_finite_number
-from .common import ConversionError, ShardSink, load_image, progress, read_json
+from .common import ConversionError, ShardSink, UnusableFile, load_image, progress, read_json
 
 log = logging.getLogger(__name__)
 
@@ -121,22 +121,27 @@ def target_box(size: tuple[int, int], polygons: list[tuple[int, list[list[float]
     return [min(xs), min(ys), max(xs), max(ys)]
 
 
-def convert_reasonseg(src: Path, out: Path, images: Path, split: str, samples_per_shard: int) -> dict:
+def convert_reasonseg(src: Path, out: Path, images: Path, split: str, samples_per_shard: int,
+                      strict: bool = False) -> dict:
     """Convert the annotations in folder ``src`` with their same-named pictures in ``images``."""
     for folder in (src, images):
         if not folder.is_dir():
             raise ConversionError(f"ReasonSeg folder {folder} not found; expected a folder of name.jpg + name.json")
     paired, unpaired = pair_files(src, images)
-    with ShardSink(out, samples_per_shard) as sink:
+    with ShardSink(out, samples_per_shard, strict) as sink:
         for path in unpaired:
             sink.skip("unpaired", f"{path} (no image/annotation of the same name)", level=logging.WARNING)
         for name, image_path, json_path in progress(paired, "reasonseg"):
             where = f"ReasonSeg sample {name!r} ({json_path})"
-            annotation = read_json(json_path, "ReasonSeg annotation")
+            try:  # the mask is painted from the annotation, so an unreadable one is an unusable mask
+                annotation = read_json(json_path, "ReasonSeg annotation")
+                image, size = load_image(image_path, where, upright=True)
+            except UnusableFile as err:
+                sink.skip_unusable(split, where, err)
+                continue
             if not isinstance(annotation, dict):
                 raise ConversionError(f"{where}: expected an object with 'text', 'is_sentence' and 'shapes'")
             questions = read_questions(annotation, where)
-            image, size = load_image(image_path, where, upright=True)
             polygons = read_shapes(annotation, size, where)
             if not any(value == TARGET for value, _ in polygons):
                 raise ConversionError(f"{where}: no target polygon; expected at least one shape labelled other "

@@ -10,7 +10,16 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .common import ConversionError, ShardSink, blank_image, image_path, load_image, progress, read_json
+from .common import (
+    ConversionError,
+    ShardSink,
+    UnusableFile,
+    blank_image,
+    image_path,
+    load_image,
+    progress,
+    read_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +52,8 @@ def find_image(images: Path, folders: list[str], qid: str, name: str, where: str
     for path in candidates:
         if path.is_file():
             return path
-    raise ConversionError(f"{where}: image file not found; expected it at {candidates[0]} (also tried "
-                          f"{', '.join(str(p) for p in candidates[1:])})")
+    raise UnusableFile(f"{where}: image file not found; expected it at {candidates[0]} (also tried "
+                       f"{', '.join(str(p) for p in candidates[1:])})", candidates[0], "missing_image")
 
 
 def problem_record(qid: str, problem: dict, where: str) -> dict:
@@ -66,8 +75,9 @@ def problem_record(qid: str, problem: dict, where: str) -> dict:
     }
 
 
-def convert_scienceqa(src: Path, out: Path, images: Path, split: str, samples_per_shard: int, *,
-                      no_image: str = "blank", splits: str | list[str] | None = None) -> dict:
+def convert_scienceqa(src: Path, out: Path, images: Path, split: str, samples_per_shard: int,
+                      strict: bool = False, *, no_image: str = "blank",
+                      splits: str | list[str] | None = None) -> dict:
     """Convert the ScienceQA folder ``src``; ``split`` is unused, the splits come from pid_splits.json.
 
     ``no_image``: problems without a picture get a blank 224×224 white image and
@@ -81,7 +91,7 @@ def convert_scienceqa(src: Path, out: Path, images: Path, split: str, samples_pe
     pid_splits = read_json(src / "pid_splits.json", "ScienceQA splits")
     if not isinstance(problems, dict):
         raise ConversionError(f"{src / 'problems.json'}: expected an object mapping qids to problems")
-    with ShardSink(out, samples_per_shard) as sink:
+    with ShardSink(out, samples_per_shard, strict) as sink:
         for name in choose_splits(pid_splits, splits, src / "pid_splits.json"):
             if not isinstance(pid_splits[name], list):
                 raise ConversionError(f"{src / 'pid_splits.json'}: split {name!r} must be a list of qids")
@@ -95,7 +105,12 @@ def convert_scienceqa(src: Path, out: Path, images: Path, split: str, samples_pe
                 if problem.get("image"):
                     # minival's pictures live under the problem's own split folder (val).
                     folders = list(dict.fromkeys(f for f in (problem.get("split"), name) if f))
-                    image, size = load_image(find_image(images, folders, qid, problem["image"], where), where)
+                    try:
+                        path = find_image(images, folders, qid, problem["image"], where)
+                        image, size = load_image(path, where)
+                    except UnusableFile as err:
+                        sink.skip_unusable(name, where, err)
+                        continue
                 elif no_image == "skip":
                     sink.skip("no_image", where)
                     continue
