@@ -4,7 +4,6 @@ Every way of starting from an earlier export is the one ``init`` spec::
 
     init: {from: runs/encoder-synth-tiny-scene/export, parts: [vision], frozen: [vision]}
     init: {from: runs/meteor-synth-tiny-step1/export}          # the whole export, to train on
-    init: {from: EXPORT, frozen: [vision], lora: {rank: 16}}    # LoRA on its language model
 
 With ``parts``, the named model is built with the export's architecture of
 each part (and what its weights assume: the preprocessing for ``vision``, the
@@ -12,9 +11,10 @@ tokenizer for ``language``, the image positions for ``projector``) and those
 weights are copied in. Without ``parts`` the model *is* the export: its
 architecture stays, and only a family's fine-tune options (for example
 ``output_format``) may be overridden. Parts in ``frozen`` stay fixed in
-training either way. ``lora`` (:mod:`mmreason.layers.lora`) adds LoRA adapters to the language
-model (and the vision tower, if asked), freezing the layers they wrap; the export merges them
-unless ``lora.save: adapters`` keeps them apart (then only onto the whole export they came from).
+training either way. ``lora`` (beside ``init``; :mod:`mmreason.layers.lora`) adds LoRA adapters
+to the language model (and the vision tower, if asked), freezing the layers they wrap; the export
+merges them unless ``lora.save: adapters`` keeps them apart (then only onto the whole export
+``init.from`` names).
 Family constructors read no files and the model keeps no reference to the folder, so its own
 export and checkpoints stand alone.
 """
@@ -33,22 +33,24 @@ from mmreason.zoo import family_class, merge_config, model_info
 
 PART_CONFIG = {"vision": ("vision", "preprocess"), "projector": ("projector", "image_position"),
                "language": ("language",)}  # the config fields that describe each part's weights
-INIT_KEYS = ("from", "parts", "frozen", "lora")
+INIT_KEYS = ("from", "parts", "frozen")
 FINE_TUNE_OPTIONS = ("output_format", "max_length")  # a family adds its own as ``fine_tune_options``
 
 
-def create_model(name: str | None = None, init: dict | None = None, **overrides) -> nn.Module:
+def create_model(name: str | None = None, init: dict | None = None, lora: dict | None = None,
+                 **overrides) -> nn.Module:
     """A model of a registered ``name`` with config keys overridden, started from an export by ``init``
-    (without ``init.parts`` the export itself, and ``name`` may be left out); a key the family does not
-    read, at any depth, is refused with the valid ones."""
+    (without ``init.parts`` the export itself, and ``name`` may be left out), with ``lora`` adapters;
+    a key the family does not read, at any depth, is refused with the valid ones."""
     init = None if init is None else _check_init(init)
+    lora = None if lora is None else lora_spec(lora)
     if init is not None and not init["parts"]:
-        return _whole_export(name, init, overrides)
+        return _with_lora(_whole_export(name, init, overrides), init, lora)
     if name is None:
         raise ValueError("name a registered model (`mmreason list`) or start from a whole export "
                          "with init: {from: EXPORT}")
     info = model_info(name)
-    return build_model(info["family"], merge_config(info["config"], overrides), init=init)
+    return _with_lora(build_model(info["family"], merge_config(info["config"], overrides), init=init), init, lora)
 
 
 def build_model(family: str, config: dict, tokenizer=None, init: dict | None = None) -> nn.Module:
@@ -79,7 +81,7 @@ def build_model(family: str, config: dict, tokenizer=None, init: dict | None = N
         for module in model.part_modules(part):
             module.load_state_dict(weights)
     _freeze(model, frozen)
-    return _with_lora(model, init)
+    return model
 
 
 def _whole_export(name: str | None, init: dict, overrides: dict) -> nn.Module:
@@ -99,34 +101,31 @@ def _whole_export(name: str | None, init: dict, overrides: dict) -> nn.Module:
     if init["frozen"]:
         _check_parts(init["frozen"], init["frozen"], type(model))
     _freeze(model, init["frozen"])
-    return _with_lora(model, init)
+    return model
 
 
-def _with_lora(model: nn.Module, init: dict) -> nn.Module:
-    """``model`` with ``init.lora``'s adapters, remembering the export they are trained on when they are
-    to be saved apart (only a whole export can take them back)."""
-    if init["lora"] is None:
+def _with_lora(model: nn.Module, init: dict | None, lora: dict | None) -> nn.Module:
+    """``model`` with ``lora``'s adapters, remembering the export they are trained on when they are to be
+    saved apart (only the whole export ``init.from`` can take them back)."""
+    if lora is None:
         return model
-    spec = add_lora(model, init["lora"])
-    model.lora_base = None
-    if spec["save"] == "adapters":
-        if init["parts"]:
-            raise ValueError("lora.save: adapters needs init from a whole export (no parts): the adapters are "
-                             "loaded back onto that export")
-        model.lora_base = weights_sha256(init["from"])
+    if lora["save"] == "adapters" and (init is None or init["parts"]):
+        raise ValueError("lora.save: adapters needs init from a whole export (init: {from: EXPORT}, no parts): "
+                         "the adapters are loaded back onto that export")
+    add_lora(model, lora)
+    model.lora_base = weights_sha256(init["from"]) if lora["save"] == "adapters" else None
     return model
 
 
 def _check_init(init) -> dict:
     """``init`` with ``parts``/``frozen`` as lists, after checking its shape and that its folder exists."""
     if not isinstance(init, dict) or set(init) - set(INIT_KEYS) or "from" not in init:
-        raise ValueError(f"init must be {{from: EXPORT, parts: [...], frozen: [...], lora: {{...}}}} (keys {INIT_KEYS}; without "
+        raise ValueError(f"init must be {{from: EXPORT, parts: [...], frozen: [...]}} (keys {INIT_KEYS}; without "
                          f"parts, the whole export), got {init!r}")
     if not Path(str(init["from"])).is_dir():
         raise FileNotFoundError(f"init.from: export folder {init['from']!r} does not exist")
     return {"from": str(init["from"]), "parts": list(init.get("parts") or ()),
-            "frozen": list(init.get("frozen") or ()),
-            "lora": None if init.get("lora") is None else lora_spec(init["lora"])}
+            "frozen": list(init.get("frozen") or ())}
 
 
 def _check_parts(parts: list[str], frozen: list[str], cls) -> None:

@@ -23,7 +23,7 @@ def base(tiny_tokenizer, tmp_path):
 
 def _trained(base, steps: int = 20, **lora):
     torch.manual_seed(1)
-    model = create_model(init={"from": str(base), "frozen": ["vision"], "lora": {**LORA, **lora}})
+    model = create_model(init={"from": str(base), "frozen": ["vision"]}, lora={**LORA, **lora})
     images, records = model_images(model, 4), valid_records(4)
     losses, _ = train_steps(model, images, records, steps, lr=1e-2)
     return model.eval(), images, records, losses
@@ -76,15 +76,15 @@ def test_adapters_alone_go_back_onto_their_export_only(base, tmp_path, tiny_toke
 
 
 def test_vision_lora_and_bad_settings(base):
-    model = create_model(init={"from": str(base), "lora": {**LORA, "language": None, "vision": ["qkv"]}})
+    model = create_model(init={"from": str(base)}, lora={**LORA, "language": None, "vision": ["qkv"]})
     trainable = [n for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
     assert trainable and all(n.startswith("vision.") for n in trainable)
     with pytest.raises(ValueError, match="rank >= 1"):
-        create_model(init={"from": str(base), "lora": {"rank": 0}})
+        create_model(init={"from": str(base)}, lora={"rank": 0})
     with pytest.raises(ValueError, match="lora.language .'nothing_here'. matches no layer"):
-        create_model(init={"from": str(base), "lora": {"language": ["nothing_here"]}})
+        create_model(init={"from": str(base)}, lora={"language": ["nothing_here"]})
     with pytest.raises(ValueError, match="lora takes"):
-        create_model(init={"from": str(base), "lora": {"ranks": 4}})
+        create_model(init={"from": str(base)}, lora={"ranks": 4})
 
 
 def test_merging_is_w_plus_b_a_times_alpha_over_rank():
@@ -94,3 +94,18 @@ def test_merging_is_w_plus_b_a_times_alpha_over_rank():
     merged = merged_state_dict(state, {"rank": 2, "alpha": 6})
     assert set(merged) == {"x.weight", "y.weight"}
     torch.testing.assert_close(merged["x.weight"], w + 3 * b @ a)
+
+
+def test_a_recipe_fits_with_lora_and_exports_an_ordinary_model(tmp_path):
+    from conftest import fit_args, mmreason, write_shards
+
+    data = tmp_path / "data"
+    data.mkdir()
+    write_shards(data, "train", [4, 4, 4])
+    write_shards(data, "val", [4])
+    root = tmp_path / "run"
+    mmreason(*fit_args(data, root, 2, "--model.init_args.lora", '{"rank": 4, "language": ["q_proj", "v_proj"]}'))
+    model = load_export(root / "export")
+    assert not any("lora_" in k for k in model.state_dict())
+    config = (root / "export" / "config.json").read_text()
+    assert '"lora"' in config  # the recipe it came from says how it was trained

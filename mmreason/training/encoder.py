@@ -16,7 +16,8 @@ class EncoderModule(SFTModule):
 
     def __init__(self, model: str | None = "encoder-tiny", model_config: dict | None = None, init: dict | None = None,
                  lr: float = 1e-3, weight_decay: float = 0.05, warmup_steps: int = 100, min_lr_ratio: float = 0.05):
-        super().__init__(model, model_config, init, lr, weight_decay, warmup_steps, min_lr_ratio)
+        super().__init__(model, model_config, init, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps,
+                         min_lr_ratio=min_lr_ratio)
 
     def eval_options(self) -> dict:
         """An encoder is asked for the objects it sees; there is no text to budget."""

@@ -67,12 +67,14 @@ class SFTModule(ModelHooks, Evaluation, L.LightningModule):
     model_config: overrides of that model's config (e.g. ``{output_format: answer}``).
     init: where to start from an earlier export: ``{from: EXPORT}`` (the whole model, to train on) or
         ``{from: EXPORT, parts: [vision, ...], frozen: [...]}`` (parts of a new model); see mmreason.build.
+    lora: LoRA adapters to train instead of the layers they wrap, e.g. ``{rank: 16, alpha: 32}``
+        (keys and defaults in mmreason.layers.lora; ``save: adapters`` exports the adapters alone).
     lr, weight_decay, warmup_steps, min_lr_ratio: AdamW and its warm-up + cosine schedule.
     max_new_tokens: generation budget when validating/testing.
     """
 
     def __init__(self, model: str | None = None, model_config: dict | None = None,
-                 init: dict | None = None, lr: float = 1e-3, weight_decay: float = 0.05,
+                 init: dict | None = None, lora: dict | None = None, lr: float = 1e-3, weight_decay: float = 0.05,
                  warmup_steps: int = 100, min_lr_ratio: float = 0.05, max_new_tokens: int = 160):
         super().__init__()
         self.save_hyperparameters()
@@ -83,7 +85,8 @@ class SFTModule(ModelHooks, Evaluation, L.LightningModule):
 
     def build_model(self):
         """The registered model with its overrides, started from an export as ``init`` says."""
-        return create_model(self.hparams.model, init=self.hparams.init, **(self.hparams.model_config or {}))
+        return create_model(self.hparams.model, init=self.hparams.init, lora=self.hparams.lora,
+                            **(self.hparams.model_config or {}))
 
     # ---- optimisation ---------------------------------------------------------------------
     def configure_optimizers(self):
