@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 SHOWN_SKIPPED = 20  # skipped records printed; every one is listed in {split}-skipped.jsonl
 
@@ -32,6 +33,9 @@ def add_data_arguments(verbs) -> None:
                         "(default: skip it and name it in the report and {split}-skipped.jsonl)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a format option, e.g. --option text_only=blank (repeatable)")
+    p.add_argument("--tokenizer", default=None, metavar="EXPORT|SPEC",
+                   help="report how this tokenizer (an export folder, synth-word, synth-bpe, a tokenizer folder or "
+                        "hub id) covers the converted text: unknown-token rate and words, tokens per word")
 
     p = verbs.add_parser("features", help="copy shards with a frozen vision encoder's features precomputed")
     p.add_argument("--encoder", required=True, help="export folder whose vision encoder computes the features")
@@ -50,6 +54,16 @@ def _options(pairs: list[str]) -> dict[str, str]:
         key, value = pair.split("=", 1)
         out[key] = value
     return out
+
+
+def _coverage(spec: str, shards: list[str]) -> dict:
+    """The tokenizer's coverage of the converted records (the 50 most frequent unknown words)."""
+    from mmreason.text.tokenizer import build_tokenizer
+    from mmreason.text.vocabulary import coverage, record_texts, shard_records
+
+    records = shard_records(shards, limit=100_000)
+    report = coverage(build_tokenizer(spec), [t for r in records for t in record_texts(r)])
+    return {"spec": spec, "records": len(records), **report, "unknown": dict(list(report["unknown"].items())[:50])}
 
 
 def run_data_verb(args: argparse.Namespace) -> None:
@@ -76,6 +90,8 @@ def run_data_verb(args: argparse.Namespace) -> None:
                              **_options(args.option))
         except ConversionError as err:  # the message names the file and record: no traceback needed
             raise SystemExit(f"mmreason data convert: {err}") from err
+        if args.tokenizer:
+            report["tokenizer"] = _coverage(args.tokenizer, [str(Path(args.out) / s) for s in report["shards"]])
         named = report["skipped_records"]
         if len(named) > SHOWN_SKIPPED:
             more = f"... and {len(named) - SHOWN_SKIPPED} more in {args.out}/*-skipped.jsonl"

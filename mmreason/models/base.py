@@ -59,6 +59,10 @@ class ZooModel(nn.Module):
         """The modules holding ``part`` (one of :attr:`init_parts`); several when the part is repeated."""
         raise ValueError(f"a {self.family} model has no part {part!r}; its parts: {self.init_parts}")
 
+    def checkpoint_activations(self) -> None:
+        """Recompute activations in backward instead of keeping them, trading compute for memory."""
+        raise ValueError(f"a {self.family} model has no layers whose activations can be recomputed")
+
     def capability_set(self) -> frozenset[str]:
         return self.capabilities
 

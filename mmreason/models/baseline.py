@@ -107,6 +107,11 @@ class VisionLanguageModel(ZooModel):
         modules = {"vision": self.vision, "projector": self.projector, "language": self.lm}
         return [modules[part]] if part in modules else super().part_modules(part)
 
+    def checkpoint_activations(self) -> None:
+        """Each decoder layer of the language model recomputed in backward (transformers' gradient
+        checkpointing; non-reentrant, so it also runs inside FSDP units and with frozen inputs)."""
+        self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
     # ---- inputs -------------------------------------------------------------------------------
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         return self.project_patches(self.vision(images))

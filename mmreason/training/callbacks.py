@@ -17,9 +17,11 @@ import torch
 import yaml
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 
-from mmreason.export import dtype_name, save_export
+from mmreason.export import checkpoint_payload, dtype_name, model_from_checkpoint, save_export
+from mmreason.training.checkpoint import MODEL_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +58,19 @@ class ExportCallback(L.Callback):
         return Path(self.dirpath or trainer.default_root_dir)
 
     def _export(self, trainer, pl_module, name: str) -> None:
+        """On global rank 0; a sharded (FSDP) model's whole weights are first gathered there by every rank,
+        and the model rebuilt from them as ``export --ckpt`` does."""
         recipe = _recipe(trainer)  # trainer.log_dir is a collective call: every rank must reach it
+        sharded = isinstance(trainer.strategy, FSDPStrategy)
+        weights = trainer.strategy.lightning_module_state_dict() if sharded else None  # collective too
         if trainer.is_global_zero:
-            save_export(pl_module.model, self._root(trainer) / name, recipe=recipe,
+            model = pl_module.model
+            if sharded:
+                model = model_from_checkpoint(
+                    checkpoint_payload(model),
+                    {k[len(MODEL_PREFIX):]: v for k, v in weights.items() if k.startswith(MODEL_PREFIX)},
+                    f"the gathered weights for {name}")
+            save_export(model, self._root(trainer) / name, recipe=recipe,
                         metrics=dict(pl_module.last_metrics) | {"global_step": trainer.global_step},
                         dtype=self._dtype(trainer))
         trainer.strategy.barrier("export")

@@ -5,7 +5,9 @@ its code, so a recipe from elsewhere could run anything on the machine (even a
 module lying beside it). Every class a recipe names — ``class_path`` entries
 and the short ``model: pkg.Class`` form — must live under one of
 :data:`ALLOWED_PREFIXES`; names without a dot are resolved by LightningCLI
-among classes already imported, so they need no check.
+among classes already imported, so they need no check. Strategies are Lightning's registered names
+(``ddp``) or :mod:`mmreason.training.sharding`'s, whose arguments name no code; Lightning's own strategy
+classes stay out, as their FSDP and DeepSpeed arguments take wrap policies and other callables.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ ALLOWED_PREFIXES = (
     "mmreason.", "lightning.pytorch.callbacks.", "lightning.pytorch.loggers.", "lightning.pytorch.plugins.",
     "torch.optim.",
 )
-CLASS_KEYS = ("model", "data", "optimizer", "lr_scheduler", "callbacks", "logger", "plugins")
+CLASS_KEYS = ("model", "data", "optimizer", "lr_scheduler", "callbacks", "logger", "plugins", "strategy")
 CONFIG_FLAGS = ("-c", "--config")
 
 
