@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import warnings
 
 DTYPE_CHOICES = ("bf16", "fp16", "fp32", "bfloat16", "float16", "float32")  # mmreason.export's names
 
@@ -14,6 +16,26 @@ LIGHTNING_VERBS = {
     "validate": "validate a checkpoint (-c RECIPE --ckpt_path CKPT)",
     "test": "test a checkpoint (-c RECIPE --ckpt_path CKPT)",
 }
+DEBUG_FLAG, DEBUG_ENV = "--debug", "MMREASON_DEBUG"  # the flag sets the variable, so DDP's worker processes see it
+USER_ERROR = 2  # the exit status of a mistake in the command line, a file or a recipe (argparse's too)
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+# Warnings and log lines nobody running the command can act on (a message's start, as `warnings` matches it)
+NOISE = (
+    "LightningCLI's args parameter is intended",  # our command hands LightningCLI its arguments on purpose
+    "Your `IterableDataset` has `__len__` defined",  # the shard stream's length is an estimate, by design
+    r"Found \d+ module\(s\) in eval mode",  # frozen parts stay in eval mode on purpose
+    "You have overridden `on_after_batch_transfer` in `LightningModule`",  # the module normalises; intended
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # Lightning's use of a torch API
+    "`past_key_values` is deprecated",  # transformers' rename, in the generation our models call
+)
+LOG_NOISE = ("💡 Tip",)  # Lightning's advertisement of its cloud logger
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Reports a command-line mistake as one line that points to ``--help``, not the whole usage."""
+
+    def error(self, message: str):
+        self.exit(USER_ERROR, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
 def _load_arguments(p: argparse.ArgumentParser) -> None:
@@ -37,20 +59,28 @@ def _pipeline_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mmreason", description="Multimodal reasoning model zoo.")
+    parser = OneLineParser(prog="mmreason", description="Multimodal reasoning model zoo.")
+    parser.add_argument(DEBUG_FLAG, action="store_true",
+                        help=f"show the traceback of an error (anywhere on the line; or set {DEBUG_ENV}=1)")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB")
     for verb, text in LIGHTNING_VERBS.items():
         verbs.add_parser(verb, help=text, add_help=False)
 
-    p = verbs.add_parser("predict", help="answer a question about an image with an export folder")
+    p = verbs.add_parser("predict", help="answer a question about an image (or many) with an export folder")
     p.add_argument("--model", required=True, help="export folder")
-    p.add_argument("--image", required=True)
-    p.add_argument("--question", required=True)
+    p.add_argument("--image", default=None, help="the image to ask about (or --inputs: many)")
+    p.add_argument("--question", default=None, help="the question (with --inputs FOLDER: asked of every image)")
     p.add_argument("--choices", nargs="+", default=None, help="options of a multiple-choice question")
     p.add_argument("--max-new-tokens", type=int, default=160)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--out", default=None,
-                   help="save a PNG of what the model found: a crop policy's boxes, a segmentation's mask")
+                   help="save a PNG of what the model found: a crop policy's boxes, a segmentation's mask; with "
+                        "--inputs: the results.jsonl to write")
+    p.add_argument("--inputs", default=None, metavar="FOLDER|FILE.jsonl",
+                   help="answer many images instead of --image: every image of a FOLDER (sorted) asked "
+                        "--question, or one JSON object per line {image, question, choices?, id?} "
+                        "(image paths relative to the file); --out names the results.jsonl to write")
+    p.add_argument("--batch-size", type=int, default=16, help="with --inputs: images answered together")
     _load_arguments(p)
     _pipeline_arguments(p)
 
@@ -62,8 +92,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-new-tokens", type=int, default=160)
     p.add_argument("--limit", type=int, default=None, help="score only the first N samples")
+    p.add_argument("--predictions", default=None, metavar="FILE.jsonl",
+                   help="also write every sample here, one JSON line each in evaluation order: its question, "
+                        "gold answer, generated text, parsed answer, correctness (mask IoU, crop IoU)")
     _load_arguments(p)
     _pipeline_arguments(p)
+
+    p = verbs.add_parser("demo", help="a web page to try an export on your images (pip install 'mmreason[demo]')")
+    p.add_argument("--model", required=True, help="export folder")
+    p.add_argument("--port", type=int, default=7860, help="the local port to serve the page on")
+    p.add_argument("--share", action="store_true",
+                   help="also publish the page through a temporary public link (off by default)")
+    p.add_argument("--max-new-tokens", type=int, default=160)
+    _load_arguments(p)
 
     p = verbs.add_parser("export", help="write an export folder from a training checkpoint (.ckpt)")
     p.add_argument("--ckpt", required=True)
@@ -102,13 +143,60 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet() -> None:
+    """One log line per message, in one format, without the lines in :data:`NOISE` and :data:`LOG_NOISE`;
+    warnings are logged too, so a progress bar prints them above itself."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.captureWarnings(True)
+    logging.getLogger("absl").setLevel(logging.WARNING)  # rouge-score's "Using default tokenizer"
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: not record.getMessage().startswith(LOG_NOISE))
+    for message in NOISE:
+        warnings.filterwarnings("ignore", message=message)
+
+
+def _is_user_error(error: BaseException) -> bool:
+    """A mistake the message explains: a file that is missing or unreadable (``OSError``, PIL's
+    ``UnidentifiedImageError`` and truncated images among them), one of this package's own errors
+    (``ExportError``, ``ImageTooLarge``, …) or a ``ValueError`` this package raised about its input."""
+    if isinstance(error, (OSError, argparse.ArgumentError)) or type(error).__module__.startswith("mmreason."):
+        return True
+    frame = error.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    return (isinstance(error, ValueError) and frame is not None
+            and os.path.abspath(frame.tb_frame.f_code.co_filename).startswith(PACKAGE_DIR))
+
+
+def _one_line(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.strerror and error.filename:
+        return f"{error.filename}: {error.strerror}"
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+    if any(line.startswith("Original Traceback") for line in lines):  # raised in a data loader worker
+        return lines[-1]
+    return " ".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if DEBUG_FLAG in argv:
+        argv = [arg for arg in argv if arg != DEBUG_FLAG]
+        os.environ[DEBUG_ENV] = "1"
+    _quiet()
+    try:
+        _run(argv)
+    except Exception as error:
+        if os.environ.get(DEBUG_ENV) == "1" or not _is_user_error(error):
+            raise
+        print(f"mmreason {argv[0]}: error: {_one_line(error)}", file=sys.stderr)
+        sys.exit(USER_ERROR)
+
+
+def _run(argv: list[str]) -> None:
     if argv and argv[0] in LIGHTNING_VERBS:
         from mmreason.training.cli import run_lightning_cli
 
-        run_lightning_cli(argv)
+        run_lightning_cli(argv, exit_on_error=False)
         return
     args = _parser().parse_args(argv)
     if args.verb is None:
@@ -119,14 +207,22 @@ def main(argv: list[str] | None = None) -> None:
 
         run_data_verb(args)
     elif args.verb == "list":
-        from mmreason.zoo import list_models, model_info
+        from mmreason.zoo import catalogue
 
-        for name in list_models(args.pattern):
-            print(f"{name:28s} {model_info(name)['description']}")
+        for name, description in catalogue(args.pattern).items():
+            print(f"{name:28s} {description}")
+    elif args.verb == "predict" and args.inputs:
+        from mmreason.batch_inference import batch_predict_command
+
+        batch_predict_command(args)
     elif args.verb == "predict":
         from mmreason.inference import predict_command
 
         predict_command(args)
+    elif args.verb == "demo":
+        from mmreason.demo import demo_command
+
+        demo_command(args)
     elif args.verb == "eval":
         from mmreason.inference import eval_command
 

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT, TINY_TEST_CONFIG, fit_args, make_image, mmreason
 
 import mmreason as zoo
@@ -65,6 +66,7 @@ def test_photos_with_new_words_fine_tune_with_lora_and_predict(tmp_path):
     assert isinstance(answer["text"], str)
 
 
+@pytest.mark.slow  # a second fit in a subprocess; check_training_text's refusal is tested in test_vocabulary
 def test_a_word_level_model_is_refused_with_the_remedy(tmp_path):
     data = _photos(tmp_path)
     done = _fit(data, tmp_path / "run", "synth-word")

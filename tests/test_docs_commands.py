@@ -26,7 +26,7 @@ def _fenced_commands(text: str) -> list[str]:
         for line in block.replace("\\\n", " ").splitlines():
             for command in line.split(" # ")[0].split(" && "):
                 command = re.sub(r"\$\{?(\w+)\}?", lambda m, v=values: v.get(m[1], m[0]), command.strip())
-                if command.startswith("mmreason "):
+                if command.startswith("mmreason ") and not command.split()[1].endswith(":"):  # not its output
                     commands.append(command)
     return commands
 
@@ -40,7 +40,8 @@ def documented_commands() -> list[tuple[str, str]]:
             match = RECIPE_COMMAND.search(line) if line.lstrip().startswith("#") else None
             if match:
                 found.append((str(recipe.relative_to(ROOT)), match.group(1).strip()))
-    return [(where, c) for where, c in found if "…" not in c and "..." not in c]
+    # placeholders (…), and recipes a run writes (runs/…/config.yaml) that exist only after that run
+    return [(where, c) for where, c in found if "…" not in c and "..." not in c and "-c runs/" not in c]
 
 
 COMMANDS = documented_commands()

@@ -16,7 +16,7 @@ from mmreason.cli import main
 from mmreason.data.features import write_feature_shards
 from mmreason.data.shards import SKIPPED, collate, decode_sample, eval_stream, resolve_shards
 from mmreason.data.writer import ShardSetWriter, read_sizes
-from mmreason.export import ExportError, save_export
+from mmreason.export import save_export
 
 
 @pytest.fixture(scope="module")
@@ -112,8 +112,9 @@ def test_cli_writes_feature_shards_and_names_a_missing_encoder(export, src, tmp_
     assert report["counts"] == {"train": 5} and (tmp_path / "out" / "train-000001.tar").is_file()
     assert not (tmp_path / "out" / "val-000000.tar").exists()
     missing = tmp_path / "no-such-export"
-    with pytest.raises(ExportError, match="no-such-export"):
+    with pytest.raises(SystemExit) as stopped:  # the command's one-line error, exit status 2
         main(["data", "features", "--encoder", str(missing), "--data", str(src), "--out", str(tmp_path / "o2")])
+    assert stopped.value.code == 2 and "no-such-export' does not exist" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="no shards of splits"):
         write_feature_shards(str(folder), str(src), str(tmp_path / "o3"), splits=("heldout",), progress=False)
 

@@ -19,7 +19,7 @@ from mmreason.text.tokenizer import word_tokenizer
 from mmreason.training import grpo as grpo_training
 from mmreason.training.grpo import GRPOModule
 
-WORDS = ("is there a red blue circle square yes no how many shapes the at left right ? . i see one two look , "
+WORDS = ("is there a red blue circle square yes no how many shapes the at left right ? . i see one two it shows look , "
          "0 1 2 3 4 5 6 7 8 9").split()
 
 

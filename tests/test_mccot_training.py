@@ -16,7 +16,7 @@ RECIPE = ROOT / "recipes" / "mccot" / "scienceqa-base.yaml"
 
 def stage_args(data, root, stage: str, *extra: str) -> list[str]:
     """The real-scale recipe with a tiny model on CPU, 2 steps."""
-    tiny = {k: v for k, v in MCCOT_TEST_CONFIG.items() if k != "stages"}
+    tiny = {**{k: v for k, v in MCCOT_TEST_CONFIG.items() if k != "stages"}, "tokenizer": "synth-bpe"}  # open vocabulary
     return [
         "fit", "-c", str(RECIPE), "--trainer.default_root_dir", str(root),
         "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.precision", "32-true",

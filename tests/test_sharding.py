@@ -40,6 +40,7 @@ def weights(folder) -> dict[str, torch.Tensor]:
     return load_export(folder).state_dict()
 
 
+@pytest.mark.slow  # two 2-process trainings and a resume: about 90 s on 2 cores
 def test_fsdp_trains_as_ddp_does_exports_the_whole_weights_and_resumes(shards, tmp_path):
     fsdp, ddp = tmp_path / "fsdp", tmp_path / "ddp"
     two_ranks(shards, fsdp, 4, *FSDP)

@@ -161,12 +161,13 @@ def test_export_predict_with_an_overlay_and_eval_reports_crops(policy, tmp_path,
     predictions[0]["crops"] = [[2, 2, 12, 12]]
     from mmreason.overlay import draw_crops
     picture = draw_crops(Image.open(tmp_path / "x.png"), predictions[0]["crops"], 32, str(tmp_path / "o.png"))
-    assert picture.size == (256, 256) and picture.getpixel((16, 40)) != Image.open(tmp_path / "x.png").resize(
+    assert picture.width == 256 and picture.height > 256  # the upscaled picture, then its caption band
+    assert picture.getpixel((16, 40)) != Image.open(tmp_path / "x.png").resize(
         (256, 256), Image.NEAREST).getpixel((16, 40))  # the box's left edge at x = 2·8
     main(["predict", "--model", str(folder), "--image", str(tmp_path / "x.png"), "--question",
           "is there a red circle?", "--max-new-tokens", "8", "--out", str(tmp_path / "cli.png"), "--json"])
     assert set(json.loads(capsys.readouterr().out.splitlines()[-1])) >= {"text", "answer", "crops"}
-    assert Image.open(tmp_path / "cli.png").size == (256, 256)
+    assert Image.open(tmp_path / "cli.png").width == 256
     write_shards(tmp_path / "data", "test-", [3])
     result = evaluate(loaded, [str(p) for p in sorted((tmp_path / "data").glob("*.tar"))], batch_size=2,
                       max_new_tokens=8)

@@ -1,21 +1,28 @@
 """Line chart (PNG) of logged training metrics against the step, from Lightning's CSV logs.
 
-    python tools/plot_metrics.py runs/virl-synth-tiny-grpo/lightning_logs/version_0/metrics.csv \
-        [more.csv ...] --metric train/reward [--smooth 5] [--labels outcome step] --out reward.png
+    python tools/plot_metrics.py runs/baseline-synth-tiny-cot [more runs ...] --metric train/loss \
+        [--smooth 5] [--labels a b] --out loss.png
 
-Several CSV files (runs) are drawn in one chart, one colour each; ``--smooth`` is a trailing
-moving average over that many logged points. Drawn with Pillow only (no plotting library).
+Each argument is a run: its folder (every ``lightning_logs/version_*/metrics.csv``
+under it, read in order, so a resumed run continues its first part) or one
+``metrics.csv``. Runs are drawn in one chart, one colour each, with the step on
+the x axis, the metric on the y axis and a legend of the runs (``--labels``;
+default: the run folders' names). ``--smooth`` is a trailing moving average over
+that many logged points. Drawn with Pillow only, so it runs wherever mmreason does.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import re
+from pathlib import Path
 
 from PIL import Image, ImageDraw
 
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e")
 WIDTH, HEIGHT, MARGIN = 640, 400, 56
+LOGS = "lightning_logs"
 
 
 def read_series(path: str, metric: str) -> list[tuple[float, float]]:
@@ -27,12 +34,53 @@ def read_series(path: str, metric: str) -> list[tuple[float, float]]:
     return [(float(r["step"]), float(r[metric])) for r in rows if r.get(metric) not in (None, "")]
 
 
+def metrics_files(run: str) -> list[Path]:
+    """The metrics.csv files of a run folder, oldest version first (or the file itself)."""
+    path = Path(run)
+    if path.is_file():
+        return [path]
+    files = sorted(path.rglob("metrics.csv"), key=lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(p))])
+    if not files:
+        raise SystemExit(f"{run}: no metrics.csv under it (training writes {LOGS}/version_N/metrics.csv)")
+    return files
+
+
+def _columns(path: Path) -> list[str]:
+    with open(path, newline="") as handle:
+        return next(csv.reader(handle), [])
+
+
+def run_series(run: str, metric: str) -> list[tuple[float, float]]:
+    """A run's (step, value) points over all its versions that logged ``metric``, by step (a resumed
+    run's part replaces any steps its first part logged again)."""
+    files = metrics_files(run)
+    points = {}
+    for path in [p for p in files if metric in _columns(p)] or files[:1]:  # none: the first names its columns
+        points.update(read_series(str(path), metric))
+    return sorted(points.items())
+
+
+def run_label(run: str) -> str:
+    """The run folder's name: ``runs/NAME`` or ``runs/NAME/lightning_logs/version_0/metrics.csv`` → NAME."""
+    parts = Path(run).parts
+    return parts[parts.index(LOGS) - 1] if LOGS in parts[1:] else Path(run).name
+
+
 def smooth(values: list[float], window: int) -> list[float]:
     """Trailing moving average (the first points average what exists so far)."""
     return [sum(values[max(0, i - window + 1): i + 1]) / (i + 1 - max(0, i - window + 1)) for i in range(len(values))]
 
 
-def chart(series: dict[str, list[tuple[float, float]]], title: str, out: str) -> Image.Image:
+def _vertical_text(image: Image.Image, text: str, centre: tuple[int, int]) -> None:
+    draw = ImageDraw.Draw(image)
+    left, top, right, bottom = draw.textbbox((0, 0), text)
+    label = Image.new("RGB", (right - left + 2, bottom - top + 2), "white")
+    ImageDraw.Draw(label).text((-left + 1, -top + 1), text, fill="black")
+    label = label.rotate(90, expand=True)
+    image.paste(label, (centre[0] - label.width // 2, centre[1] - label.height // 2))
+
+
+def chart(series: dict[str, list[tuple[float, float]]], title: str, out: str, y_label: str | None = None) -> Image.Image:
     image = Image.new("RGB", (WIDTH, HEIGHT), "white")
     draw = ImageDraw.Draw(image)
     points = [p for s in series.values() for p in s]
@@ -49,35 +97,42 @@ def chart(series: dict[str, list[tuple[float, float]]], title: str, out: str) ->
     draw.rectangle([MARGIN, MARGIN, WIDTH - MARGIN, HEIGHT - MARGIN], outline="black")
     for i in range(5):  # ticks
         y = y0 + (y1 - y0) * i / 4
-        draw.text((4, at(x0, y)[1] - 6), f"{y:.3g}", fill="black")
+        draw.text((14, at(x0, y)[1] - 6), f"{y:.3g}", fill="black")
         x = x0 + (x1 - x0) * i / 4
         draw.text((at(x, y0)[0] - 10, HEIGHT - MARGIN + 6), f"{x:.0f}", fill="black")
     draw.text((WIDTH // 2 - 16, HEIGHT - 20), "step", fill="black")
+    _vertical_text(image, y_label or title, (6, HEIGHT // 2))
     draw.text((MARGIN, 16), title, fill="black")
-    for i, (label, values) in enumerate(series.items()):
-        colour = COLOURS[i % len(COLOURS)]
-        draw.line([at(x, y) for x, y in values], fill=colour, width=2)
-        draw.text((WIDTH - MARGIN - 150, MARGIN + 6 + 14 * i), label, fill=colour)
+    for i, values in enumerate(series.values()):
+        draw.line([at(x, y) for x, y in values], fill=COLOURS[i % len(COLOURS)], width=2)
+    legend_x, legend_y = WIDTH - MARGIN - 170, MARGIN + 6  # a box: a swatch of each run's colour, then its name
+    draw.rectangle([legend_x - 4, legend_y - 3, WIDTH - MARGIN - 4, legend_y + 14 * len(series) + 1],
+                   fill="white", outline="#888888")
+    for i, label in enumerate(series):
+        colour, y = COLOURS[i % len(COLOURS)], legend_y + 14 * i + 6
+        draw.line([(legend_x, y), (legend_x + 16, y)], fill=colour, width=2)
+        draw.text((legend_x + 22, y - 6), label[:24], fill=colour)
     image.save(out)
     return image
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("csv", nargs="+", help="Lightning metrics.csv files, one per run")
-    parser.add_argument("--metric", default="train/reward")
-    parser.add_argument("--labels", nargs="+", default=None, help="one legend label per file")
+    parser.add_argument("runs", nargs="+", help="run folders or metrics.csv files, one per run")
+    parser.add_argument("--metric", default="train/loss", help="a column of metrics.csv (default: train/loss)")
+    parser.add_argument("--labels", nargs="+", default=None, help="one legend label per run")
     parser.add_argument("--smooth", type=int, default=1)
     parser.add_argument("--out", default="metrics.png")
     args = parser.parse_args()
-    labels = args.labels or args.csv
-    if len(labels) != len(args.csv):
-        raise SystemExit(f"--labels gives {len(labels)} labels for {len(args.csv)} files")
+    labels = args.labels or [run_label(run) for run in args.runs]
+    if len(labels) != len(args.runs):
+        raise SystemExit(f"--labels gives {len(labels)} labels for {len(args.runs)} runs")
     series = {}
-    for label, path in zip(labels, args.csv):
-        points = read_series(path, args.metric)
+    for label, run in zip(labels, args.runs):
+        points = run_series(run, args.metric)
         series[label] = list(zip([s for s, _ in points], smooth([v for _, v in points], args.smooth)))
-    chart(series, args.metric + (f" (moving average of {args.smooth})" if args.smooth > 1 else ""), args.out)
+    title = args.metric + (f" (moving average of {args.smooth})" if args.smooth > 1 else "")
+    chart(series, title, args.out, y_label=args.metric)
     print(f"wrote {args.out}")
 
 

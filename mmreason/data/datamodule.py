@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 import lightning as L
 import torch
@@ -53,7 +54,7 @@ class ShardDataModule(L.LightningDataModule):
         max_consecutive_skips: int | None = MAX_CONSECUTIVE_SKIPS,
         allow_pipe: bool = False,
         seed: int = 0,
-        synth: dict | None = None,
+        synth: dict[str, Any] | None = None,
         check_vocabulary: bool = True,
     ):
         super().__init__()

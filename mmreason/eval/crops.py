@@ -41,10 +41,15 @@ class CropReport:
             self.iou_rollouts += 1
         return labels
 
-    def add_many(self, texts: list[str], records: list[Record], image_size: int) -> None:
-        """Generated texts (crop actions in the model's input pixels), one per record."""
+    def add_many(self, texts: list[str], records: list[Record], image_size: int) -> list[float | None]:
+        """Generated texts (crop actions in the model's input pixels), one per record; returns each
+        rollout's mean best IoU (None: no crop or no rationale box to compare)."""
+        ious = []
         for text, record in zip(texts, records, strict=True):
-            self.add(parse_crops(text), record_boxes(record, image_size, image_size))
+            actions, truth = parse_crops(text), record_boxes(record, image_size, image_size)
+            self.add(actions, truth)
+            ious.append(mean_best_iou(actions, truth))
+        return ious
 
     def to_dict(self) -> dict[str, float | None]:
         actions = sum(self.counts.values())

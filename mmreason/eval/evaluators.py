@@ -14,10 +14,11 @@ from __future__ import annotations
 
 from mmreason.data.scene_targets import scenes_of
 from mmreason.eval.accuracy import AccuracyReport, format_table, majority_baseline
+from mmreason.eval.answers import gold_answer
 from mmreason.eval.crops import CropReport
 from mmreason.eval.perception import PerceptionReport, scaled_scene
 from mmreason.eval.rationale import RationaleReport
-from mmreason.eval.segmentation import SegmentationReport, score_segments, with_text_answers
+from mmreason.eval.segmentation import SegmentationReport, has_text_answer, score_segments
 from mmreason.models.base import ANSWERS, CROPS, PERCEIVES, SEGMENTS
 
 
@@ -30,7 +31,9 @@ class Evaluator:
     def __init__(self, scores):
         self.scores = scores
 
-    def add(self, responses: list[dict], batch: dict) -> None:
+    def add(self, responses: list[dict], batch: dict) -> list[dict | None] | None:
+        """Score a batch; returns what each sample scored (None for a sample it does not score), so every
+        sample can be listed with its scores, or None when it keeps no per-sample score."""
         raise NotImplementedError
 
     def metrics(self) -> dict[str, float]:
@@ -53,11 +56,17 @@ class AnswerEvaluator(Evaluator):
         super().__init__(AccuracyReport())
         self.records, self.confidences = [], []
 
-    def add(self, responses: list[dict], batch: dict) -> None:
-        texts, records = with_text_answers([r["text"] for r in responses], batch["records"])
-        self.scores.add_many(texts, records)
-        self.records += records
+    def add(self, responses: list[dict], batch: dict) -> list[dict | None]:
+        outcomes = []
+        for response, record in zip(responses, batch["records"], strict=True):
+            if not has_text_answer(record):
+                outcomes.append(None)
+                continue
+            correct, parsed = self.scores.add(response["text"], record)
+            self.records.append(record)
+            outcomes.append({"gold": gold_answer(record), "parsed_answer": parsed, "correct": correct})
         self.confidences += [r["confidence"] for r in responses if r.get("confidence") is not None]
+        return outcomes
 
     def metrics(self) -> dict[str, float]:
         summary = self.scores.to_dict()
@@ -103,8 +112,9 @@ class CropEvaluator(Evaluator):
         super().__init__(CropReport())
         self.image_size = image_size
 
-    def add(self, responses: list[dict], batch: dict) -> None:
-        self.scores.add_many([r["text"] for r in responses], batch["records"], self.image_size)
+    def add(self, responses: list[dict], batch: dict) -> list[dict]:
+        ious = self.scores.add_many([r["text"] for r in responses], batch["records"], self.image_size)
+        return [{"crop_iou": iou} for iou in ious]
 
     def metrics(self) -> dict[str, float]:
         return {k: v for k, v in self.scores.to_dict().items() if v is not None}
@@ -121,8 +131,8 @@ class SegmentationEvaluator(Evaluator):
     def __init__(self):
         super().__init__(SegmentationReport())
 
-    def add(self, responses: list[dict], batch: dict) -> None:
-        score_segments(self.scores, responses, batch)
+    def add(self, responses: list[dict], batch: dict) -> list[dict | None]:
+        return [None if iou is None else {"iou": iou} for iou in score_segments(self.scores, responses, batch)]
 
     def metrics(self) -> dict[str, float]:
         summary = self.scores.to_dict()

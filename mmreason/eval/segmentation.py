@@ -258,18 +258,20 @@ def question_type(record) -> str:
     return str(query.get("form", record.task)) if isinstance(query, dict) else record.task
 
 
-def score_segments(report: SegmentationReport, results: list[dict], batch: dict) -> None:
-    """Add each sample with a mask to ``report`` (samples without one have nothing to score). A "no object"
-    answer predicts the empty mask; only a sample none of whose answers parsed predicts nothing (None)."""
+def score_segments(report: SegmentationReport, results: list[dict], batch: dict) -> list[float | None]:
+    """Add each sample with a mask to ``report`` (samples without one have nothing to score) and return
+    each sample's IoU (None: no mask, or dropped). A "no object" answer predicts the empty mask; only a
+    sample none of whose answers parsed predicts nothing (None)."""
     masks, sizes = batch.get("masks"), batch.get("orig_sizes") or [None] * len(results)
+    ious = []
     for i, (result, record) in enumerate(zip(results, batch["records"], strict=True)):
         mask = None if masks is None else masks[i]
-        if mask is not None:
-            report.add(None if result.get("parsed") == 0 else result["mask"],
-                       metric_target(mask.cpu(), record, sizes[i]), group=question_type(record))
+        ious.append(None if mask is None else report.add(None if result.get("parsed") == 0 else result["mask"],
+                                                         metric_target(mask.cpu(), record, sizes[i]),
+                                                         group=question_type(record)))
+    return ious
 
 
-def with_text_answers(texts: list[str], records: list) -> tuple[list[str], list]:
-    """The (text, record) pairs whose record has a text answer to score (ReasonSeg's answer is its mask)."""
-    kept = [(t, r) for t, r in zip(texts, records, strict=True) if r.answer.strip()]
-    return [t for t, _ in kept], [r for _, r in kept]
+def has_text_answer(record) -> bool:
+    """Whether a record has a text answer to score (ReasonSeg's answer is its mask)."""
+    return bool(record.answer.strip())

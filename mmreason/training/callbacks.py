@@ -87,6 +87,10 @@ class ExportCallback(L.Callback):
     def on_fit_end(self, trainer, pl_module):
         self._export(trainer, pl_module, "export")
 
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint):
+        """A resumed run's card keeps the last validation metrics, even if it validates no more."""
+        pl_module.last_metrics.update(checkpoint.get("mmreason_metrics") or {})
+
     def state_dict(self):
         return {"best": self.best}
 

@@ -85,7 +85,7 @@ class SFTModule(ModelHooks, Evaluation, L.LightningModule):
 
     def build_model(self):
         """The registered model with its overrides, started from an export as ``init`` says."""
-        return create_model(self.hparams.model, init=self.hparams.init, lora=self.hparams.lora,
+        return create_model(self.hparams.model, init=self.hparams.init, lora=self.hparams.get("lora"),
                             **(self.hparams.model_config or {}))
 
     # ---- optimisation ---------------------------------------------------------------------
