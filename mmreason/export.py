@@ -104,8 +104,9 @@ def _versions() -> dict[str, str]:
 def portable_config(model) -> dict:
     """The model's config rewritten to rebuild from the folder alone (no hub, no weight files)."""
     config = json.loads(json.dumps(model.config))
-    if hasattr(model, "lm"):
-        config["language"] = {"config": {"model_type": model.lm.config.model_type, **model.lm.config.to_diff_dict()}}
+    if hasattr(model, "lm"):  # the weights are stored as loaded: no GGUF or quantisation to read them through
+        language = {k: v for k, v in model.lm.config.to_diff_dict().items() if k != "quantization_config"}
+        config["language"] = {"config": {"model_type": model.lm.config.model_type, **language}}
     if (config.get("init_language") or {}).get("path") is not None:  # no path out of the folder: the architecture
         config["init_language"] = config["language"]
     config["vision"] = {**config["vision"], "pretrained": False, "weights_file": None}

@@ -199,3 +199,11 @@ def test_fine_tuning_starts_from_an_export_and_refuses_architecture_changes(mode
         assert torch.equal(module.model.state_dict()[name], value)
     with pytest.raises(ValueError, match=r"\['projector'\] cannot change an exported model"):
         SFTModule(init={"from": str(folder)}, model_config={"projector": "linear"})
+
+
+def test_a_model_read_from_a_gguf_exports_its_weights_not_the_gguf(model, tmp_path):
+    """transformers keeps the GGUF it de-quantised in the config; the export stores the weights themselves."""
+    model.lm.config.quantization_config = {"quant_method": "gguf", "gguf_file": "model.Q4_1.gguf", "dequantize": False}
+    folder = save_export(model, tmp_path / "export")
+    assert "quantization_config" not in json.loads((folder / "config.json").read_text())["config"]["language"]["config"]
+    assert load_export(folder).lm.config.vocab_size == model.lm.config.vocab_size
