@@ -59,7 +59,7 @@ def test_a_users_mistake_is_one_line_and_exit_status_2(run, tmp_path, failing):
 
 def test_debug_shows_the_traceback(tmp_path, monkeypatch):
     command = ["export", "--ckpt", str(tmp_path / "x.ckpt"), "--out", str(tmp_path / "out")]
-    monkeypatch.delenv("MMREASON_DEBUG", raising=False)  # --debug sets it: the later tests get it unset again
+    monkeypatch.setenv("MMREASON_DEBUG", "0")  # recorded unset: --debug sets it, teardown unsets it for later tests
     with pytest.raises(FileNotFoundError, match="x.ckpt"):  # the exception itself, with its traceback
         main([*command, "--debug"])
     monkeypatch.setenv("MMREASON_DEBUG", "1")
