@@ -28,10 +28,12 @@ def test_series_skip_rows_without_the_metric_and_smoothing_is_trailing(tool, tmp
         tool.read_series(str(path), "train/kl")
 
 
-def test_chart_draws_each_run_in_its_colour(tool, tmp_path):
-    image = tool.chart({"a": [(0, 0.0), (10, 1.0)], "b": [(0, 1.0), (10, 0.0)]}, "reward", str(tmp_path / "c.png"))
+def test_chart_draws_each_run_with_axes_and_a_legend(tool, tmp_path):
+    pytest.importorskip("matplotlib")
+    figure = tool.chart({"a": [(0, 0.0), (10, 1.0)], "b": [(0, 1.0), (10, 0.0)]}, "reward", str(tmp_path / "c.png"),
+                        y_label="train/reward")
     assert Image.open(tmp_path / "c.png").size == (tool.WIDTH, tool.HEIGHT)
-    colours = {image.getpixel((x, y)) for x in range(tool.WIDTH) for y in range(tool.HEIGHT)}
-    assert {(0x1F, 0x77, 0xB4), (0xD6, 0x27, 0x28)} <= colours
-    middle = (tool.WIDTH // 2, tool.HEIGHT // 2)  # both diagonals cross the centre of the plot area
-    assert image.getpixel(middle) != (255, 255, 255)
+    axes = figure.axes[0]
+    assert (axes.get_xlabel(), axes.get_ylabel(), axes.get_title()) == ("step", "train/reward", "reward")
+    assert [t.get_text() for t in axes.get_legend().get_texts()] == ["a", "b"]
+    assert [list(line.get_ydata()) for line in axes.get_lines()] == [[0.0, 1.0], [1.0, 0.0]]

@@ -8,7 +8,7 @@ under it, read in order, so a resumed run continues its first part) or one
 ``metrics.csv``. Runs are drawn in one chart, one colour each, with the step on
 the x axis, the metric on the y axis and a legend of the runs (``--labels``;
 default: the run folders' names). ``--smooth`` is a trailing moving average over
-that many logged points. Drawn with Pillow only, so it runs wherever mmreason does.
+that many logged points. Drawn with matplotlib (`pip install "mmreason[plots]"`).
 """
 
 from __future__ import annotations
@@ -18,10 +18,8 @@ import csv
 import re
 from pathlib import Path
 
-from PIL import Image, ImageDraw
-
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e")
-WIDTH, HEIGHT, MARGIN = 640, 400, 56
+WIDTH, HEIGHT = 640, 400  # pixels of the saved chart
 LOGS = "lightning_logs"
 
 
@@ -71,49 +69,28 @@ def smooth(values: list[float], window: int) -> list[float]:
     return [sum(values[max(0, i - window + 1): i + 1]) / (i + 1 - max(0, i - window + 1)) for i in range(len(values))]
 
 
-def _vertical_text(image: Image.Image, text: str, centre: tuple[int, int]) -> None:
-    draw = ImageDraw.Draw(image)
-    left, top, right, bottom = draw.textbbox((0, 0), text)
-    label = Image.new("RGB", (right - left + 2, bottom - top + 2), "white")
-    ImageDraw.Draw(label).text((-left + 1, -top + 1), text, fill="black")
-    label = label.rotate(90, expand=True)
-    image.paste(label, (centre[0] - label.width // 2, centre[1] - label.height // 2))
+def chart(series: dict[str, list[tuple[float, float]]], title: str, out: str, y_label: str | None = None):
+    """One line per run against the step, with labelled axes, a legend and a grid (matplotlib, the
+    ``plots`` extra); returns the figure."""
+    try:
+        import matplotlib
+    except ImportError as err:
+        raise SystemExit("plotting needs matplotlib: pip install 'mmreason[plots]'") from err
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
 
-
-def chart(series: dict[str, list[tuple[float, float]]], title: str, out: str, y_label: str | None = None) -> Image.Image:
-    image = Image.new("RGB", (WIDTH, HEIGHT), "white")
-    draw = ImageDraw.Draw(image)
-    points = [p for s in series.values() for p in s]
-    if not points:
+    if not any(series.values()):
         raise SystemExit("nothing to draw: no logged values")
-    x0, x1 = min(p[0] for p in points), max(p[0] for p in points)
-    y0, y1 = min(p[1] for p in points), max(p[1] for p in points)
-    x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
-
-    def at(x: float, y: float) -> tuple[float, float]:
-        return (MARGIN + (x - x0) / (x1 - x0) * (WIDTH - 2 * MARGIN),
-                HEIGHT - MARGIN - (y - y0) / (y1 - y0) * (HEIGHT - 2 * MARGIN))
-
-    draw.rectangle([MARGIN, MARGIN, WIDTH - MARGIN, HEIGHT - MARGIN], outline="black")
-    for i in range(5):  # ticks
-        y = y0 + (y1 - y0) * i / 4
-        draw.text((14, at(x0, y)[1] - 6), f"{y:.3g}", fill="black")
-        x = x0 + (x1 - x0) * i / 4
-        draw.text((at(x, y0)[0] - 10, HEIGHT - MARGIN + 6), f"{x:.0f}", fill="black")
-    draw.text((WIDTH // 2 - 16, HEIGHT - 20), "step", fill="black")
-    _vertical_text(image, y_label or title, (6, HEIGHT // 2))
-    draw.text((MARGIN, 16), title, fill="black")
-    for i, values in enumerate(series.values()):
-        draw.line([at(x, y) for x, y in values], fill=COLOURS[i % len(COLOURS)], width=2)
-    legend_x, legend_y = WIDTH - MARGIN - 170, MARGIN + 6  # a box: a swatch of each run's colour, then its name
-    draw.rectangle([legend_x - 4, legend_y - 3, WIDTH - MARGIN - 4, legend_y + 14 * len(series) + 1],
-                   fill="white", outline="#888888")
-    for i, label in enumerate(series):
-        colour, y = COLOURS[i % len(COLOURS)], legend_y + 14 * i + 6
-        draw.line([(legend_x, y), (legend_x + 16, y)], fill=colour, width=2)
-        draw.text((legend_x + 22, y - 6), label[:24], fill=colour)
-    image.save(out)
-    return image
+    figure, axes = plt.subplots(figsize=(WIDTH / 100, HEIGHT / 100), dpi=100)
+    for i, (label, values) in enumerate(series.items()):
+        axes.plot([x for x, _ in values], [y for _, y in values], color=COLOURS[i % len(COLOURS)], label=label)
+    axes.set(title=title, xlabel="step", ylabel=y_label or title)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(out)
+    plt.close(figure)
+    return figure
 
 
 def main() -> None:
