@@ -21,6 +21,7 @@ from tqdm import tqdm
 from mmreason.export import load_export
 from mmreason.inference import check_response_options, in_reading_order, jsonl_writer, pipeline_options
 
+MAX_LINE_CHARS = 1 << 16  # a query line is an image path, a question and choices: longer is not one
 IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
 
 
@@ -38,7 +39,12 @@ def read_inputs(source: str | Path, question: str | None = None,
                 for p in images], []
     queries, bad = [], []
     with source.open(encoding="utf-8", errors="replace") as lines:
-        for number, line in enumerate(lines, 1):
+        for number, line in enumerate(iter(lambda: lines.readline(MAX_LINE_CHARS + 1), ""), 1):
+            if len(line) > MAX_LINE_CHARS:  # read no further than the limit; skip the rest of the line
+                while line and not line.endswith("\n"):
+                    line = lines.readline(MAX_LINE_CHARS)
+                bad.append((f"{source.name}:{number}", f"line longer than {MAX_LINE_CHARS:,} characters"))
+                continue
             if not line.strip():
                 continue
             try:

@@ -231,3 +231,14 @@ def test_eval_predictions_carry_each_crop_iou(tmp_path):
     ious = [line["crop_iou"] for line in _lines(path)]
     assert ious[0] == pytest.approx(1.0) and ious[1] == pytest.approx(1 / 3) and ious[2:] == [None, 0.0]
     assert report["crops"]["mean_crop_iou"] == pytest.approx((1 + 1 / 3 + 0) / 3)
+
+
+def test_an_overlong_jsonl_line_is_named_without_being_read_whole(tmp_path):
+    from mmreason.batch_inference import MAX_LINE_CHARS, read_inputs
+
+    make_image(0).save(tmp_path / "a.png")
+    source = tmp_path / "q.jsonl"
+    source.write_text('{"image": "' + "x" * (3 * MAX_LINE_CHARS) + '"}\n{"image": "a.png", "question": "is it red?"}\n')
+    queries, bad = read_inputs(source)
+    assert [q["image"] for q in queries] == ["a.png"] and queries[0]["id"] == 2  # numbering survives
+    assert bad == [("q.jsonl:1", f"line longer than {MAX_LINE_CHARS:,} characters")]

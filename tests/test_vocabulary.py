@@ -84,3 +84,19 @@ def test_vocab_command_reports_and_writes_the_grown_export(tmp_path):
     assert out["records"] == 3 and out["unknown"]["cat"] == 6 and out["unknown_rate"] > 0.1
     assert out["extended"]["added"] == 6  # cat space suit wearing floats in and out["extended"]["unknown_rate"] == 0.0
     assert load_export(tmp_path / "grown").tokenizer.convert_tokens_to_ids("cat") >= len(load_export(export).tokenizer)
+
+
+def test_sampling_passes_over_an_oversized_record_member(tmp_path):
+    import io
+    import tarfile
+
+    from mmreason.text.vocabulary import MAX_RECORD_BYTES, shard_records
+
+    good = json.dumps(make_record(0)).encode()
+    with tarfile.open(tmp_path / "train-000000.tar", "w") as tar:
+        for name, data in (("big.json", b" " * (MAX_RECORD_BYTES + 1)), ("ok.json", good)):
+            member = tarfile.TarInfo(name)
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    records = shard_records([str(tmp_path / "train-000000.tar")], limit=10)
+    assert [r.question for r in records] == [make_record(0)["question"]]

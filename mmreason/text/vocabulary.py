@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 WORD = re.compile(r"\w+|[^\w\s]")
 TEXT_FIELDS = ("question", "answer", "rationale")
+MAX_RECORD_BYTES = 1 << 20  # a record's JSON larger than this is not a record: passed over unread
 
 
 class UnknownWords(ValueError):
@@ -45,7 +46,8 @@ def record_texts(record) -> list[str]:
 
 def shard_records(urls: Iterable[str], limit: int) -> list:
     """Up to ``limit`` records read from the ``.json`` members of local shards (no image is decoded);
-    remote or unreadable shards and invalid records are passed over: this only samples text."""
+    remote or unreadable shards, invalid records and members over :data:`MAX_RECORD_BYTES` (their size
+    is in the tar header, so they are never read) are passed over: this only samples text."""
     records = []
     for url in urls:
         path = Path(url[len("file:"):] if url.startswith("file:") else url)
@@ -56,7 +58,7 @@ def shard_records(urls: Iterable[str], limit: int) -> list:
                 for member in tar:
                     if len(records) >= limit:
                         return records
-                    if member.isfile() and member.name.endswith(".json"):
+                    if member.isfile() and member.name.endswith(".json") and member.size <= MAX_RECORD_BYTES:
                         try:
                             records.append(validate_record(json.loads(tar.extractfile(member).read())))
                         except (ValueError, TypeError, KeyError, UnicodeDecodeError):
