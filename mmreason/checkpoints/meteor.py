@@ -58,6 +58,7 @@ from mmreason.checkpoints.source import (
     FILE_FIELDS,
     CheckpointError,
     architecture,
+    fit_vocabulary,
     load_converted,
     read_json,
     read_state_dict,
@@ -188,12 +189,9 @@ def _mamba(source: str, hub_only: bool, rows: int) -> tuple[dict, dict, dict]:
     # lm_head: MambaForCausalLM's own, never used by Meteor
     state = {k: v for k, v in read_state_dict(folder).items() if not k.startswith("lm_head.")}
     state = rename_by_prefix(state, MAMBA_PREFIXES, f"{folder} (Meteor-Mamba layout)")
-    table = state.get("traversal.embeddings.weight")
-    if table is None:
+    if "traversal.embeddings.weight" not in state:
         raise CheckpointError(f"{folder}: no backbone.embeddings.weight")
-    if table.shape[0] < rows:
-        state["traversal.embeddings.weight"] = torch.cat(
-            [table, table.mean(0, keepdim=True).expand(rows - table.shape[0], -1)])
+    fit_vocabulary(state, rows, ("traversal.embeddings.weight",))
     return fields, {**config, "folder": str(folder)}, state
 
 

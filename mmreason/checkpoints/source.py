@@ -113,9 +113,9 @@ def rename_by_prefix(state: dict[str, torch.Tensor], mapping: dict[str, str], wh
     return out
 
 
-def fit_vocabulary(state: dict[str, torch.Tensor], rows: int) -> None:
-    """Our tokenizer adds the zoo's special tokens: their rows in the token tables start at the mean."""
-    for key in EMBEDDINGS:
+def fit_vocabulary(state: dict[str, torch.Tensor], rows: int, keys: tuple[str, ...] = EMBEDDINGS) -> None:
+    """Our tokenizer adds the zoo's special tokens: their rows in the token tables ``keys`` start at the mean."""
+    for key in keys:
         if key in state and state[key].shape[0] < rows:
             table = state[key]
             state[key] = torch.cat([table, table.mean(0, keepdim=True).expand(rows - table.shape[0], -1)])
