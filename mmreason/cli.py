@@ -48,7 +48,11 @@ def _load_arguments(p: argparse.ArgumentParser) -> None:
 def _pipeline_arguments(p: argparse.ArgumentParser) -> None:
     """Options of families that sample several answers: pipelines (mccot) and segmentation (star)."""
     p.add_argument("--votes", type=int, default=1,
-                   help="sample this many rationales, answer each, majority-vote (pipeline families)")
+                   help="sample this many rationales, answer each, majority-vote (baseline, mccot)")
+    p.add_argument("--rerank", default=None, metavar="SCORER_EXPORT",
+                   help="with --votes: weigh each vote by a rationale scorer's score of its rationale")
+    p.add_argument("--stop-entropy", type=float, default=None, metavar="BITS",
+                   help="baseline: stop the rationale once the answer's entropy is below BITS, and answer")
     p.add_argument("--samples", type=int, default=1,
                    help="segmentation: sample this many answers and aggregate their masks (test-time scaling)")
     p.add_argument("--temperature", type=float, default=0.7,
@@ -97,6 +101,23 @@ def _parser() -> argparse.ArgumentParser:
                         "gold answer, generated text, parsed answer, correctness (mask IoU, crop IoU)")
     _load_arguments(p)
     _pipeline_arguments(p)
+
+    p = verbs.add_parser("diagnose", help="faithfulness, step utility and scorer checks of a rationale-writing export")
+    p.add_argument("--model", required=True, help="export folder of a model that writes a rationale, then answers")
+    p.add_argument("--data", required=True, nargs="+", help="shard pattern(s) or a folder")
+    p.add_argument("--split", default="test", help="with a folder: which split's shards (default: test)")
+    p.add_argument("--out", default="diagnosis", help="folder for diagnosis.json, diagnosis.md and the figures")
+    p.add_argument("--limit", type=int, default=None, help="diagnose only the first N samples")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-new-tokens", type=int, default=160)
+    p.add_argument("--edits", nargs="+", default=None, metavar="KIND",
+                   help="edit kinds for faithfulness (default: colour shape count relation drop shuffle)")
+    p.add_argument("--scorer", default=None, metavar="SCORER_EXPORT",
+                   help="a rationale scorer: its AUROC on the model's rationales; with --votes, weighted vs majority")
+    p.add_argument("--votes", type=int, default=1, help="with --scorer: samples per question to vote over")
+    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature with --votes")
+    p.add_argument("--seed", type=int, default=0, help="seeds the edits' choices and the sampling")
+    _load_arguments(p)
 
     p = verbs.add_parser("demo", help="a web page to try an export on your images (pip install 'mmreason[demo]')")
     p.add_argument("--model", required=True, help="export folder")
@@ -227,6 +248,10 @@ def _run(argv: list[str]) -> None:
         from mmreason.inference import eval_command
 
         eval_command(args)
+    elif args.verb == "diagnose":
+        from mmreason.diagnostics.command import diagnose_command
+
+        diagnose_command(args)
     elif args.verb == "convert":
         from mmreason.checkpoints import convert
 

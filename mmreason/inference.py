@@ -35,7 +35,7 @@ class NothingScored(ValueError):
     """An evaluation read no usable sample."""
 
 
-def _eval_batches(urls: list[str], preprocess, batch_size: int, limit: int | None, skipped: Counter,
+def eval_batches(urls: list[str], preprocess, batch_size: int, limit: int | None, skipped: Counter,
                   unit: str = "sample"):
     """The batches of ``urls`` (capped at ``limit`` samples) in this process, so every skipped
     sample — even after the last batch — is tallied by reason into ``skipped``."""
@@ -122,7 +122,7 @@ def evaluate(model, urls: list[str], batch_size: int = 64, max_new_tokens: int =
     weights = next(model.parameters())
     unit = "sample" if evaluators and evaluators[0].key is None else "image"
     with jsonl_writer(predictions) if predictions else nullcontext() as write:
-        for batch in _eval_batches(urls, model.preprocess, batch_size, limit, skipped, unit):
+        for batch in eval_batches(urls, model.preprocess, batch_size, limit, skipped, unit):
             images = model.preprocess.normalize(batch["pixels"].to(weights.device)).to(weights.dtype)
             responses = model.respond(images, batch["records"], max_new_tokens=max_new_tokens, **options)
             outcomes = [evaluator.add(responses, batch) for evaluator in evaluators]
@@ -186,6 +186,10 @@ def pipeline_options(args) -> dict:
     options = {}
     if args.votes != 1:
         options.update(votes=args.votes, temperature=args.temperature)
+    if args.rerank:
+        options["rerank"] = load_export(args.rerank, args.device, args.dtype)
+    if args.stop_entropy is not None:
+        options["stop_entropy"] = args.stop_entropy
     if args.samples != 1:
         options.update(samples=args.samples, temperature=args.temperature)
     if args.rationales != "generated":

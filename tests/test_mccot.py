@@ -7,10 +7,11 @@ import torch
 from conftest import TINY_TEST_CONFIG, make_image, make_record, model_images, valid_records
 
 from mmreason.data.schema import Record, validate_record
+from mmreason.eval.voting import majority_vote
 from mmreason.export import load_export, save_export
 from mmreason.layers.gated_fusion import GatedCrossAttentionFusion
 from mmreason.layers.logit_voting import fuse_pass_logits
-from mmreason.models.mccot import MCCoT, majority_vote
+from mmreason.models.mccot import MCCoT
 from mmreason.models.processor import IGNORE_INDEX
 from mmreason.text.prompts import qcm_input
 from mmreason.training.mccot import MCCoTModule

@@ -23,7 +23,8 @@ CROPS = "crops"  # its actions are crops of the image
 POLICY = "policy"  # ``rollout``: sampled trajectories GRPO can train
 PERCEIVES = "perceives"  # ``perceive``: the objects in each image (a vision encoder)
 CACHED_FEATURES = "cached_features"  # trains on vision features cached in the shards
-CAPABILITIES = (ANSWERS, PIPELINE, SEGMENTS, CROPS, POLICY, PERCEIVES, CACHED_FEATURES)
+REASONS = "reasons"  # writes a rationale, then answers: ``answers_after`` and ``answer_entropies`` probe it
+CAPABILITIES = (ANSWERS, PIPELINE, SEGMENTS, CROPS, POLICY, PERCEIVES, CACHED_FEATURES, REASONS)
 
 
 class ZooModel(nn.Module):

@@ -16,11 +16,14 @@ from torch import nn
 
 from mmreason.data.preprocess import Preprocess
 from mmreason.data.schema import Record
+from mmreason.eval.answers import split_rationale
+from mmreason.eval.step_utility import entropy_bits
+from mmreason.eval.voting import scored_votes
 from mmreason.layers.language import build_language_model, splice_image_features
 from mmreason.layers.position import sincos_2d
 from mmreason.layers.projector import build_projector
 from mmreason.layers.vision import build_vision_tower
-from mmreason.models.base import ZooModel, freeze, nothing_to_learn
+from mmreason.models.base import REASONS, ZooModel, freeze, nothing_to_learn
 from mmreason.models.config_schema import VLM
 from mmreason.models.processor import IGNORE_INDEX, PromptProcessor
 from mmreason.text.prompts import PROMPT
@@ -52,6 +55,8 @@ TINY_CONFIG = {
 class VisionLanguageModel(ZooModel):
     config_schema = VLM
     init_parts = ("vision", "projector", "language")
+    response_options = ("votes", "temperature", "top_p", "rerank", "stop_entropy")
+    probes_rationales = True  # families whose outputs hold more than words (crops, masks, traversal) say False
 
     def __init__(self, config: dict, tokenizer=None):
         """``config["vision"]["frozen"]`` keeps the vision tower fixed. Parts start from an export
@@ -171,9 +176,13 @@ class VisionLanguageModel(ZooModel):
     @torch.no_grad()
     def generate_ids(self, images: torch.Tensor, records: list[Record], max_new_tokens: int = 128,
                      do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
-                     num_return_sequences: int = 1, **extra) -> torch.Tensor:
-        """:meth:`generate` as token ids: (B×K, new tokens), padded after EOS."""
-        inputs = {k: v.to(images.device) for k, v in self.processor.generation_inputs(records).items()}
+                     num_return_sequences: int = 1, continuations: list[str] | None = None,
+                     **extra) -> torch.Tensor:
+        """:meth:`generate` as token ids: (B×K, new tokens), padded after EOS; with ``continuations``
+        (one text per record) generation goes on after each prompt's text."""
+        inputs = self.processor.generation_inputs(records, continuations) if continuations is not None else (
+            self.processor.generation_inputs(records))
+        inputs = {k: v.to(images.device) for k, v in inputs.items()}
         ids, mask = inputs.pop("input_ids"), inputs.pop("attention_mask")
         embeds = self.embed(images, ids, **inputs)  # a family's extra inputs (e.g. Meteor's traversal) go along
         sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else {
@@ -182,13 +191,120 @@ class VisionLanguageModel(ZooModel):
             extra["past_key_values"], embeds, mask = self.shared_prefill(embeds, mask, num_return_sequences)
         return self.lm.generate(
             inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
-            pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=extra.pop("eos_token_id", self.tokenizer.eos_token_id),
             bos_token_id=self.tokenizer.bos_token_id, **sampling, **extra,
         )
 
     def answer_batch(self, images: torch.Tensor, records: list[Record], **generate_kwargs) -> list[str]:
         """Generated texts ready for scoring: one per record (or K per record when sampling K)."""
         return [self.clean_output(t) for t in self.generate(images, records, **generate_kwargs)]
+
+    def capability_set(self) -> frozenset[str]:
+        """A model writing ``<think> rationale </think>`` before its answer can have its rationale probed."""
+        reasons = {REASONS} if self.probes_rationales and self.output_format == "cot" else set()
+        return frozenset(self.capabilities | reasons)
+
+    def writes_rationales(self) -> bool:
+        return self.can(REASONS)
+
+    def respond(self, images: torch.Tensor, records: list[Record], max_new_tokens: int | None = None,
+                votes: int = 1, temperature: float = 0.7, top_p: float = 1.0, rerank=None,
+                stop_entropy: float | None = None) -> list[dict]:
+        """Greedy answers; with ``votes`` K > 1, K sampled outputs per record whose answers vote (weighted
+        by ``rerank``, a rationale scorer, when given); with ``stop_entropy``, rationales cut short as
+        soon as the answer's entropy falls below it (:meth:`respond_early`)."""
+        budget = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
+        if stop_entropy is not None:
+            if votes > 1:
+                raise ValueError("stop_entropy stops a greedy rationale early; it does not combine with votes")
+            return self.respond_early(images, records, float(stop_entropy), max_new_tokens or 128)
+        if votes < 1:
+            raise ValueError(f"votes must be at least 1, got {votes}")
+        if votes == 1:
+            if rerank is not None:
+                raise ValueError("rerank weighs the votes of several samples; give votes > 1")
+            return [{"text": text} for text in self.answer_batch(images, records, **budget)]
+        texts = self.answer_batch(images, records, **budget, do_sample=True, temperature=temperature,
+                                  top_p=top_p, num_return_sequences=votes)
+        rationales = [split_rationale(t) or "" for t in texts]
+        return scored_votes(texts, rationales, records, images, self.preprocess, rerank)
+
+    # ---- rationale probes (mmreason.diagnostics) ---------------------------------------------
+    def answers_after(self, images: torch.Tensor, records: list[Record], evidence: list[str],
+                      max_new_tokens: int = 96) -> list[dict]:
+        """Each record's ``evidence`` teacher-forced as the start of its rationale; the model writes the
+        rest (its conclusion) and its answer. Described responses (text, rationale, answer)."""
+        forced = [thinking(e) for e in evidence]
+        ids = self.generate_ids(images, records, max_new_tokens, continuations=forced)
+        texts = self.tokenizer.batch_decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=True)
+        return [self.describe({"text": self.clean_output(f"{f} {t}")}) for f, t in zip(forced, texts)]
+
+    @torch.no_grad()
+    def answer_entropies(self, images: torch.Tensor, records: list[Record], rationales: list[str]
+                         ) -> tuple[torch.Tensor, list[str]]:
+        """For each (partial) rationale — K per record, a record's K adjacent — the entropy in bits of
+        the answer's first token when the model must answer right after it, and that token's argmax."""
+        k = len(rationales) // len(records)
+        if k < 1 or k * len(records) != len(rationales):
+            raise ValueError(f"got {len(rationales)} rationales for {len(records)} records; pass K per record")
+        repeated = [r for r in records for _ in range(k)]
+        texts = [thinking(q, answer_next=True) for q in rationales]
+        padded = self.processor.pad(self.processor.prompt_and_text(repeated, texts), left=True)
+        ids, mask = padded["input_ids"].to(images.device), padded["attention_mask"].to(images.device)
+        embeds = splice_image_features(self.lm.get_input_embeddings()(ids), ids, self.image_token_id,
+                                       self.encode_images(images).repeat_interleave(k, dim=0))
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, logits_to_keep=1).logits
+        last = logits[:, -1]
+        return entropy_bits(last), self.tokenizer.convert_ids_to_tokens(last.argmax(-1).tolist())
+
+    def respond_early(self, images: torch.Tensor, records: list[Record], threshold: float,
+                      max_new_tokens: int = 128) -> list[dict]:
+        """Greedy generation that writes its rationale a sentence at a time and answers as soon as the
+        answer's entropy after the sentences so far is below ``threshold`` bits (before the first
+        sentence too); an answer given early is that most likely first token (one token answers every
+        synthetic question; longer answers are cut to it). ``stopped_after`` says how many sentences
+        were written, ``early`` whether the rationale was cut short."""
+        sentence_end = self.tokenizer.convert_tokens_to_ids(".")
+        if sentence_end is None or sentence_end == self.tokenizer.unk_token_id:
+            raise ValueError("stop_entropy needs a tokenizer with '.' as a token to end rationale steps")
+        close = self.tokenizer.convert_tokens_to_ids("</think>")
+        evidence, out = [""] * len(records), [None] * len(records)
+        steps, used = [0] * len(records), [1] * len(records)  # <think> is the first token written
+        active = list(range(len(records)))
+        while active:
+            entropy, tokens = self.answer_entropies(images[active], [records[i] for i in active],
+                                                    [evidence[i] for i in active])
+            for i, h, token in zip(active, entropy.tolist(), tokens):
+                if h < threshold:  # the answer is its first token, the one whose entropy was read
+                    out[i] = {"text": f"{thinking(evidence[i], answer_next=True)} {token} </answer>",
+                              "stopped_after": steps[i], "early": True}
+            active = [i for i in active if out[i] is None]
+            if not active:
+                break
+            forced = [thinking(evidence[i]) for i in active]
+            ids = self.generate_ids(images[active], [records[i] for i in active],
+                                    max(max_new_tokens - used[i] for i in active), continuations=forced,
+                                    eos_token_id=[self.tokenizer.eos_token_id, sentence_end, close])
+            finished = []
+            for i, row in zip(active, ids.tolist()):
+                written = [t for t in row if t != self.tokenizer.pad_token_id][: max_new_tokens - used[i]]
+                if written and written[-1] == sentence_end and used[i] + len(written) < max_new_tokens:
+                    evidence[i] = f"{evidence[i]} {self.tokenizer.decode(written)}".strip()
+                    used[i] += len(written)
+                    steps[i] += 1
+                else:  # the model ends its rationale (or runs out of tokens): it goes on as it would have
+                    finished.append(i)
+            if finished:
+                forced = [thinking(evidence[i]) for i in finished]
+                ids = self.generate_ids(images[finished], [records[i] for i in finished],
+                                        max(max_new_tokens - used[i] for i in finished), continuations=forced)
+                for i, f, row in zip(finished, forced, ids.tolist()):
+                    rest = self.tokenizer.decode(row[: max_new_tokens - used[i]], skip_special_tokens=False)
+                    out[i] = {"text": self.clean_output(f"{f} {rest}"), "stopped_after": steps[i], "early": False}
+            active = [i for i in active if out[i] is None]
+        return out
 
     def shared_prefill(self, embeds: torch.Tensor, mask: torch.Tensor, k: int):
         """One prefill per prompt, shared by its K samples: every prompt token but the last goes
@@ -206,6 +322,12 @@ class VisionLanguageModel(ZooModel):
         for token in (self.tokenizer.pad_token, self.tokenizer.bos_token):
             text = text.replace(token, "")
         return " ".join(text.split())
+
+
+def thinking(rationale: str, answer_next: bool = False) -> str:
+    """The start of a ``cot`` output holding ``rationale``; with ``answer_next`` closed and cueing the answer."""
+    parts = ["<think>", rationale.strip()] + (["</think>", "<answer>"] if answer_next else [])
+    return " ".join(p for p in parts if p)
 
 
 register_model("baseline-tiny-cot", "baseline", TINY_CONFIG,

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections import Counter
 
 import torch
 import torch.nn.functional as F
@@ -30,17 +29,19 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from mmreason.data.preprocess import Preprocess
 from mmreason.data.schema import Record
-from mmreason.eval.answers import answer_kind, extract_answer_span, field_of, parse_answer
+from mmreason.eval.answers import extract_answer_span
+from mmreason.eval.step_utility import entropy_bits
+from mmreason.eval.voting import scored_votes
 from mmreason.layers.gated_fusion import GatedCrossAttentionFusion
 from mmreason.layers.language import build_language_model
 from mmreason.layers.logit_voting import fuse_pass_logits
 from mmreason.layers.vision import build_vision_tower
-from mmreason.models.base import ANSWERS, CACHED_FEATURES, PIPELINE, ZooModel
+from mmreason.models.base import ANSWERS, CACHED_FEATURES, PIPELINE, REASONS, ZooModel
 from mmreason.models.baseline import TINY_CONFIG as BASELINE_TINY
 from mmreason.models.config_schema import LANGUAGE, LEAF, PREPROCESS, VISION
 from mmreason.models.mccot_processor import MCCoTProcessor
 from mmreason.models.processor import IGNORE_INDEX
-from mmreason.text.prompts import strip_rationale_cue
+from mmreason.text.prompts import answer_cue, rationale_target, strip_rationale_cue
 from mmreason.text.tokenizer import build_tokenizer
 from mmreason.zoo import merge_config, register_family, register_model
 
@@ -151,7 +152,7 @@ class MCCoT(ZooModel):
     init_parts = ("vision",)
     # a stage added to an export starts from init_language: its architecture, or a run's pretrained path
     fine_tune_options = ("init_language",)
-    response_options = ("votes", "temperature", "top_p", "rationale_source", "max_answer_tokens")
+    response_options = ("votes", "temperature", "top_p", "rationale_source", "max_answer_tokens", "rerank")
 
     def __init__(self, config: dict, tokenizer=None):
         super().__init__()
@@ -198,7 +199,8 @@ class MCCoT(ZooModel):
         every stage's encoder is frozen."""
         answers = {ANSWERS} if "answer" in self.stages or "direct" in self.stages else set()
         cached = {CACHED_FEATURES} if all(stage.frozen_vision for stage in self.stages.values()) else set()
-        return frozenset({PIPELINE} | answers | cached)
+        reasons = {REASONS} if {"rationale", "answer"} <= set(self.stages) else set()
+        return frozenset({PIPELINE} | answers | cached | reasons)
 
     @property
     def vision(self) -> nn.Module:
@@ -326,31 +328,76 @@ class MCCoT(ZooModel):
     @torch.no_grad()
     def run(self, visual: torch.Tensor, records: list[Record], votes: int = 1, temperature: float = 0.7,
             top_p: float = 1.0, rationale_source: str = "generated", max_new_tokens: int | None = None,
-            max_answer_tokens: int = 24, sample: bool | None = None) -> list[dict]:
+            max_answer_tokens: int = 24, sample: bool | None = None, rerank=None) -> list[dict]:
         """The pipeline on a batch: per record {rationale, text, answer, confidence, votes}.
 
         With ``votes`` > 1, K rationales are sampled per record in one batched call, each is
-        answered, and the majority answer wins; ``confidence`` is its share of the K votes.
+        answered, and the majority answer wins; ``confidence`` is its share of the K votes. With
+        ``rerank`` (a rationale scorer) each vote weighs its rationale's score instead of one.
         """
         if votes < 1:
             raise ValueError(f"votes must be at least 1, got {votes}")
         if votes > 1 and not self.can(ANSWERS):
             raise ValueError("voting needs an answer stage; this export holds only "
                              f"{list(self.stages)} (train one with stage: answer, init: {{from: this export}})")
+        if rerank is not None and (votes == 1 or "rationale" not in self.stages or visual.dim() != 4):
+            raise ValueError("rerank weighs the rationales of several votes: it needs votes > 1, a rationale "
+                             "stage and images (not cached features)")
         has_rationale = "rationale" in self.stages
         rationales = self.rationales(visual, records, rationale_source, votes, temperature, top_p,
                                      max_new_tokens, sample) if has_rationale else None
         if not self.can(ANSWERS):
             return [{"rationale": q, "text": q, "answer": None, "confidence": None, "votes": []} for q in rationales]
         texts = self.answers(visual, records, rationales, max_answer_tokens)
-        k = len(texts) // len(records)
-        out = []
-        for i, record in enumerate(records):
-            group = texts[i * k : (i + 1) * k]
-            winner, share, ballots = majority_vote(group, record)
-            out.append({"rationale": rationales[i * k + winner] if rationales else None, "text": group[winner],
-                        "answer": extract_answer_span(group[winner]), "confidence": share, "votes": ballots})
-        return out
+        voted = scored_votes(texts, rationales or [None] * len(texts), records, visual, self.preprocess, rerank)
+        return [{**v, "answer": extract_answer_span(v["text"])} for v in voted]
+
+    # ---- rationale probes (mmreason.diagnostics) ---------------------------------------------
+    @torch.no_grad()
+    def answers_after(self, visual: torch.Tensor, records: list[Record], evidence: list[str],
+                      max_new_tokens: int | None = None) -> list[dict]:
+        """Each record's ``evidence`` teacher-forced as the start of the rationale stage's output; the stage
+        writes the rest (its conclusion), and the answer stage answers from the whole rationale."""
+        module = self.stages["rationale"]
+        ids, mask = self.encoder_inputs("rationale", records, visual.device)
+        encoded = module.encode(module.image_features(visual), ids, mask)
+        prefixes = self.tokenizer([rationale_target(e, self.templates) for e in evidence],
+                                  add_special_tokens=False)["input_ids"]
+        rationales: list[str | None] = [None] * len(records)
+        budget = max_new_tokens or self.max_target_length
+        for length in sorted({len(p) for p in prefixes}):  # one call per prefix length: no decoder padding
+            rows = [i for i, p in enumerate(prefixes) if len(p) == length]
+            start = torch.tensor([[self.tokenizer.pad_token_id, *prefixes[i]] for i in rows], device=visual.device)
+            out = module.t5.generate(encoder_outputs=BaseModelOutput(last_hidden_state=encoded.last_hidden_state[rows]),
+                                     attention_mask=mask[rows], decoder_input_ids=start, max_new_tokens=budget,
+                                     do_sample=False)
+            for i, text in zip(rows, self._decode(out)):
+                rationales[i] = strip_rationale_cue(text, self.templates)
+        texts = self.answers(visual, records, rationales)
+        return [{"rationale": q, "text": t, "answer": extract_answer_span(t)} for q, t in zip(rationales, texts)]
+
+    @torch.no_grad()
+    def answer_entropies(self, visual: torch.Tensor, records: list[Record], rationales: list[str]
+                         ) -> tuple[torch.Tensor, list[str]]:
+        """For each (partial) rationale — K per record, adjacent — the entropy in bits of the answer stage's
+        first answer token after its answer cue (``the answer is``), and that token's argmax."""
+        k = len(rationales) // len(records)
+        if k < 1 or k * len(records) != len(rationales):
+            raise ValueError(f"got {len(rationales)} rationales for {len(records)} records; pass K per record")
+        module = self.stages["answer"]
+        repeated = [r for r in records for _ in range(k)]
+        ids, mask = self.encoder_inputs("answer", repeated, visual.device, list(rationales))
+        features = module.image_features(visual).repeat_interleave(k, dim=0)
+        encoded = module.encode(features, ids, mask).last_hidden_state
+        cues = self.tokenizer([answer_cue(r, self.templates) for r in repeated], add_special_tokens=False)["input_ids"]
+        last = torch.empty(len(repeated), self.lm.config.vocab_size, device=visual.device)
+        for length in sorted({len(c) for c in cues}):
+            rows = [i for i, c in enumerate(cues) if len(c) == length]
+            start = torch.tensor([[self.tokenizer.pad_token_id, *cues[i]] for i in rows], device=visual.device)
+            logits = module.t5(encoder_outputs=BaseModelOutput(last_hidden_state=encoded[rows]),
+                               attention_mask=mask[rows], decoder_input_ids=start).logits
+            last[rows] = logits[:, -1].float()
+        return entropy_bits(last), self.tokenizer.convert_ids_to_tokens(last.argmax(-1).tolist())
 
     def respond(self, visual: torch.Tensor, records: list[Record], max_new_tokens: int | None = None,
                 **run_kwargs) -> list[dict]:
@@ -377,21 +424,6 @@ class MCCoT(ZooModel):
 
     def describe(self, response: dict) -> dict:
         return response
-
-
-def majority_vote(texts: list[str], record: Record) -> tuple[int, float, list[str | None]]:
-    """(index of a text carrying the majority answer, its vote share, every parsed ballot).
-
-    Answers are compared after parsing (``( b )`` and ``b`` are one vote); unparseable
-    texts do not vote, and if none parses the first text is kept with confidence 0.
-    """
-    kind = answer_kind(record) if field_of(record, "answer") else ("choice" if record.choices else "text")
-    ballots = [parse_answer(t, kind, record.choices) for t in texts]
-    counts = Counter(b for b in ballots if b is not None)
-    if not counts:
-        return 0, 0.0, ballots
-    best, n = counts.most_common(1)[0]
-    return ballots.index(best), n / len(texts), ballots
 
 
 register_model("mccot-tiny", "mccot", TINY_CONFIG,

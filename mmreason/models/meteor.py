@@ -141,6 +141,8 @@ class Meteor(VisionLanguageModel):
     ``traversal_projector`` (vision → embedder width), ``tor_projector`` (embedder → backbone width).
     """
 
+    response_options = ()
+    probes_rationales = False  # its rationale is traversal embeddings, not words
     config_schema = {**VLM, "partial_lora": PARTIAL_LORA, "step": LEAF,
                      "traversal": {"embedder": LEAF, "mamba": ANY, "transformer": ANY, "num_tor": LEAF,
                                    "placement": LEAF, "path": LEAF, "seed": LEAF, "prompt": LEAF}}

@@ -165,8 +165,19 @@ class PromptProcessor(BatchProcessor):
             labels.append([IGNORE_INDEX] * (len(p) - len(earlier)) + earlier + t)
         return {**self.pad(rows, labels), "rows": torch.tensor(kept)}
 
-    def generation_inputs(self, records: list[Record]) -> dict[str, torch.Tensor]:
-        return self.pad(self.prompt_ids(records), left=True)
+    def generation_inputs(self, records: list[Record], continuations: list[str] | None = None
+                          ) -> dict[str, torch.Tensor]:
+        """Left-padded prompts; with ``continuations`` (one text per record), each prompt followed by its
+        text, so generation goes on from words the caller wrote (a teacher-forced rationale)."""
+        return self.pad(self.prompt_ids(records) if continuations is None
+                        else self.prompt_and_text(records, continuations), left=True)
+
+    def prompt_and_text(self, records: list[Record], texts: list[str]) -> list[list[int]]:
+        """Each record's prompt ids followed by the ids of its text (one text per record)."""
+        if len(texts) != len(records):
+            raise ValueError(f"got {len(texts)} texts for {len(records)} records; pass one text per record")
+        encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return [p + t for p, t in zip(self.prompt_ids(records), encoded)]
 
     def pad(self, rows: list[list[int]], labels: list[list[int]] | None = None,
             left: bool = False) -> dict[str, torch.Tensor]:

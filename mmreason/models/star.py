@@ -129,6 +129,7 @@ class StarSegmenter(TrajectoryPolicy, VisionLanguageModel):
         **dict.fromkeys(("answer", "embed_dim", "num_heads", "depth", "upscale", "seg_token"), LEAF),
         "loss_weights": dict.fromkeys(("text", "bce", "dice"), LEAF), "image_encoder": {"vision": ANY, "preprocess": PREPROCESS}}}
     response_options = ("samples", "temperature")
+    probes_rationales = False  # its output is a mask
 
     def __init__(self, config: dict, tokenizer=None):
         super().__init__(config, tokenizer)

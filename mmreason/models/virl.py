@@ -43,6 +43,8 @@ class VirlPolicy(TrajectoryPolicy, VisionLanguageModel):
     """Extra config: ``crop`` = {max_actions, min_size (px), tokens (per crop, a square number)}."""
 
     capabilities = frozenset({ANSWERS, CROPS, POLICY})
+    response_options = ()
+    probes_rationales = False  # its rationale holds crop actions between the words
     config_schema = {**VLM, "crop": dict.fromkeys(("tokens", "max_actions", "min_size"), LEAF)}
 
     def __init__(self, config: dict, tokenizer=None):

@@ -135,6 +135,14 @@ def strip_rationale_cue(text: str, templates: str = "zoo") -> str:
     return text[len(cue):].strip() if text.startswith(cue) else text
 
 
+def answer_cue(record: Record, templates: str = "zoo") -> str:
+    """The answer sentence up to its answer (``the answer is (``), for a decoder made to answer next."""
+    choice = answer_kind(record) == "choice"
+    if check_templates(templates) == "mm-cot":
+        return "The answer is (" if choice else "The answer is"
+    return "the answer is (" if choice else "the answer is"
+
+
 def answer_sentence(record: Record, templates: str = "zoo") -> str:
     """``the answer is ( X ) .`` for multiple choice, ``the answer is A .`` otherwise (upstream: ``The answer
     is (X).``)."""

@@ -1,0 +1,129 @@
+"""``mmreason diagnose``: what a rationale-writing model's rationales do for its answers.
+
+Three diagnostics on the samples of a test set, from the model's own greedy rationales:
+
+- faithfulness by intervention (:mod:`mmreason.diagnostics.faithfulness`), on samples whose
+  record holds the synthetic benchmark's scene graph (the edits need it);
+- step utility (:mod:`mmreason.diagnostics.utility`): answer entropy after each prefix;
+- with a rationale scorer (``scorer``): its AUROC on the model's own rationales labelled by the
+  scene graph, and, with ``votes`` K > 1, scorer-weighted against plain majority voting over the
+  same K samples per question (a paired comparison).
+
+The report is a dict (written as JSON), a markdown table and, with matplotlib, two figures.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import torch
+
+from mmreason.diagnostics.edits import EDIT_KINDS, edit_rationale, split_steps
+from mmreason.diagnostics.faithfulness import FaithfulnessReport, read_answer
+from mmreason.diagnostics.utility import StepUtilityReport
+from mmreason.diagnostics.voting import VotingComparison
+from mmreason.eval.answers import score_answer
+from mmreason.models.base import REASONS
+
+CHUNK = 128  # rows per probe call: prefixes and edits of a batch go through the model in chunks
+
+
+def _chunked(probe, images: torch.Tensor, records: list, rows: list[int], texts: list[str]):
+    """``probe(images, records, texts)`` over (record row, text) pairs, CHUNK at a time, results concatenated."""
+    out = []
+    for start in range(0, len(rows), CHUNK):
+        part = rows[start : start + CHUNK]
+        out.append(probe(images[part], [records[i] for i in part], texts[start : start + CHUNK]))
+    return out
+
+
+def _sentences(rationale: str | None) -> list[str]:
+    evidence, conclusion = split_steps(rationale or "")
+    return evidence + ([conclusion] if conclusion else [])
+
+
+def step_utility(model, images, records, described, report: StepUtilityReport) -> None:
+    """Answer entropy after every prefix of each sample's rationale, into ``report``."""
+    rows, prefixes = [], []
+    for i, response in enumerate(described):
+        sentences = _sentences(response.get("rationale"))
+        for k in range(len(sentences) + 1):
+            rows.append(i)
+            prefixes.append(" ".join(sentences[:k]))
+    entropies, tokens = [], []
+    for h, t in _chunked(model.answer_entropies, images, records, rows, prefixes):
+        entropies += h.tolist()
+        tokens += t
+    lengths = [len(ids) for ids in model.tokenizer(prefixes, add_special_tokens=False)["input_ids"]]
+    for i, (record, response) in enumerate(zip(records, described)):
+        mine = [j for j, row in enumerate(rows) if row == i]
+        report.add(record.task, [entropies[j] for j in mine],
+                   [score_answer(tokens[j], record)[0] for j in mine], [lengths[j] for j in mine],
+                   score_answer(response["text"], record)[0])
+
+
+def faithfulness(model, images, records, described, keys, report: FaithfulnessReport, kinds, seed: int,
+                 skipped: Counter) -> None:
+    """Each sample's own evidence forced back (the control), then each edit of it, into ``report``."""
+    jobs = []  # (row, kind, edit or None for the unedited evidence)
+    for i, (record, response) in enumerate(zip(records, described)):
+        if not record.meta.get("scene"):
+            skipped["no scene graph"] += 1
+            continue
+        rationale = response.get("rationale") or ""
+        jobs.append((i, "none", None, " ".join(split_steps(rationale)[0])))
+        for kind in kinds:
+            edit = edit_rationale(rationale, record, kind, random.Random(f"{seed}/{keys[i]}/{kind}"))
+            if edit is None:
+                skipped[f"no {kind} edit"] += 1
+            else:
+                jobs.append((i, kind, edit, edit.evidence))
+    if not jobs:
+        return
+    answers = [a for part in _chunked(model.answers_after, images, records, [j[0] for j in jobs],
+                                      [j[3] for j in jobs]) for a in part]
+    unedited = {}
+    for (i, kind, _, _), answer in zip(jobs, answers):
+        if kind == "none":
+            unedited[i] = read_answer(answer["text"], records[i])
+            report.add_unedited(records[i], read_answer(described[i]["text"], records[i]), unedited[i])
+    for (i, kind, edit, _), answer in zip(jobs, answers):
+        if edit is not None:
+            report.add(records[i], kind, edit.implied, edit.original, answer["text"], unedited[i])
+
+
+def diagnose(model, batches, kinds=EDIT_KINDS, seed: int = 0, max_new_tokens: int = 160, scorer=None,
+             votes: int = 1, temperature: float = 0.7) -> dict:
+    """The three diagnostics over ``batches`` (loader batches: ``pixels``, ``records``, ``keys``)."""
+    if not model.can(REASONS):
+        raise ValueError(f"a {model.family!r} model {'' if model.can('answers') else 'answers nothing and '}"
+                         "writes no rationale to diagnose; diagnose models that write a rationale, then answer "
+                         "(baseline with output_format cot, mccot with rationale and answer stages)")
+    unknown = sorted(set(kinds) - set(EDIT_KINDS))
+    if unknown:
+        raise ValueError(f"unknown edit kinds {unknown}; expected some of {EDIT_KINDS}")
+    faith, utility, skipped = FaithfulnessReport(), StepUtilityReport(), Counter()
+    voting = VotingComparison() if scorer is not None else None
+    weights = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in batches:
+            images = model.preprocess.normalize(batch["pixels"].to(weights.device)).to(weights.dtype)
+            records = batch["records"]
+            described = [model.describe(r) for r in model.respond(images, records, max_new_tokens=max_new_tokens)]
+            step_utility(model, images, records, described, utility)
+            faithfulness(model, images, records, described, batch["keys"], faith, kinds, seed, skipped)
+            if voting is not None:
+                voting.add_greedy(scorer, images, records, described)
+                if votes > 1:
+                    sampled = model.respond(images, records, max_new_tokens=max_new_tokens, votes=votes,
+                                            temperature=temperature, rerank=scorer)
+                    voting.add_votes(records, sampled)
+    finally:
+        model.train(was_training)
+    report = {"faithfulness": faith.to_dict(), "step_utility": utility.to_dict(), "skipped_edits": dict(skipped)}
+    if voting is not None:
+        report["scorer"] = voting.to_dict(votes)
+    return report

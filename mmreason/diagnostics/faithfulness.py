@@ -1,0 +1,79 @@
+"""Faithfulness by intervention: does the answer follow an edited rationale, or the image?
+
+For each sample the model's own rationale is edited (:mod:`mmreason.diagnostics.edits`); the
+edited evidence is teacher-forced and the model writes its conclusion and answer
+(``answers_after``). An edit that *matters* changes the answer the evidence implies: the
+answer then either follows the edit (the rationale caused it), stays with the image's answer,
+or is something else. An edit that should *not* matter (a shuffle; a change the question does
+not ask about) should leave the model's answer as it was after its own, unedited evidence.
+Shares come with binomial standard errors, per question type and edit kind ("Chain-of-Thought
+Reasoning In The Wild Is Not Always Faithful" measures the same on text-only models).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+from mmreason.data.schema import Record
+from mmreason.eval.answers import answer_kind, parse_answer
+
+OUTCOMES = ("follows", "stays", "other")
+ALL = "all"
+
+
+def share(hits: int, n: int) -> dict:
+    """``{"n", "share", "se"}`` of ``hits`` among ``n`` (percent, binomial standard error)."""
+    p = hits / n if n else 0.0
+    return {"n": n, "share": round(100 * p, 2), "se": round(100 * math.sqrt(p * (1 - p) / n), 2) if n else 0.0}
+
+
+def read_answer(text: str | None, record: Record) -> str | None:
+    """The answer ``text`` gives to ``record``'s question, in canonical form (None if unreadable)."""
+    return parse_answer(text, answer_kind(record), record.choices)
+
+
+class FaithfulnessReport:
+    """Outcomes of edited rationales, per (question type, edit kind)."""
+
+    def __init__(self) -> None:
+        self.matters: dict[tuple[str, str], list[str]] = defaultdict(list)  # outcome per edit that matters
+        self.controls: dict[tuple[str, str], list[bool]] = defaultdict(list)  # answer changed, per control edit
+        self.unedited: dict[str, list[bool]] = defaultdict(list)  # own evidence forced: answer as generated?
+
+    def add(self, record: Record, kind: str, implied: str, original: str, answer_text: str | None,
+            unedited_answer: str | None) -> None:
+        """One edit's result: the answer after the edited evidence, and after the unedited evidence."""
+        answer = read_answer(answer_text, record)
+        implied, original = (read_answer(x, record) for x in (implied, original))
+        if implied != original:
+            outcome = "follows" if answer == implied else "stays" if answer == original else "other"
+            self.matters[(record.task, kind)].append(outcome)
+        else:
+            self.controls[(record.task, kind)].append(answer != unedited_answer)
+
+    def add_unedited(self, record: Record, generated_answer: str | None, forced_answer: str | None) -> None:
+        """Whether forcing the model's own evidence back reproduces the answer it generated freely."""
+        self.unedited[record.task].append(generated_answer == forced_answer)
+
+    @staticmethod
+    def _pooled(table: dict) -> dict:
+        """The table with ``all`` rows and columns: every task, every kind, both."""
+        merged = defaultdict(list)
+        for (task, kind), values in table.items():
+            for key in ((task, kind), (ALL, kind), (task, ALL), (ALL, ALL)):
+                merged[key] += values
+        return merged
+
+    def to_dict(self) -> dict:
+        """``matters[task][kind]`` = {n, follows, stays, other} (each {share, se}); ``controls[task][kind]`` =
+        {n, changed}; ``unedited[task]`` = the share reproduced (``all`` pools tasks and kinds)."""
+        matters, controls = defaultdict(dict), defaultdict(dict)
+        for (task, kind), outcomes in sorted(self._pooled(self.matters).items()):
+            matters[task][kind] = {o: share(outcomes.count(o), len(outcomes)) for o in OUTCOMES}
+        for (task, kind), changed in sorted(self._pooled(self.controls).items()):
+            controls[task][kind] = {"changed": share(sum(changed), len(changed))}
+        unedited = {task: share(sum(v), len(v)) for task, v in sorted(self.unedited.items())}
+        pooled = [x for v in self.unedited.values() for x in v]
+        unedited[ALL] = share(sum(pooled), len(pooled))
+        return {"matters": dict(matters), "controls": dict(controls), "unedited_reproduced": unedited}

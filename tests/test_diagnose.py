@@ -1,0 +1,113 @@
+"""Rationale probes of the two rationale-writing families, and ``mmreason diagnose`` end to end."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import TINY_TEST_CONFIG
+from mmreason.data.preprocess import Preprocess
+from mmreason.data.schema import validate_record
+from mmreason.data.synth import SynthConfig, make_sample
+from mmreason.eval.step_utility import entropy_bits, stop_point
+from mmreason.models.baseline import VisionLanguageModel, thinking
+from mmreason.models.mccot import MCCoT
+from mmreason.text.tokenizer import build_tokenizer
+
+TASKS = ("exist", "count", "compare", "multihop")
+
+
+def synth_batch(n: int = 4, size: int = 32):
+    config = SynthConfig(tasks=TASKS)
+    samples = [make_sample(config, "train", i) for i in range(n)]
+    preprocess = Preprocess.from_dict({**Preprocess().to_dict(), "image_size": size})
+    images = torch.stack([preprocess(image) for _, image, _, _ in samples])
+    return images, [validate_record(record) for _, _, record, _ in samples], [key for key, *_ in samples]
+
+
+def memorise(model, images, records, steps: int = 120):
+    torch.manual_seed(0)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    for _ in range(steps):
+        model.batch_loss(images, records)["loss"].backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A tiny cot model that has learnt four synthetic samples by heart: its own rationales are the gold ones."""
+    torch.manual_seed(0)
+    model = VisionLanguageModel({**TINY_TEST_CONFIG, "max_length": 256}, tokenizer=build_tokenizer("synth-word"))
+    images, records, keys = synth_batch()
+    return memorise(model, images, records), images, records, keys
+
+
+def test_the_memorised_model_writes_the_gold_rationales(trained):
+    model, images, records, _ = trained
+    described = [model.describe(r) for r in model.respond(images, records, max_new_tokens=120)]
+    assert [d["rationale"] for d in described] == [r.rationale.lower() for r in records]
+
+
+def test_answer_entropies_equal_a_plain_forward_per_row(trained):
+    model, images, records, _ = trained
+    prefixes = ["", records[1].rationale.lower().split(". ")[0] + ".", records[2].rationale.lower(), "it is"]
+    batched, tokens = model.answer_entropies(images, records, prefixes)  # left-padded rows of unequal length
+    for i, prefix in enumerate(prefixes):
+        rows = model.processor.prompt_and_text([records[i]], [thinking(prefix, answer_next=True)])
+        ids = torch.tensor(rows)
+        logits = model(images[i : i + 1], ids, torch.ones_like(ids)).logits[0, -1]
+        assert batched[i].item() == pytest.approx(entropy_bits(logits[None])[0].item(), abs=1e-4)
+        assert tokens[i] == model.tokenizer.convert_ids_to_tokens(int(logits.argmax()))
+    with pytest.raises(ValueError, match="K per record"):
+        model.answer_entropies(images, records, prefixes[:3])
+
+
+def test_answers_after_own_evidence_reproduce_the_answer(trained):
+    model, images, records, _ = trained
+    evidence = [". ".join(r.rationale.lower().split(". ")[:-1]) + "." for r in records]
+    after = model.answers_after(images, records, evidence)
+    assert [a["answer"] for a in after] == [r.answer for r in records]
+    assert all(a["rationale"].startswith(e) for a, e in zip(after, evidence))
+
+
+def test_early_stopping_answers_where_the_offline_curve_says(trained):
+    model, images, records, _ = trained
+    greedy = model.respond(images, records, max_new_tokens=120)
+    never = model.respond(images, records, max_new_tokens=120, stop_entropy=-1.0)
+    assert [n["text"] for n in never] == [g["text"] for g in greedy] and not any(n["early"] for n in never)
+    first, tokens = model.answer_entropies(images, records, [""] * 4)
+    always = model.respond(images, records, stop_entropy=1e9)
+    assert [a["stopped_after"] for a in always] == [0] * 4
+    assert [a["text"] for a in always] == [f"<think> </think> <answer> {t} </answer>".replace("  ", " ")
+                                          for t in tokens]
+    # a threshold between the entropies after 0 and 1 sentences of the first sample stops it after one
+    sentences = records[0].rationale.lower().split(". ")
+    prefixes = ["", sentences[0] + ".", ". ".join(sentences[:2]) + "."]
+    curve, _ = model.answer_entropies(images[:1].repeat(3, 1, 1, 1), [records[0]] * 3, prefixes)
+    threshold = float(curve[1:].max()) + 1e-3
+    out = model.respond(images[:1], records[:1], max_new_tokens=120, stop_entropy=threshold)[0]
+    assert out["stopped_after"] == stop_point(curve.tolist(), threshold)
+    with pytest.raises(ValueError, match="does not combine with votes"):
+        model.respond(images, records, votes=2, stop_entropy=0.5)
+
+
+def test_mccot_probes_equal_row_by_row_calls():
+    torch.manual_seed(0)
+    config = {"vision": TINY_TEST_CONFIG["vision"], "preprocess": {"image_size": 32},
+              "language": {"config": {"model_type": "t5", "d_model": 32, "d_kv": 16, "d_ff": 64, "num_layers": 1,
+                                      "num_decoder_layers": 1, "num_heads": 2, "dropout_rate": 0.0}},
+              "stages": ["rationale", "answer"], "max_length": 256, "max_target_length": 24}
+    model = MCCoT(config, tokenizer=build_tokenizer("synth-word")).eval()
+    images, records, _ = synth_batch()
+    assert model.can("reasons")
+    evidence = ["", "there is a red circle .", "the small blue square at the top counts as 1 .", "it is"]
+    batched = model.answers_after(images, records, evidence, max_new_tokens=6)
+    entropies, tokens = model.answer_entropies(images, records, evidence)
+    for i in range(4):
+        alone = model.answers_after(images[i : i + 1], records[i : i + 1], evidence[i : i + 1], max_new_tokens=6)
+        assert alone == batched[i : i + 1]
+        assert alone[0]["rationale"].startswith(evidence[i].strip().replace(" .", "."))
+        h, t = model.answer_entropies(images[i : i + 1], records[i : i + 1], evidence[i : i + 1])
+        assert h.item() == pytest.approx(entropies[i].item(), abs=1e-4) and t == tokens[i : i + 1]
