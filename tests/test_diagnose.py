@@ -4,8 +4,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import TINY_TEST_CONFIG
+
 from mmreason.data.preprocess import Preprocess
 from mmreason.data.schema import validate_record
 from mmreason.data.synth import SynthConfig, make_sample
@@ -111,3 +111,51 @@ def test_mccot_probes_equal_row_by_row_calls():
         assert alone[0]["rationale"].startswith(evidence[i].strip().replace(" .", "."))
         h, t = model.answer_entropies(images[i : i + 1], records[i : i + 1], evidence[i : i + 1])
         assert h.item() == pytest.approx(entropies[i].item(), abs=1e-4) and t == tokens[i : i + 1]
+
+
+def test_diagnose_reports_the_three_diagnostics(trained, tmp_path):
+    from mmreason.diagnostics.diagnose import diagnose
+    from mmreason.diagnostics.report import figures, markdown
+
+    model, _, records, keys = trained
+    config = SynthConfig(tasks=TASKS)
+    pixels = torch.stack([model.preprocess.to_pixels(make_sample(config, "train", i)[1]) for i in range(4)])
+    report = diagnose(model, [{"pixels": pixels, "records": records, "keys": keys}], max_new_tokens=120)
+    faith, utility = report["faithfulness"], report["step_utility"]
+    assert faith["unedited_reproduced"]["all"] == {"n": 4, "share": 100.0, "se": 0.0}
+    pooled = faith["matters"]["all"]["all"]
+    assert pooled["follows"]["n"] > 0
+    assert sum(pooled[o]["share"] for o in ("follows", "stays", "other")) == pytest.approx(100.0)
+    from mmreason.diagnostics.edits import split_steps
+
+    several = sum(len(split_steps(r.rationale)[0]) >= 2 for r in records)
+    assert faith["controls"]["all"]["shuffle"]["changed"]["n"] == several
+    assert utility["n"] == 4 and set(utility["curves"]) == {*TASKS, "all"}
+    lengths = [len(r.rationale.split(". ")) + 1 for r in records]  # sentences + the empty prefix
+    assert len(utility["curves"]["all"]) == max(lengths)
+    assert utility["early_stopping"][0]["threshold"] == 0.01
+    text = markdown(report)
+    assert "## Faithfulness by intervention" in text and "## Step utility" in text and "| **all** |" in text
+    assert [p.name for p in figures(report, tmp_path)] == ["entropy.png", "faithfulness.png"]
+    assert all((tmp_path / name).stat().st_size > 1000 for name in ("entropy.png", "faithfulness.png"))
+
+
+def test_diagnose_command_writes_report_files_and_refuses_a_direct_answerer(trained, tmp_path, capsys):
+    from mmreason.cli import main
+    from mmreason.data.synth_shards import synthesize
+    from mmreason.export import save_export
+
+    model = trained[0]
+    export = save_export(model, tmp_path / "export")
+    synthesize(tmp_path / "data", {"test": 4}, SynthConfig(tasks=TASKS), progress=False)
+    main(["diagnose", "--model", str(export), "--data", str(tmp_path / "data"), "--limit", "4",
+          "--max-new-tokens", "120", "--out", str(tmp_path / "out")])
+    report = json.loads((tmp_path / "out" / "diagnosis.json").read_text())
+    assert report["step_utility"]["n"] == 4 and report["model"] == str(export)
+    assert (tmp_path / "out" / "diagnosis.md").read_text().startswith("## Faithfulness by intervention")
+    direct = save_export(VisionLanguageModel({**TINY_TEST_CONFIG, "output_format": "answer"},
+                                             tokenizer=model.tokenizer), tmp_path / "direct")
+    with pytest.raises(SystemExit) as stop:
+        main(["diagnose", "--model", str(direct), "--data", str(tmp_path / "data"), "--out", str(tmp_path / "x")])
+    assert stop.value.code != 0
+    assert "writes no rationale to diagnose" in capsys.readouterr().err

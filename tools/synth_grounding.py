@@ -14,33 +14,12 @@ language model's reasoning, limits accuracy.
 from __future__ import annotations
 
 import argparse
-import re
 
 import torch
 
-from mmreason.data.scenes import COLOURS, POSITIONS, SHAPES, SIZES, position_word
 from mmreason.data.shards import eval_stream, resolve_shards
+from mmreason.diagnostics.grounding import CHECKS, grounding
 from mmreason.export import load_export
-
-_POSITION_WORDS = sorted({p for row in POSITIONS for p in row}, key=len, reverse=True)
-MENTION = re.compile(
-    rf"\b({'|'.join(SIZES)}) ({'|'.join(COLOURS)}) ({'|'.join(SHAPES)})(?: at the ({'|'.join(_POSITION_WORDS)}))?"
-)
-CHECKS = ("colour", "shape", "size", "object", "object+position")
-
-
-def grounding(text: str, scene: list[dict], image_size: int) -> dict[str, list[bool]]:
-    """Per check, one bool per mention in ``text``: does the scene hold such an object?"""
-    out: dict[str, list[bool]] = {check: [] for check in CHECKS}
-    for size, colour, shape, position in MENTION.findall(text.lower()):
-        out["colour"].append(any(o["colour"] == colour for o in scene))
-        out["shape"].append(any(o["shape"] == shape for o in scene))
-        out["size"].append(any(o["size"] == size for o in scene))
-        same = [o for o in scene if (o["size"], o["colour"], o["shape"]) == (size, colour, shape)]
-        out["object"].append(bool(same))
-        if position:
-            out["object+position"].append(any(position_word(o, image_size) == position for o in same))
-    return out
 
 
 def main() -> None:

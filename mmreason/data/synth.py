@@ -35,6 +35,7 @@ import random
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import numpy as np
 from PIL import Image
@@ -134,6 +135,26 @@ def _name(obj: dict) -> str:
 
 def _tokens(text: str) -> list[str]:
     return _TOKEN.findall(text.lower())
+
+
+# The sentence forms, public for code that parses or rewrites rationales in them (mmreason.diagnostics).
+TEMPLATES = MappingProxyType(_T)
+
+
+def say(template: str, /, **fields) -> str:
+    """A template of :data:`TEMPLATES` filled in as the generator writes it (capitalised)."""
+    return _say(template, **fields)
+
+
+def article(word: str) -> str:
+    """The article ("a" or "an") the generator puts before ``word``."""
+    return _a(word)
+
+
+def criterion(kind: str, value) -> tuple[Callable[[tuple], bool], str, str]:
+    """(matches a (colour, shape, size) triple, plural noun, singular description) of a count or
+    compare question's ``meta["query"]`` form and value; a pair may come as a JSON list."""
+    return _predicate(kind, tuple(value) if kind == "pair" else value)
 
 
 @dataclass

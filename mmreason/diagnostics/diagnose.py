@@ -3,7 +3,9 @@
 Three diagnostics on the samples of a test set, from the model's own greedy rationales:
 
 - faithfulness by intervention (:mod:`mmreason.diagnostics.faithfulness`), on samples whose
-  record holds the synthetic benchmark's scene graph (the edits need it);
+  record holds the synthetic benchmark's scene graph (the edits need it) and whose own rationale
+  is true to it (an edit's implied answer is the edited scene's, which a false rationale's text
+  need not imply);
 - step utility (:mod:`mmreason.diagnostics.utility`): answer entropy after each prefix;
 - with a rationale scorer (``scorer``): its AUROC on the model's own rationales labelled by the
   scene graph, and, with ``votes`` K > 1, scorer-weighted against plain majority voting over the
@@ -21,6 +23,7 @@ import torch
 
 from mmreason.diagnostics.edits import EDIT_KINDS, edit_rationale, split_steps
 from mmreason.diagnostics.faithfulness import FaithfulnessReport, read_answer
+from mmreason.diagnostics.grounding import rationale_is_true
 from mmreason.diagnostics.utility import StepUtilityReport
 from mmreason.diagnostics.voting import VotingComparison
 from mmreason.eval.answers import score_answer
@@ -72,6 +75,9 @@ def faithfulness(model, images, records, described, keys, report: FaithfulnessRe
             skipped["no scene graph"] += 1
             continue
         rationale = response.get("rationale") or ""
+        if not rationale_is_true(rationale, record):  # an edit's implied answer holds for true rationales only
+            skipped["own rationale not true to the scene"] += 1
+            continue
         jobs.append((i, "none", None, " ".join(split_steps(rationale)[0])))
         for kind in kinds:
             edit = edit_rationale(rationale, record, kind, random.Random(f"{seed}/{keys[i]}/{kind}"))

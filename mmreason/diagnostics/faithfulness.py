@@ -28,6 +28,12 @@ def share(hits: int, n: int) -> dict:
     return {"n": n, "share": round(100 * p, 2), "se": round(100 * math.sqrt(p * (1 - p) / n), 2) if n else 0.0}
 
 
+def _all_last(item) -> tuple:
+    """Sort key of ((task, kind), value) items: by name, the pooled ``all`` rows and columns last."""
+    (task, kind), _ = item
+    return (task == ALL, task, kind == ALL, kind)
+
+
 def read_answer(text: str | None, record: Record) -> str | None:
     """The answer ``text`` gives to ``record``'s question, in canonical form (None if unreadable)."""
     return parse_answer(text, answer_kind(record), record.choices)
@@ -69,9 +75,9 @@ class FaithfulnessReport:
         """``matters[task][kind]`` = {n, follows, stays, other} (each {share, se}); ``controls[task][kind]`` =
         {n, changed}; ``unedited[task]`` = the share reproduced (``all`` pools tasks and kinds)."""
         matters, controls = defaultdict(dict), defaultdict(dict)
-        for (task, kind), outcomes in sorted(self._pooled(self.matters).items()):
+        for (task, kind), outcomes in sorted(self._pooled(self.matters).items(), key=_all_last):
             matters[task][kind] = {o: share(outcomes.count(o), len(outcomes)) for o in OUTCOMES}
-        for (task, kind), changed in sorted(self._pooled(self.controls).items()):
+        for (task, kind), changed in sorted(self._pooled(self.controls).items(), key=_all_last):
             controls[task][kind] = {"changed": share(sum(changed), len(changed))}
         unedited = {task: share(sum(v), len(v)) for task, v in sorted(self.unedited.items())}
         pooled = [x for v in self.unedited.values() for x in v]

@@ -45,7 +45,7 @@ class StepUtilityReport:
         for sample in self.samples:
             groups[sample["task"]].append(sample)
             groups[ALL].append(sample)
-        return dict(sorted(groups.items()))
+        return dict(sorted(groups.items(), key=lambda item: (item[0] == ALL, item[0])))
 
     def to_dict(self) -> dict:
         """``curves[task]`` (mean entropy after k sentences, bits), ``auroc[task]`` of the entropy drop and of

@@ -225,10 +225,17 @@ class VisionLanguageModel(ZooModel):
             if rerank is not None:
                 raise ValueError("rerank weighs the votes of several samples; give votes > 1")
             return [{"text": text} for text in self.answer_batch(images, records, **budget)]
-        texts = self.answer_batch(images, records, **budget, do_sample=True, temperature=temperature,
-                                  top_p=top_p, num_return_sequences=votes)
-        rationales = [split_rationale(t) or "" for t in texts]
-        return scored_votes(texts, rationales, records, images, self.preprocess, rerank)
+        samples = self.sample_outputs(images, records, votes, temperature, top_p, max_new_tokens)
+        return scored_votes([s["text"] for s in samples], [s["rationale"] for s in samples], records, images,
+                            self.preprocess, rerank)
+
+    def sample_outputs(self, images: torch.Tensor, records: list[Record], k: int, temperature: float = 0.7,
+                       top_p: float = 1.0, max_new_tokens: int | None = None) -> list[dict]:
+        """K sampled outputs per record (a record's K adjacent): ``text`` and its ``rationale``."""
+        budget = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
+        texts = self.answer_batch(images, records, **budget, do_sample=True, temperature=temperature, top_p=top_p,
+                                  num_return_sequences=k)
+        return [{"text": t, "rationale": split_rationale(t) or ""} for t in texts]
 
     # ---- rationale probes (mmreason.diagnostics) ---------------------------------------------
     def answers_after(self, images: torch.Tensor, records: list[Record], evidence: list[str],

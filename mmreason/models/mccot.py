@@ -352,6 +352,13 @@ class MCCoT(ZooModel):
         voted = scored_votes(texts, rationales or [None] * len(texts), records, visual, self.preprocess, rerank)
         return [{**v, "answer": extract_answer_span(v["text"])} for v in voted]
 
+    def sample_outputs(self, visual: torch.Tensor, records: list[Record], k: int, temperature: float = 0.7,
+                       top_p: float = 1.0, max_new_tokens: int | None = None) -> list[dict]:
+        """K sampled rationales per record (adjacent), each answered: ``text`` and ``rationale``."""
+        rationales = self.rationales(visual, records, "generated", k, temperature, top_p, max_new_tokens, sample=True)
+        texts = self.answers(visual, records, rationales)
+        return [{"text": t, "rationale": q} for t, q in zip(texts, rationales)]
+
     # ---- rationale probes (mmreason.diagnostics) ---------------------------------------------
     @torch.no_grad()
     def answers_after(self, visual: torch.Tensor, records: list[Record], evidence: list[str],

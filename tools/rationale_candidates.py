@@ -1,0 +1,88 @@
+"""Sample a model's rationales into shards (for a rationale scorer), or make a self-distillation set of them.
+
+    python tools/rationale_candidates.py sample --model runs/baseline-synth-tiny-cot/export \
+        --data data/synth-basic --split train --limit 4000 --samples 4 --out data/candidates [--scorer S]
+    python tools/rationale_candidates.py distill --data data/candidates --split train \
+        --keep scorer --threshold 0.5 --out data/distill-scorer
+
+``sample`` writes ``{split}-*.tar`` shards whose records carry ``meta.candidates``: K sampled
+``{rationale, answer, correct}`` (``correct`` by the scene graph; ``score`` with ``--scorer``).
+``distill`` turns them into training shards: one record per kept sample, holding the sample's
+rationale and answer in place of the gold ones (``--keep all | scorer | true``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+
+import torch
+from tqdm import tqdm
+
+from mmreason.data.shards import resolve_shards
+from mmreason.data.writer import ShardSetWriter
+from mmreason.diagnostics.candidates import FILTERS, candidate_samples, distillation_records
+from mmreason.export import load_export
+from mmreason.inference import eval_batches
+
+
+def sample(args) -> dict:
+    model = load_export(args.model)
+    scorer = load_export(args.scorer) if args.scorer else None
+    torch.manual_seed(args.seed)
+    skipped, counts = Counter(), Counter()
+    batches = eval_batches(resolve_shards(args.data, args.split), model.preprocess, args.batch_size, args.limit,
+                           skipped)
+    with ShardSetWriter(args.out, args.split, samples_per_shard=1000) as writer:
+        for key, image, record in candidate_samples(model, batches, args.samples, args.temperature,
+                                                    args.max_new_tokens, scorer):
+            writer.write(key, image, record)
+            counts["records"] += 1
+            counts["candidates"] += len(record["meta"]["candidates"])
+            counts["true"] += sum(c["correct"] for c in record["meta"]["candidates"])
+    return {**counts, "skipped": dict(skipped)}
+
+
+def distill(args) -> dict:
+    import webdataset as wds
+
+    counts = Counter()
+    with ShardSetWriter(args.out, args.split, samples_per_shard=1000) as writer:
+        for raw in tqdm(wds.WebDataset(resolve_shards(args.data, args.split), shardshuffle=False), desc="distill"):
+            image_key = next(k for k in raw if k in ("png", "jpg", "jpeg"))
+            record = json.loads(raw["json"])
+            counts["records"] += 1
+            for j, kept in enumerate(distillation_records(record, args.keep, args.threshold)):
+                writer.write(f"{raw['__key__']}-{j}", raw[image_key], kept)
+                counts["kept"] += 1
+    return dict(counts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    verbs = parser.add_subparsers(dest="verb", required=True)
+    p = verbs.add_parser("sample")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", default="train")
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--samples", type=int, default=4)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=160)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--scorer", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p = verbs.add_parser("distill")
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", default="train")
+    p.add_argument("--keep", choices=FILTERS, default="all")
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--out", required=True)
+    args = parser.parse_args()
+    print(json.dumps(sample(args) if args.verb == "sample" else distill(args)))
+
+
+if __name__ == "__main__":
+    main()
