@@ -119,6 +119,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seeds the edits' choices and the sampling")
     _load_arguments(p)
 
+    p = verbs.add_parser("score", help="how well a rationale scorer tells right rationales from wrong ones (AUROC)")
+    p.add_argument("--model", required=True, help="export folder of a rationale scorer")
+    p.add_argument("--data", required=True, nargs="+", help="shard pattern(s) or a folder (records may carry "
+                   "sampled candidates: tools/rationale_candidates.py)")
+    p.add_argument("--split", default="test", help="with a folder: which split's shards (default: test)")
+    p.add_argument("--limit", type=int, default=None, help="score only the first N records")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--out", default=None, help="write the report as JSON here")
+    _load_arguments(p)
+
     p = verbs.add_parser("demo", help="a web page to try an export on your images (pip install 'mmreason[demo]')")
     p.add_argument("--model", required=True, help="export folder")
     p.add_argument("--port", type=int, default=7860, help="the local port to serve the page on")
@@ -252,6 +262,10 @@ def _run(argv: list[str]) -> None:
         from mmreason.diagnostics.command import diagnose_command
 
         diagnose_command(args)
+    elif args.verb == "score":
+        from mmreason.diagnostics.scorer_eval import score_command
+
+        score_command(args)
     elif args.verb == "convert":
         from mmreason.checkpoints import convert
 

@@ -4,7 +4,8 @@ A new family registered with ``register_family``/``register_model`` is picked
 up here with no test of its own: it must build from its config, train through
 ``loss(batch)`` on a loader batch, do what its declared capabilities promise,
 round-trip through an export and a checkpoint with equal outputs, answer
-``predict`` and refuse an unknown config key.
+``predict`` (or, declaring no capability, refuse it and evaluation, saying it
+answers no questions) and refuse an unknown config key.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def built(request, shards_for):
 
 def test_the_registry_offers_every_family():
     assert {model_info(n)["family"] for n in OFFLINE_MODELS} >= {"baseline", "encoder", "mccot", "meteor", "virl",
-                                                                 "star"}
+                                                                 "star", "scorer"}
 
 
 def test_declared_capabilities_are_provided(built):
@@ -152,6 +153,10 @@ def test_export_and_checkpoint_round_trips_keep_the_outputs(built, tmp_path):
 def test_evaluation_scores_what_the_capabilities_declare(built, shards_for):
     _, model, _ = built
     urls = shards_for(model.family)
+    if not model.capability_set():  # it answers nothing (a rationale scorer): evaluation refuses, saying why
+        with pytest.raises(ValueError, match="answers no questions"):
+            evaluate(model.eval(), urls, batch_size=4, max_new_tokens=4)
+        return
     report = evaluate(model.eval(), urls, batch_size=4, max_new_tokens=4)["report"]
     assert ("accuracy" in report) == model.can(ANSWERS)
     assert ("perception" in report) == model.can(PERCEIVES)
@@ -172,6 +177,10 @@ def test_generation_and_predict_agree_after_export(built, tmp_path):
     path = tmp_path / "image.png"
     Image.fromarray(batch["pixels"][0].numpy()).save(path)
     question = batch["records"][0].question
+    if not model.capability_set():  # it answers nothing (a rationale scorer): predict refuses, saying why
+        with pytest.raises(ValueError, match="answers no questions"):
+            model.predict(path, question, max_new_tokens=4)
+        return
     loaded = load_export(save_export(model, tmp_path / "export"))
     out, again = (m.predict(path, question, max_new_tokens=4) for m in (model, loaded))
     assert isinstance(out["answer"], (str, type(None))) and out.keys() == again.keys()

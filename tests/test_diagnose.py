@@ -9,6 +9,9 @@ from conftest import TINY_TEST_CONFIG
 from mmreason.data.preprocess import Preprocess
 from mmreason.data.schema import validate_record
 from mmreason.data.synth import SynthConfig, make_sample
+from mmreason.diagnostics.diagnose import diagnose, with_actions
+from mmreason.diagnostics.edits import split_steps
+from mmreason.diagnostics.report import figures, markdown
 from mmreason.eval.step_utility import entropy_bits, stop_point
 from mmreason.models.baseline import VisionLanguageModel, thinking
 from mmreason.models.mccot import MCCoT
@@ -114,20 +117,13 @@ def test_mccot_probes_equal_row_by_row_calls():
 
 
 def test_diagnose_reports_the_three_diagnostics(trained, tmp_path):
-    from mmreason.diagnostics.diagnose import diagnose
-    from mmreason.diagnostics.report import figures, markdown
-
     model, _, records, keys = trained
-    config = SynthConfig(tasks=TASKS)
-    pixels = torch.stack([model.preprocess.to_pixels(make_sample(config, "train", i)[1]) for i in range(4)])
-    report = diagnose(model, [{"pixels": pixels, "records": records, "keys": keys}], max_new_tokens=120)
+    report = diagnose(model, [synth_loader_batch(model, records, keys)], max_new_tokens=120)
     faith, utility = report["faithfulness"], report["step_utility"]
     assert faith["unedited_reproduced"]["all"] == {"n": 4, "share": 100.0, "se": 0.0}
     pooled = faith["matters"]["all"]["all"]
     assert pooled["follows"]["n"] > 0
     assert sum(pooled[o]["share"] for o in ("follows", "stays", "other")) == pytest.approx(100.0)
-    from mmreason.diagnostics.edits import split_steps
-
     several = sum(len(split_steps(r.rationale)[0]) >= 2 for r in records)
     assert faith["controls"]["all"]["shuffle"]["changed"]["n"] == several
     assert utility["n"] == 4 and set(utility["curves"]) == {*TASKS, "all"}
@@ -159,3 +155,48 @@ def test_diagnose_command_writes_report_files_and_refuses_a_direct_answerer(trai
         main(["diagnose", "--model", str(direct), "--data", str(tmp_path / "data"), "--out", str(tmp_path / "x")])
     assert stop.value.code != 0
     assert "writes no rationale to diagnose" in capsys.readouterr().err
+
+
+def test_actions_travel_with_their_sentences():
+    rationale = ("<crop> 1 , 2 , 9 , 9 </crop> the small red circle at the top left counts as 1. "
+                 "<crop> 2 0 , 2 , 3 0 , 9 </crop> the large red square at the top right counts as 2. "
+                 "the number of red shapes is 2, so the answer is 2.")
+    edited = "the large red square at the top right counts as 1. the small blue cross at the left counts as 2."
+    assert with_actions(edited, rationale) == ("<crop> 2 0 , 2 , 3 0 , 9 </crop> the large red square at the top "
+                                               "right counts as 1. the small blue cross at the left counts as 2.")
+    assert with_actions("no crops here. none.", "no crops here. none.") == "no crops here. none."
+
+
+def test_crop_policy_probes_take_its_crops():
+    from mmreason.models.virl import VirlPolicy
+    from mmreason.rl.crop import parse_crops
+
+    torch.manual_seed(0)
+    config = {**TINY_TEST_CONFIG, "max_length": 400, "crop": {"max_actions": 3, "min_size": 4, "tokens": 4}}
+    policy = VirlPolicy(config, tokenizer=build_tokenizer("synth-word"))
+    images, records, keys = synth_batch()
+    memorise(policy, images, records, steps=150)
+    assert policy.can("reasons")
+    described = [policy.describe(r) for r in policy.respond(images, records, max_new_tokens=200)]
+    assert all(parse_crops(d["rationale"]) for d in described)  # its rationales hold crop actions
+    evidence = [" ".join(split_steps_of(d["rationale"])) for d in described]
+    after = policy.answers_after(images, records, evidence)
+    assert [a["answer"] for a in after] == [d["answer"] for d in described]
+    assert [len(a["crops"]) for a in after] == [len(d["crops"]) for d in described]
+    batched, tokens = policy.answer_entropies(images, records, evidence)
+    for i in range(4):
+        alone, token = policy.answer_entropies(images[i : i + 1], records[i : i + 1], evidence[i : i + 1])
+        assert alone.item() == pytest.approx(batched[i].item(), abs=1e-4) and token == tokens[i : i + 1]
+    report = diagnose(policy, [synth_loader_batch(policy, records, keys)], max_new_tokens=200)
+    assert report["step_utility"]["n"] == 4 and report["faithfulness"]["unedited_reproduced"]["all"]["n"] > 0
+
+
+def split_steps_of(rationale: str) -> list[str]:
+    return split_steps(rationale)[0]
+
+
+def synth_loader_batch(model, records, keys) -> dict:
+    """The loader batch of the first len(records) synthetic samples, pixels as the model's loader makes them."""
+    config = SynthConfig(tasks=TASKS)
+    pixels = torch.stack([model.preprocess.to_pixels(make_sample(config, "train", i)[1]) for i in range(len(records))])
+    return {"pixels": pixels, "records": records, "keys": keys}

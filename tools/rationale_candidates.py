@@ -3,7 +3,7 @@
     python tools/rationale_candidates.py sample --model runs/baseline-synth-tiny-cot/export \
         --data data/synth-basic --split train --limit 4000 --samples 4 --out data/candidates [--scorer S]
     python tools/rationale_candidates.py distill --data data/candidates --split train \
-        --keep scorer --threshold 0.5 --out data/distill-scorer
+        --keep scorer --scorer runs/scorer-synth-tiny/export --threshold 0.5 --out data/distill-scorer
 
 ``sample`` writes ``{split}-*.tar`` shards whose records carry ``meta.candidates``: K sampled
 ``{rationale, answer, correct}`` (``correct`` by the scene graph; ``score`` with ``--scorer``).
@@ -18,11 +18,17 @@ import json
 from collections import Counter
 
 import torch
-from tqdm import tqdm
 
+from mmreason.data.preprocess import Preprocess
 from mmreason.data.shards import resolve_shards
 from mmreason.data.writer import ShardSetWriter
-from mmreason.diagnostics.candidates import FILTERS, candidate_samples, distillation_records
+from mmreason.diagnostics.candidates import (
+    FILTERS,
+    candidate_samples,
+    distillation_records,
+    pixels_image,
+    score_candidates,
+)
 from mmreason.export import load_export
 from mmreason.inference import eval_batches
 
@@ -45,18 +51,23 @@ def sample(args) -> dict:
 
 
 def distill(args) -> dict:
-    import webdataset as wds
-
-    counts = Counter()
+    scorer = load_export(args.scorer) if args.scorer else None
+    if args.keep == "scorer" and scorer is None:
+        raise SystemExit("--keep scorer needs --scorer SCORER_EXPORT to score the candidates")
+    preprocess = scorer.preprocess if scorer else Preprocess()
+    counts, skipped = Counter(), Counter()
+    batches = eval_batches(resolve_shards(args.data, args.split), preprocess, 64, None, skipped)
     with ShardSetWriter(args.out, args.split, samples_per_shard=1000) as writer:
-        for raw in tqdm(wds.WebDataset(resolve_shards(args.data, args.split), shardshuffle=False), desc="distill"):
-            image_key = next(k for k in raw if k in ("png", "jpg", "jpeg"))
-            record = json.loads(raw["json"])
-            counts["records"] += 1
-            for j, kept in enumerate(distillation_records(record, args.keep, args.threshold)):
-                writer.write(f"{raw['__key__']}-{j}", raw[image_key], kept)
-                counts["kept"] += 1
-    return dict(counts)
+        for batch in batches:
+            if scorer is not None:
+                score_candidates(scorer, batch)
+            for key, pixels, record in zip(batch["keys"], batch["pixels"], batch["records"]):
+                counts["records"] += 1
+                for j, kept in enumerate(distillation_records(record.to_json(), args.keep, args.threshold)):
+                    writer.write(f"{key}-{j}", pixels_image(pixels), kept)
+                    counts["kept"] += 1
+                    counts["kept_true"] += kept["meta"]["distilled_from"]["correct"]
+    return {**counts, "skipped": dict(skipped)}
 
 
 def main() -> None:
@@ -79,6 +90,7 @@ def main() -> None:
     p.add_argument("--split", default="train")
     p.add_argument("--keep", choices=FILTERS, default="all")
     p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--scorer", default=None, help="score the candidates with this scorer (needed by --keep scorer)")
     p.add_argument("--out", required=True)
     args = parser.parse_args()
     print(json.dumps(sample(args) if args.verb == "sample" else distill(args)))

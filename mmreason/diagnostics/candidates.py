@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -23,9 +22,8 @@ FILTERS = ("all", "scorer", "true")
 
 
 def pixels_image(pixels: torch.Tensor) -> Image.Image:
-    """A (3, H, W) tensor in [0, 1] as the RGB image it came from."""
-    array = (pixels.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    return Image.fromarray(np.ascontiguousarray(array))
+    """A loader's (S, S, 3) uint8 pixels as the RGB image the model saw."""
+    return Image.fromarray(pixels.numpy())
 
 
 @torch.no_grad()
@@ -54,6 +52,23 @@ def candidate_samples(model, batches, k: int, temperature: float, max_new_tokens
             yield key, pixels_image(batch["pixels"][i]), stored
 
 
+@torch.no_grad()
+def score_candidates(scorer, batch: dict) -> None:
+    """Add (or replace) each candidate's ``score`` by ``scorer``, in the batch's records (loader batch)."""
+    rows, rationales = [], []
+    for i, record in enumerate(batch["records"]):
+        for candidate in record.meta.get("candidates", []):
+            rows.append(i)
+            rationales.append(candidate["rationale"])
+    if not rationales:
+        return
+    images = scorer.preprocess.normalize(batch["pixels"])
+    scores = iter(scorer.score(images, batch["records"], rationales, rows=rows).tolist())
+    for record in batch["records"]:
+        for candidate in record.meta.get("candidates", []):
+            candidate["score"] = round(next(scores), 4)
+
+
 def distillation_records(record: dict, keep: str, threshold: float = 0.5) -> list[dict]:
     """Training records made of a candidate-carrying record's samples: its question with a sample's
     rationale and answer, for every sample ``keep`` lets through (``all``; ``scorer``: score ≥
@@ -70,5 +85,5 @@ def distillation_records(record: dict, keep: str, threshold: float = 0.5) -> lis
             continue
         meta = {k: v for k, v in record["meta"].items() if k != "candidates"}
         out.append({**record, "rationale": candidate["rationale"], "answer": candidate["answer"], "steps": [],
-                    "meta": {**meta, "distilled_from": "sample"}})
+                    "meta": {**meta, "distilled_from": {k: v for k, v in candidate.items() if k != "rationale"}}})
     return out

@@ -17,6 +17,7 @@ The report is a dict (written as JSON), a markdown table and, with matplotlib, t
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
 
 import torch
@@ -28,6 +29,7 @@ from mmreason.diagnostics.utility import StepUtilityReport
 from mmreason.diagnostics.voting import VotingComparison
 from mmreason.eval.answers import score_answer
 from mmreason.models.base import REASONS
+from mmreason.rl.crop import crop_segments, strip_crops
 
 CHUNK = 128  # rows per probe call: prefixes and edits of a batch go through the model in chunks
 
@@ -39,6 +41,22 @@ def _chunked(probe, images: torch.Tensor, records: list, rows: list[int], texts:
         part = rows[start : start + CHUNK]
         out.append(probe(images[part], [records[i] for i in part], texts[start : start + CHUNK]))
     return out
+
+
+def _words_key(sentence: str) -> str:
+    return " ".join(re.sub(r"\d", " ", strip_crops(sentence).lower()).split())
+
+
+def with_actions(evidence: str, rationale: str) -> str:
+    """``evidence`` (words only) with the actions (crops) the model took before each of its sentences in
+    ``rationale`` put back before the same sentence (matched without digits, so a renumbered count keeps
+    its crop); a sentence an edit rewrote has none. Text without actions comes back unchanged."""
+    taken = {}
+    for sentence in split_steps(rationale)[0]:
+        actions = [piece for piece, box in crop_segments(sentence) if box is not False]
+        if actions:
+            taken[_words_key(sentence)] = " ".join(actions)
+    return " ".join(f"{taken[_words_key(s)]} {s}" if _words_key(s) in taken else s for s in split_steps(evidence)[0])
 
 
 def _sentences(rationale: str | None) -> list[str]:
@@ -75,16 +93,17 @@ def faithfulness(model, images, records, described, keys, report: FaithfulnessRe
             skipped["no scene graph"] += 1
             continue
         rationale = response.get("rationale") or ""
+        words = strip_crops(rationale)
         if not rationale_is_true(rationale, record):  # an edit's implied answer holds for true rationales only
             skipped["own rationale not true to the scene"] += 1
             continue
         jobs.append((i, "none", None, " ".join(split_steps(rationale)[0])))
         for kind in kinds:
-            edit = edit_rationale(rationale, record, kind, random.Random(f"{seed}/{keys[i]}/{kind}"))
+            edit = edit_rationale(words, record, kind, random.Random(f"{seed}/{keys[i]}/{kind}"))
             if edit is None:
                 skipped[f"no {kind} edit"] += 1
             else:
-                jobs.append((i, kind, edit, edit.evidence))
+                jobs.append((i, kind, edit, with_actions(edit.evidence, rationale)))
     if not jobs:
         return
     answers = [a for part in _chunked(model.answers_after, images, records, [j[0] for j in jobs],
@@ -105,7 +124,7 @@ def diagnose(model, batches, kinds=EDIT_KINDS, seed: int = 0, max_new_tokens: in
     if not model.can(REASONS):
         raise ValueError(f"a {model.family!r} model {'' if model.can('answers') else 'answers nothing and '}"
                          "writes no rationale to diagnose; diagnose models that write a rationale, then answer "
-                         "(baseline with output_format cot, mccot with rationale and answer stages)")
+                         "(baseline with output_format cot, mccot with rationale and answer stages, virl)")
     unknown = sorted(set(kinds) - set(EDIT_KINDS))
     if unknown:
         raise ValueError(f"unknown edit kinds {unknown}; expected some of {EDIT_KINDS}")

@@ -14,6 +14,7 @@ import re
 from mmreason.data.scenes import COLOURS, POSITIONS, SHAPES, SIZES, position_word
 from mmreason.diagnostics.edits import split_steps
 from mmreason.eval.answers import field_of, score_answer
+from mmreason.rl.crop import strip_crops
 
 _POSITION_WORDS = sorted({p for row in POSITIONS for p in row}, key=len, reverse=True)
 MENTION = re.compile(
@@ -56,12 +57,14 @@ def _placed_hold(text: str, scene: list[dict], image_size: int) -> bool:
 def rationale_is_true(rationale: str, record) -> bool:
     """Whether every object ``rationale`` mentions exists in the record's scene with that size, colour and
     shape, at the stated position where one is stated (full mentions and "the <pair> is at the <pos>"),
-    and its concluding sentence ("..., so the answer is X.") gives the record's answer."""
+    and its concluding sentence ("..., so the answer is X.") gives the record's answer. Crop actions
+    between the words are not statements and are left out."""
     meta = field_of(record, "meta") or {}
     if "scene" not in meta or "image_size" not in meta:
         raise ValueError(f"rationale_is_true needs a synthetic record with meta['scene'] and "
                          f"meta['image_size'], got meta keys {sorted(meta)}")
-    _, conclusion = split_steps(rationale or "")
+    rationale = strip_crops(rationale or "")
+    _, conclusion = split_steps(rationale)
     if conclusion is None or not score_answer(conclusion, record)[0]:
         return False
     text, scene = rationale.lower(), meta["scene"]

@@ -63,8 +63,8 @@ def _area(entry: dict) -> str:
 
 def scorer_table(scorer: dict) -> str:
     lines = [f"Scorer AUROC on the model's greedy rationales (true vs false by the scene graph): "
-             f"{_area(scorer['greedy_rationales'])} ({scorer['greedy_rationales']['correct']} true, "
-             f"{scorer['greedy_rationales']['wrong']} false)."]
+             f"{_area(scorer['greedy_rationales'])} ({scorer['greedy_rationales']['positives']} true, "
+             f"{scorer['greedy_rationales']['negatives']} false)."]
     votes = scorer.get("votes")
     if votes:
         diff = votes["scorer_minus_majority"]

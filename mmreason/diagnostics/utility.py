@@ -11,19 +11,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from mmreason.eval.auroc import auroc, auroc_standard_error
+from mmreason.eval.auroc import auroc_report
 from mmreason.eval.step_utility import early_stop_sweep, entropy_drop, mean_curve
 
 THRESHOLDS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
 ALL = "all"
-
-
-def auroc_entry(scores: list[float], labels: list[bool]) -> dict:
-    area = auroc(scores, labels)
-    n_pos, n_neg = sum(labels), len(labels) - sum(labels)
-    return {"auroc": None if area is None else round(area, 4),
-            "se": None if area is None else round(auroc_standard_error(area, n_pos, n_neg), 4),
-            "correct": n_pos, "wrong": n_neg}
 
 
 class StepUtilityReport:
@@ -56,8 +48,8 @@ class StepUtilityReport:
             width = max(len(s["curve"]) for s in samples)
             curves[task] = [None if v is None else round(v, 4) for v in mean_curve([s["curve"] for s in samples], width)]
             labels = [s["correct"] for s in samples]
-            areas[task] = {"entropy_drop": auroc_entry([entropy_drop(s["curve"]) for s in samples], labels),
-                           "final_certainty": auroc_entry([-s["curve"][-1] for s in samples], labels)}
+            areas[task] = {"entropy_drop": auroc_report([entropy_drop(s["curve"]) for s in samples], labels),
+                           "final_certainty": auroc_report([-s["curve"][-1] for s in samples], labels)}
         sweep = early_stop_sweep([s["curve"] for s in self.samples], [s["prefix_correct"] for s in self.samples],
                                  [s["prefix_tokens"] for s in self.samples], self.thresholds) if self.samples else []
         return {"n": len(self.samples), "curves": curves, "auroc": areas,

@@ -12,8 +12,8 @@ import math
 
 from mmreason.diagnostics.faithfulness import share
 from mmreason.diagnostics.grounding import rationale_is_true
-from mmreason.diagnostics.utility import auroc_entry
 from mmreason.eval.answers import gold_answer
+from mmreason.eval.auroc import auroc_report
 from mmreason.eval.voting import tally
 
 
@@ -44,7 +44,7 @@ class VotingComparison:
             self.any_right.append(gold in ballots)
 
     def to_dict(self, votes: int) -> dict:
-        out = {"greedy_rationales": auroc_entry(self.greedy_scores, self.greedy_true)}
+        out = {"greedy_rationales": auroc_report(self.greedy_scores, self.greedy_true)}
         n = len(self.majority)
         if n:
             diffs = [int(w) - int(m) for w, m in zip(self.weighted, self.majority)]

@@ -30,3 +30,14 @@ def auroc_standard_error(area: float, n_pos: int, n_neg: int) -> float:
     q1, q2 = area / (2 - area), 2 * area * area / (1 + area)
     var = (area * (1 - area) + (n_pos - 1) * (q1 - area ** 2) + (n_neg - 1) * (q2 - area ** 2)) / (n_pos * n_neg)
     return float(np.sqrt(max(var, 0.0)))
+
+
+def auroc_report(scores: Sequence[float], labels: Sequence[bool]) -> dict:
+    """``{"auroc", "se", "positives", "negatives"}`` of ``scores`` for ``labels`` (AUROC and its standard
+    error None without both classes), rounded to four places."""
+    area = auroc(scores, labels)
+    n_pos = int(sum(bool(x) for x in labels))
+    n_neg = len(labels) - n_pos
+    return {"auroc": None if area is None else round(area, 4),
+            "se": None if area is None else round(auroc_standard_error(area, n_pos, n_neg), 4),
+            "positives": n_pos, "negatives": n_neg}

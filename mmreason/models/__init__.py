@@ -4,4 +4,4 @@ Importing this package registers every built-in family and named model (each
 family registers itself in its own file).
 """
 
-from mmreason.models import baseline, encoder, mccot, meteor, star, virl  # noqa: F401
+from mmreason.models import baseline, encoder, mccot, meteor, scorer, star, virl  # noqa: F401

@@ -205,9 +205,6 @@ class VisionLanguageModel(ZooModel):
         reasons = {REASONS} if self.probes_rationales and self.output_format == "cot" else set()
         return frozenset(self.capabilities | reasons)
 
-    def writes_rationales(self) -> bool:
-        return self.can(REASONS)
-
     def respond(self, images: torch.Tensor, records: list[Record], max_new_tokens: int | None = None,
                 votes: int = 1, temperature: float = 0.7, top_p: float = 1.0, rerank=None,
                 stop_entropy: float | None = None) -> list[dict]:

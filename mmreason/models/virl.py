@@ -23,13 +23,22 @@ import torch.nn.functional as F
 
 from mmreason.data.schema import Record
 from mmreason.eval.crops import record_boxes
+from mmreason.eval.step_utility import entropy_bits
 from mmreason.models.base import ANSWERS, CROPS, POLICY
 from mmreason.models.baseline import TINY_CONFIG as BASELINE_TINY
-from mmreason.models.baseline import VisionLanguageModel
+from mmreason.models.baseline import VisionLanguageModel, thinking
 from mmreason.models.config_schema import LEAF, VLM
 from mmreason.models.policy import Trajectory, TrajectoryPolicy
 from mmreason.models.processor import refuse_turns
-from mmreason.rl.crop import CROP_CLOSE, CROP_OPEN, clamp_box, crop_and_resize, crop_text, parse_box
+from mmreason.rl.crop import (
+    CROP_CLOSE,
+    CROP_OPEN,
+    clamp_box,
+    crop_and_resize,
+    crop_segments,
+    crop_text,
+    parse_box,
+)
 from mmreason.rl.grpo import token_log_probs
 from mmreason.text.prompts import answer_tag
 from mmreason.zoo import merge_config, register_family, register_model
@@ -44,7 +53,6 @@ class VirlPolicy(TrajectoryPolicy, VisionLanguageModel):
 
     capabilities = frozenset({ANSWERS, CROPS, POLICY})
     response_options = ()
-    probes_rationales = False  # its rationale holds crop actions between the words
     config_schema = {**VLM, "crop": dict.fromkeys(("tokens", "max_actions", "min_size"), LEAF)}
 
     def __init__(self, config: dict, tokenizer=None):
@@ -135,11 +143,16 @@ class VirlPolicy(TrajectoryPolicy, VisionLanguageModel):
     # ---- generation with crop actions ----------------------------------------------------------
     @torch.no_grad()
     def rollout(self, images: torch.Tensor, records: list[Record], samples: int = 1, max_new_tokens: int = 128,
-                do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0) -> list[Trajectory]:
+                do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+                start: list[Trajectory] | None = None) -> list[Trajectory]:
         """``samples`` trajectories per record (adjacent), generated together: every turn generates
-        until EOS or ``</crop>`` for all unfinished rows at once, then crops, encodes and goes on."""
-        prompts = self.processor.prompt_ids(records)
-        trajectories = [Trajectory(i, prompts[i]) for i in range(len(records)) for _ in range(samples)]
+        until EOS or ``</crop>`` for all unfinished rows at once, then crops, encodes and goes on.
+        ``start``: trajectories to go on from instead (one per record; their tokens count in the budget)."""
+        if start is None:
+            prompts = self.processor.prompt_ids(records)
+            trajectories = [Trajectory(i, prompts[i]) for i in range(len(records)) for _ in range(samples)]
+        else:
+            trajectories = start
         sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else {
             "do_sample": False}
         for turn in range(self.max_actions + 1):
@@ -195,6 +208,41 @@ class VirlPolicy(TrajectoryPolicy, VisionLanguageModel):
 
     def describe(self, response: dict) -> dict:
         return {**super().describe(response), "input_size": self.preprocess.image_size}
+
+    # ---- rationale probes (mmreason.diagnostics): forced text may hold crop actions --------------
+    def forced_trajectory(self, record: Record, image_index: int, images: torch.Tensor, text: str) -> Trajectory:
+        """The prompt, then ``text`` as if the policy had written it: each crop action in it is taken (its
+        crop's image tokens follow it), as in the policy's own rollouts."""
+        trajectory = Trajectory(image_index, self.processor.prompt_ids([record])[0])
+        for piece, box in crop_segments(text):
+            start = len(trajectory.completion)
+            trajectory.extend(self._ids(piece), True)
+            if box is not False and len(trajectory.actions) < self.max_actions:
+                self._act(trajectory, start, box, None if box is None else self._clamp(box, images))
+        return trajectory
+
+    def answers_after(self, images: torch.Tensor, records: list[Record], evidence: list[str],
+                      max_new_tokens: int = 96) -> list[dict]:
+        """Each record's ``evidence`` (crop actions taken) forced as the start of its rationale; the policy
+        writes the rest, cropping as it likes. Described responses."""
+        start = [self.forced_trajectory(r, i, images, thinking(e)) for i, (r, e) in enumerate(zip(records, evidence))]
+        budget = max(sum(t.policy_mask) for t in start) + max_new_tokens
+        done = self.rollout(images, records, max_new_tokens=budget, start=start)
+        return [self.describe({"text": self.clean_output(self.completion_text(t)), "crops": t.crops}) for t in done]
+
+    @torch.no_grad()
+    def answer_entropies(self, images: torch.Tensor, records: list[Record], rationales: list[str]
+                         ) -> tuple[torch.Tensor, list[str]]:
+        """As the baseline's, with each (partial) rationale's crop actions taken before the answer is read."""
+        k = len(rationales) // len(records)
+        if k < 1 or k * len(records) != len(rationales):
+            raise ValueError(f"got {len(rationales)} rationales for {len(records)} records; pass K per record")
+        trajectories = [self.forced_trajectory(records[j // k], j // k, images, thinking(q, answer_next=True))
+                        for j, q in enumerate(rationales)]
+        inputs = self.trajectory_embeddings(images, trajectories, left=True)
+        positions = (inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+        last = self.lm(**inputs, position_ids=positions, logits_to_keep=1).logits[:, -1]
+        return entropy_bits(last), self.tokenizer.convert_ids_to_tokens(last.argmax(-1).tolist())
 
 
 def _last_index(items: list[int], value: int, since: int = 0) -> int | None:

@@ -83,6 +83,25 @@ def parse_crops(text: str) -> list[list[float] | None]:
     return [parse_box(body) for body in _CROP.findall(text)]
 
 
+def crop_segments(text: str) -> list[tuple[str, list[float] | None | bool]]:
+    """``text`` cut into its pieces in order: ``(words, False)`` for text, ``(action, box)`` for each complete
+    crop action (``box`` its parsed body, None when malformed)."""
+    pieces, at = [], 0
+    for match in _CROP.finditer(text):
+        if text[at : match.start()].strip():
+            pieces.append((text[at : match.start()].strip(), False))
+        pieces.append((match.group(0), parse_box(match.group(1))))
+        at = match.end()
+    if text[at:].strip():
+        pieces.append((text[at:].strip(), False))
+    return pieces
+
+
+def strip_crops(text: str) -> str:
+    """``text`` without its crop actions, whitespace collapsed."""
+    return " ".join(_CROP.sub(" ", text).split())
+
+
 def _clamp_span(lo: int, hi: int, extent: int, min_size: int) -> tuple[int, int]:
     lo, hi = min(max(lo, 0), extent), min(max(hi, 0), extent)
     need = min(min_size, extent)

@@ -1,0 +1,70 @@
+"""A cross-encoder that reads an image, a question and a rationale and gives one logit: is the rationale right?
+
+Rationale Ranking (Hartill et al., RR/RATD) scores ``[CLS] question [SEP] rationale [SEP]`` with a
+BERT-style encoder and a linear head on the ``[CLS]`` token, trained with binary cross-entropy on
+right and wrong rationales. Whether a visual rationale is right depends on the picture, so here the
+image's patch tokens, projected to the encoder's width, come right after ``[CLS]``: image, question
+and rationale attend to one another in the encoder's self-attention. The encoder is transformers'
+``BertModel`` built from a config, fed ``inputs_embeds``; its learned positions number the image
+tokens too, and its token types tell the question part (0, image included) from the rationale (1).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import BertConfig, BertModel
+
+from mmreason.layers.projector import build_projector
+
+
+class RationaleScorer(nn.Module):
+    """Args:
+    vision_width: width of the image features it is given.
+    config: ``BertConfig`` settings (``hidden_size``, ``num_hidden_layers``, …); ``vocab_size`` is
+        raised to ``vocab_size`` when smaller.
+    vocab_size: the tokenizer's size.
+    projector: how image features become encoder-width tokens (:func:`~mmreason.layers.projector.build_projector`).
+    """
+
+    def __init__(self, vision_width: int, config: dict, vocab_size: int, projector: str = "mlp2x_gelu"):
+        super().__init__()
+        config = {**config, "vocab_size": max(vocab_size, int(config.get("vocab_size", 0)))}
+        self.encoder = BertModel(BertConfig(**config), add_pooling_layer=False)
+        hidden = self.encoder.config.hidden_size
+        self.projector = build_projector(projector, vision_width, hidden)
+        self.head = nn.Linear(hidden, 1)
+
+    @property
+    def max_positions(self) -> int:
+        """The longest sequence it reads, image tokens included."""
+        return self.encoder.config.max_position_embeddings
+
+    def forward(self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """One logit per text row: (P,).
+
+        ``image_features``: (B, N, D) patch features; ``input_ids``/``attention_mask``/``token_type_ids``:
+        (P, L) rows of ``[CLS] question [SEP] rationale [SEP]``; ``rows``: (P,) the image of each text row
+        (default: row i reads image i), so an image read against K rationales is projected once.
+        """
+        images = self.projector(image_features)
+        if rows is not None:
+            images = images[rows]
+        if images.shape[0] != input_ids.shape[0]:
+            raise ValueError(f"got {images.shape[0]} images for {input_ids.shape[0]} text rows; pass rows= to say "
+                             "which image each row reads")
+        n_image, length = images.shape[1], input_ids.shape[1] + images.shape[1]
+        if length > self.max_positions:
+            raise ValueError(f"{n_image} image tokens + {input_ids.shape[1]} text tokens exceed the encoder's "
+                             f"{self.max_positions} positions; shorten the text or build with more positions")
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        text = self.encoder.get_input_embeddings()(input_ids)
+        embeds = torch.cat([text[:, :1], images.to(text.dtype), text[:, 1:]], dim=1)
+        visible = attention_mask.new_ones(attention_mask.shape[0], n_image)
+        mask = torch.cat([attention_mask[:, :1], visible, attention_mask[:, 1:]], dim=1)
+        types = torch.cat([token_type_ids[:, :1], token_type_ids.new_zeros(visible.shape), token_type_ids[:, 1:]],
+                          dim=1)
+        hidden = self.encoder(inputs_embeds=embeds, attention_mask=mask, token_type_ids=types).last_hidden_state
+        return self.head(hidden[:, 0]).squeeze(-1)
