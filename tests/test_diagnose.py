@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from conftest import TINY_TEST_CONFIG
@@ -200,3 +201,24 @@ def synth_loader_batch(model, records, keys) -> dict:
     config = SynthConfig(tasks=TASKS)
     pixels = torch.stack([model.preprocess.to_pixels(make_sample(config, "train", i)[1]) for i in range(len(records))])
     return {"pixels": pixels, "records": records, "keys": keys}
+
+
+def test_distillation_sets_keep_the_samples_their_filter_lets_through():
+    from mmreason.diagnostics.candidates import distillation_records, pixels_image
+
+    record = {"question": "how many red shapes are there?", "answer": "2", "task": "count", "choices": None,
+              "rationale": "gold.", "steps": [], "meta": {"scene": [], "candidates": [
+                  {"rationale": "a, so the answer is 2.", "answer": "2", "correct": True, "score": 0.9},
+                  {"rationale": "b, so the answer is 3.", "answer": "3", "correct": False, "score": 0.7},
+                  {"rationale": "c, so the answer is 1.", "answer": "1", "correct": False, "score": 0.2},
+                  {"rationale": "", "answer": None, "correct": False, "score": 0.9}]}}
+    kept = {keep: distillation_records(record, keep, threshold=0.5) for keep in ("all", "scorer", "true")}
+    assert [r["answer"] for r in kept["all"]] == ["2", "3", "1"]
+    assert [r["answer"] for r in kept["scorer"]] == ["2", "3"]
+    assert [(r["answer"], r["rationale"]) for r in kept["true"]] == [("2", "a, so the answer is 2.")]
+    assert "candidates" not in kept["all"][0]["meta"] and kept["all"][1]["meta"]["distilled_from"]["score"] == 0.7
+    validate_record(kept["all"][0])
+    with pytest.raises(ValueError, match="unknown filter"):
+        distillation_records(record, "best")
+    pixels = torch.randint(0, 255, (8, 8, 3), dtype=torch.uint8)
+    assert torch.equal(torch.from_numpy(np.asarray(pixels_image(pixels))), pixels)

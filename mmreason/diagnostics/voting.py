@@ -15,6 +15,7 @@ from mmreason.diagnostics.grounding import rationale_is_true
 from mmreason.eval.answers import gold_answer
 from mmreason.eval.auroc import auroc_report
 from mmreason.eval.voting import tally
+from mmreason.rl.crop import strip_crops
 
 
 class VotingComparison:
@@ -30,8 +31,8 @@ class VotingComparison:
         rows = [i for i, r in enumerate(records) if r.meta.get("scene")]
         if not rows:
             return
-        scores = scorer.score(images[rows], [records[i] for i in rows],
-                              [described[i].get("rationale") or "" for i in rows])
+        scores = scorer.score(images[rows], [records[i] for i in rows],  # the words, as the scorer learnt them
+                              [strip_crops(described[i].get("rationale") or "") for i in rows])
         self.greedy_scores += scores.tolist()
         self.greedy_true += [rationale_is_true(described[i].get("rationale") or "", records[i]) for i in rows]
 

@@ -1,0 +1,81 @@
+"""Scorer-weighted voting: the same K samples, each vote weighing its rationale's score."""
+
+import pytest
+import torch
+
+from conftest import TINY_TEST_CONFIG
+from mmreason.data.schema import validate_record
+from mmreason.data.synth import SynthConfig, make_sample
+from mmreason.eval.voting import tally
+from mmreason.models.baseline import VisionLanguageModel
+from mmreason.models.mccot import MCCoT
+from mmreason.models.scorer import ScorerModel
+from mmreason.text.tokenizer import build_tokenizer
+
+SCORER_CONFIG = {"vision": TINY_TEST_CONFIG["vision"], "projector": "linear",
+                 "text_encoder": {"config": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                                             "intermediate_size": 64, "max_position_embeddings": 320}},
+                 "tokenizer": "synth-word", "preprocess": {"image_size": 32}, "max_length": 320}
+
+
+@pytest.fixture(scope="module")
+def parts():
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer("synth-word")
+    model = VisionLanguageModel({**TINY_TEST_CONFIG, "max_length": 256}, tokenizer=tokenizer).eval()
+    scorer = ScorerModel(SCORER_CONFIG, tokenizer=tokenizer).eval()
+    samples = [make_sample(SynthConfig(tasks=("count",)), "train", i) for i in range(3)]
+    images = torch.stack([model.preprocess(image) for _, image, _, _ in samples])
+    return model, scorer, images, [validate_record(record) for _, _, record, _ in samples]
+
+
+def test_votes_weigh_the_scorer_scores_of_the_same_samples(parts):
+    model, scorer, images, records = parts
+    torch.manual_seed(1)
+    samples = model.sample_outputs(images, records, 4, 1.0, max_new_tokens=12)
+    torch.manual_seed(1)
+    voted = model.respond(images, records, max_new_tokens=12, votes=4, temperature=1.0, rerank=scorer)
+    scores = scorer.score(images, records, [s["rationale"] for s in samples]).tolist()
+    for i, response in enumerate(voted):
+        assert response["scores"] == pytest.approx(scores[4 * i : 4 * i + 4], abs=1e-4)
+        winner, share = tally(response["votes"], response["scores"])
+        assert response["text"] == samples[4 * i + winner]["text"]
+        assert response["confidence"] == pytest.approx(share)
+
+
+def test_a_confident_scorer_overrules_the_majority(parts, monkeypatch):
+    model, scorer, images, records = parts
+    texts = ["<answer> 2 </answer>", "<answer> 2 </answer>", "<answer> 3 </answer>"] * 3
+    monkeypatch.setattr(model, "sample_outputs",
+                        lambda *a, **k: [{"text": t, "rationale": f"r{j}"} for j, t in enumerate(texts)])
+    monkeypatch.setattr(scorer, "score", lambda images, records, rationales: torch.tensor([0.1, 0.1, 0.9] * 3))
+    majority = model.respond(images, records, votes=3)
+    weighted = model.respond(images, records, votes=3, rerank=scorer)
+    assert [m["votes"] for m in majority] == [["2", "2", "3"]] * 3
+    assert [m["text"] for m in majority] == ["<answer> 2 </answer>"] * 3
+    assert [w["text"] for w in weighted] == ["<answer> 3 </answer>"] * 3
+    assert weighted[0]["rationale"] == "r2" and weighted[0]["confidence"] == pytest.approx(0.9 / 1.1)
+
+
+def test_rerank_needs_votes_and_a_scorer_reading_the_same_images(parts):
+    model, scorer, images, records = parts
+    with pytest.raises(ValueError, match="give votes > 1"):
+        model.respond(images, records, rerank=scorer)
+    other = ScorerModel({**SCORER_CONFIG, "preprocess": {"image_size": 32, "mean": [0.4, 0.4, 0.4]}},
+                        tokenizer=scorer.tokenizer)
+    with pytest.raises(ValueError, match="preprocessed differently"):
+        model.respond(images, records, votes=2, max_new_tokens=4, rerank=other)
+
+
+def test_mccot_votes_take_a_scorer_too(parts):
+    _, scorer, images, records = parts
+    torch.manual_seed(0)
+    config = {"vision": TINY_TEST_CONFIG["vision"], "preprocess": {"image_size": 32},
+              "language": {"config": {"model_type": "t5", "d_model": 32, "d_kv": 16, "d_ff": 64, "num_layers": 1,
+                                      "num_decoder_layers": 1, "num_heads": 2, "dropout_rate": 0.0}},
+              "stages": ["rationale", "answer"], "max_length": 256, "max_target_length": 12}
+    mccot = MCCoT(config, tokenizer=scorer.tokenizer).eval()
+    out = mccot.respond(images, records, votes=3, rerank=scorer, max_answer_tokens=4)
+    assert all(len(r["scores"]) == 3 and len(r["votes"]) == 3 for r in out)
+    with pytest.raises(ValueError, match="needs votes > 1"):
+        mccot.respond(images, records, rerank=scorer)
