@@ -260,3 +260,29 @@ def test_the_recipe_trains_and_exports_a_scorer(tmp_path):
              "--data.init_args.num_workers", "0")
     scorer = package.load(root / "export")
     assert scorer.family == "scorer" and evaluate_scorer(scorer, [str(data / "test-000000.tar")])["records"] == 8
+
+
+def test_a_decoder_reader_starts_from_a_vlm_and_reads_its_prompt(tmp_path):
+    from mmreason.models.baseline import VisionLanguageModel
+    from mmreason.text.tokenizer import build_tokenizer
+
+    torch.manual_seed(0)
+    vlm = VisionLanguageModel({**TINY_TEST_CONFIG, "max_length": 256}, tokenizer=build_tokenizer("synth-word"))
+    export = save_export(vlm, tmp_path / "vlm")
+    config = {"vision": TINY_TEST_CONFIG["vision"], "language": TINY_TEST_CONFIG["language"], "tokenizer": "synth-word",
+              "preprocess": {"image_size": 32}, "max_length": 256}
+    scorer = build_model("scorer", config, init={"from": str(export), "parts": ["vision", "projector", "language"],
+                                                 "frozen": ["vision"]})
+    for ours, theirs in ((scorer.scorer.lm, vlm.lm), (scorer.scorer.projector, vlm.projector)):
+        for (name, a), b in zip(ours.state_dict().items(), theirs.state_dict().values()):
+            assert torch.equal(a, b), name
+    assert not any(p.requires_grad for p in scorer.vision.parameters())
+    images, records = batch(scorer, 2)
+    ids, types = scorer.processor.encode(records[:1], ["it is red, so the answer is red."])[0]
+    text = scorer.tokenizer.decode(ids)
+    assert text.startswith("<s>") and text.endswith("<think> it is red, so the answer is red. </think>")
+    assert "<image>" not in text and set(types) == {0}
+    scores = scorer.score(images, records, ["a.", "b.", "c.", "d."])
+    assert scores.shape == (4,) and ((scores > 0) & (scores < 1)).all()
+    losses, _ = train_steps(scorer.train(), images, records, 25, lr=3e-3)
+    assert losses[-1] < losses[0]

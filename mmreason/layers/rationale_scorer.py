@@ -7,6 +7,8 @@ image's patch tokens, projected to the encoder's width, come right after ``[CLS]
 and rationale attend to one another in the encoder's self-attention. The encoder is transformers'
 ``BertModel`` built from a config, fed ``inputs_embeds``; its learned positions number the image
 tokens too, and its token types tell the question part (0, image included) from the rationale (1).
+:class:`DecoderRationaleScorer` reads the same with a decoder language model instead, so that a scorer
+can start from a trained VLM's vision projector and language model.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 from torch import nn
 from transformers import BertConfig, BertModel
 
+from mmreason.layers.language import build_language_model
 from mmreason.layers.projector import build_projector
 
 
@@ -68,3 +71,42 @@ class RationaleScorer(nn.Module):
                           dim=1)
         hidden = self.encoder(inputs_embeds=embeds, attention_mask=mask, token_type_ids=types).last_hidden_state
         return self.head(hidden[:, 0]).squeeze(-1)
+
+
+class DecoderRationaleScorer(nn.Module):
+    """The same reading with a decoder language model (a VLM's, so a scorer can start from a model that
+    already reads these images and writes these rationales): image tokens after the first token, then the
+    question and rationale as that VLM's prompt and ``<think>`` part; the last token's final hidden state,
+    which has read everything before it, goes to the linear head.
+
+    Args: ``vision_width``; ``language``: a language model config (``model_type`` …) for
+    :func:`~mmreason.layers.language.build_language_model`; ``vocab_size``; ``projector``.
+    """
+
+    def __init__(self, vision_width: int, language: dict, vocab_size: int, projector: str = "mlp2x_gelu"):
+        super().__init__()
+        self.lm = build_language_model(language, vocab_size=vocab_size)
+        hidden = self.lm.config.hidden_size
+        self.projector = build_projector(projector, vision_width, hidden)
+        self.head = nn.Linear(hidden, 1)
+
+    @property
+    def max_positions(self) -> int:
+        return self.lm.config.max_position_embeddings
+
+    def forward(self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """One logit per right-padded text row (``token_type_ids`` unused: a decoder reads text in order)."""
+        images = self.projector(image_features)
+        if rows is not None:
+            images = images[rows]
+        if images.shape[0] != input_ids.shape[0]:
+            raise ValueError(f"got {images.shape[0]} images for {input_ids.shape[0]} text rows; pass rows= to say "
+                             "which image each row reads")
+        text = self.lm.get_input_embeddings()(input_ids)
+        embeds = torch.cat([text[:, :1], images.to(text.dtype), text[:, 1:]], dim=1)
+        mask = torch.cat([attention_mask[:, :1], attention_mask.new_ones(images.shape[:2]), attention_mask[:, 1:]],
+                         dim=1)
+        hidden = self.lm.model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+        last = mask.sum(1) - 1  # right padding: the last real token of each row
+        return self.head(hidden[torch.arange(len(hidden), device=hidden.device), last]).squeeze(-1)

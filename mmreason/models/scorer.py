@@ -21,11 +21,11 @@ from torch import nn
 
 from mmreason.data.preprocess import Preprocess
 from mmreason.data.schema import Record
-from mmreason.layers.rationale_scorer import RationaleScorer
+from mmreason.layers.rationale_scorer import DecoderRationaleScorer, RationaleScorer
 from mmreason.layers.vision import build_vision_tower
 from mmreason.models.base import ZooModel, freeze, nothing_to_learn
 from mmreason.models.baseline import TINY_CONFIG as BASELINE_TINY
-from mmreason.models.config_schema import ANY, LEAF, PREPROCESS, VISION
+from mmreason.models.config_schema import ANY, LANGUAGE, LEAF, PREPROCESS, VISION
 from mmreason.models.scorer_processor import ScorerProcessor
 from mmreason.text.tokenizer import build_tokenizer
 from mmreason.zoo import register_family, register_model
@@ -65,9 +65,10 @@ class ScorerModel(ZooModel):
     (as recipes start it, from the scene encoder's export)."""
 
     capabilities = frozenset()
-    config_schema = {"vision": VISION, "projector": LEAF, "text_encoder": {"config": ANY}, "tokenizer": LEAF,
+    config_schema = {"vision": VISION, "projector": LEAF, "text_encoder": {"config": ANY}, "language": LANGUAGE,
+                     "tokenizer": LEAF,
                      "preprocess": PREPROCESS, "max_length": LEAF, "pairs": dict.fromkeys(PAIR_OPTIONS, LEAF)}
-    init_parts = ("vision",)
+    init_parts = ("vision", "projector", "language")
     fine_tune_options = ("pairs",)
 
     def __init__(self, config: dict, tokenizer=None):
@@ -78,10 +79,19 @@ class ScorerModel(ZooModel):
         self.vision = build_vision_tower(config["vision"])
         if config["vision"].get("frozen"):
             freeze(self.vision)
-        self.scorer = RationaleScorer(self.vision.width, config["text_encoder"]["config"], len(self.tokenizer),
-                                      config.get("projector", "mlp2x_gelu"))
+        projector = config.get("projector", "mlp2x_gelu")
+        if ("language" in config) == ("text_encoder" in config):
+            raise ValueError("a scorer reads with either text_encoder (a BERT config) or language (a decoder "
+                             "language model, e.g. a VLM's); give exactly one")
+        if "language" in config:
+            self.scorer = DecoderRationaleScorer(self.vision.width, config["language"]["config"],
+                                                 len(self.tokenizer), projector)
+        else:
+            self.scorer = RationaleScorer(self.vision.width, config["text_encoder"]["config"], len(self.tokenizer),
+                                          projector)
         self.processor = ScorerProcessor(self.tokenizer, self.vision.num_tokens(self.preprocess.image_size),
-                                         self.scorer.max_positions, **{**PAIR_OPTIONS, **config.get("pairs", {})})
+                                         self.scorer.max_positions, **{**PAIR_OPTIONS, **config.get("pairs", {})},
+                                         layout="prompt" if "language" in config else "pair")
         self.max_length = config.get("max_length", self.scorer.max_positions)  # checked against those positions
 
     @property
@@ -104,13 +114,17 @@ class ScorerModel(ZooModel):
     @pairs.setter
     def pairs(self, value: dict) -> None:
         self.processor = ScorerProcessor(self.tokenizer, self.processor.num_image_tokens, self.max_length,
-                                         **{**self.pairs, **value})
+                                         **{**self.pairs, **value}, layout=self.processor.layout)
 
     def batch_processor(self) -> ScorerProcessor:
         return self.processor
 
     def part_modules(self, part: str) -> list[nn.Module]:
-        return [self.vision] if part == "vision" else super().part_modules(part)
+        """``vision``; with a decoder reader also a VLM's ``projector`` and ``language`` model."""
+        modules = {"vision": self.vision}
+        if isinstance(self.scorer, DecoderRationaleScorer):
+            modules.update(projector=self.scorer.projector, language=self.scorer.lm)
+        return [modules[part]] if part in modules else super().part_modules(part)
 
     def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -184,6 +198,12 @@ class ScorerModel(ZooModel):
         raise self.refuse()
 
 
+VLM_TINY_CONFIG = {**{k: v for k, v in TINY_CONFIG.items() if k != "text_encoder"},
+                   "language": BASELINE_TINY["language"], "max_length": 512}
+
 register_model("scorer-tiny", "scorer", TINY_CONFIG,
                "0.7M-parameter cross-encoder over the tiny ViT: image + question + rationale -> the probability "
                "that the rationale is right (answers no questions; CPU-sized)", recipe="recipes/scorer/synth-tiny.yaml")
+register_model("scorer-tiny-vlm", "scorer", VLM_TINY_CONFIG,
+               "the scorer reading with the tiny VLM's projector and decoder (start it from a baseline export; "
+               "answers no questions)", recipe="recipes/scorer/synth-tiny-vlm.yaml")

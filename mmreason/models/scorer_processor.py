@@ -21,7 +21,9 @@ the processor makes the same pairs as the model's own.
 
 A pair's tokens are ``<s> question [choices] </s> rationale </s>`` (the tokenizer's own BOS and EOS
 serve as ``[CLS]`` and ``[SEP]``), token type 0 up to the first ``</s>`` and 1 after it; the image's
-tokens go in after ``<s>`` (:class:`~mmreason.layers.rationale_scorer.RationaleScorer`).
+tokens go in after ``<s>`` (:class:`~mmreason.layers.rationale_scorer.RationaleScorer`). A scorer that reads
+with a VLM's decoder takes the ``prompt`` layout instead: ``<s>``, that VLM's prompt without its image tag, and
+``<think> rationale </think>``, as the VLM was trained to read them.
 """
 
 from __future__ import annotations
@@ -38,11 +40,13 @@ import torch
 from mmreason.data.scenes import COLOURS, SHAPES, SIZES
 from mmreason.data.schema import Record
 from mmreason.diagnostics.edits import applicable_kinds, edit_rationale, split_steps
+from mmreason.models.baseline import thinking
 from mmreason.models.processor import BatchProcessor, PromptTooLong, pad_rows
-from mmreason.text.prompts import format_choices
+from mmreason.text.prompts import IMAGE_TAG, format_choices, user_prompt
 
 log = logging.getLogger(__name__)
 
+LAYOUTS = ("pair", "prompt")  # BERT's question [SEP] rationale, or a VLM's prompt and <think> part
 ANSWER_SWAP = "answer"  # the corruption kind that swaps the conclusion's answer
 YES_NO = ("yes", "no")
 # words an answer may be swapped within: each for another of its group (directions for their opposite)
@@ -127,12 +131,14 @@ class ScorerProcessor(BatchProcessor):
     """Records → the scorer's pairs as tensors; see the module's docstring for what pairs are drawn."""
 
     def __init__(self, tokenizer, num_image_tokens: int, max_length: int, corruptions: int = 1,
-                 candidates: int = 2, seed: int = 0):
+                 candidates: int = 2, seed: int = 0, layout: str = "pair"):
         for name, value in (("corruptions", corruptions), ("candidates", candidates)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"pairs.{name} must be a whole number >= 0 (pairs per record), got {value!r}")
         self.tokenizer, self.num_image_tokens, self.max_length = tokenizer, num_image_tokens, max_length
-        self.corruptions, self.candidates, self.seed = corruptions, candidates, seed
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        self.corruptions, self.candidates, self.seed, self.layout = corruptions, candidates, seed, layout
         self.stream = ""
 
     def reseed(self, stream: str) -> None:
@@ -157,6 +163,11 @@ class ScorerProcessor(BatchProcessor):
 
     def encode(self, records: list[Record], rationales: list[str]) -> list[tuple[list[int], list[int]]]:
         """Token ids and token types of each pair ``(records[i], rationales[i])`` (image tokens not included)."""
+        if self.layout == "prompt":
+            texts = [f"{IMAGE_TAG.sub(' ', user_prompt(r.question, r.choices)).strip()} {thinking(q)} </think>"
+                     for r, q in zip(records, rationales, strict=True)]
+            rows = [[self.tokenizer.bos_token_id, *ids] for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+            return [(ids, [0] * len(ids)) for ids in rows]
         questions = [record.question + format_choices(record.choices) for record in records]
         encoded = self.tokenizer([*questions, *rationales], add_special_tokens=False)["input_ids"]
         bos, eos = self.tokenizer.bos_token_id, self.tokenizer.eos_token_id
