@@ -21,6 +21,16 @@ from mmreason.layers.language import build_language_model
 from mmreason.layers.projector import build_projector
 
 
+def image_rows(images: torch.Tensor, rows: torch.Tensor | None, n_rows: int) -> torch.Tensor:
+    """The projected image tokens each text row reads (``rows``: the image of each row; default: row i reads
+    image i), checked against the number of rows."""
+    images = images if rows is None else images[rows]
+    if images.shape[0] != n_rows:
+        raise ValueError(f"got {images.shape[0]} images for {n_rows} text rows; pass rows= to say "
+                         "which image each row reads")
+    return images
+
+
 class RationaleScorer(nn.Module):
     """Args:
     vision_width: width of the image features it is given.
@@ -51,12 +61,7 @@ class RationaleScorer(nn.Module):
         (P, L) rows of ``[CLS] question [SEP] rationale [SEP]``; ``rows``: (P,) the image of each text row
         (default: row i reads image i), so an image read against K rationales is projected once.
         """
-        images = self.projector(image_features)
-        if rows is not None:
-            images = images[rows]
-        if images.shape[0] != input_ids.shape[0]:
-            raise ValueError(f"got {images.shape[0]} images for {input_ids.shape[0]} text rows; pass rows= to say "
-                             "which image each row reads")
+        images = image_rows(self.projector(image_features), rows, len(input_ids))
         n_image, length = images.shape[1], input_ids.shape[1] + images.shape[1]
         if length > self.max_positions:
             raise ValueError(f"{n_image} image tokens + {input_ids.shape[1]} text tokens exceed the encoder's "
@@ -97,12 +102,7 @@ class DecoderRationaleScorer(nn.Module):
     def forward(self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
         """One logit per right-padded text row (``token_type_ids`` unused: a decoder reads text in order)."""
-        images = self.projector(image_features)
-        if rows is not None:
-            images = images[rows]
-        if images.shape[0] != input_ids.shape[0]:
-            raise ValueError(f"got {images.shape[0]} images for {input_ids.shape[0]} text rows; pass rows= to say "
-                             "which image each row reads")
+        images = image_rows(self.projector(image_features), rows, len(input_ids))
         text = self.lm.get_input_embeddings()(input_ids)
         embeds = torch.cat([text[:, :1], images.to(text.dtype), text[:, 1:]], dim=1)
         mask = torch.cat([attention_mask[:, :1], attention_mask.new_ones(images.shape[:2]), attention_mask[:, 1:]],
