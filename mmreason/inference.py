@@ -187,7 +187,9 @@ def pipeline_options(args) -> dict:
     if args.votes != 1:
         options.update(votes=args.votes, temperature=args.temperature)
     if args.rerank:
-        options["rerank"] = load_export(args.rerank, args.device, args.dtype)
+        from mmreason.diagnostics.scorer_eval import load_scorer
+
+        options["rerank"] = load_scorer(args.rerank, args.device, args.dtype)
     if args.stop_entropy is not None:
         options["stop_entropy"] = args.stop_entropy
     if args.samples != 1:

@@ -8,14 +8,15 @@ import torch
 from conftest import TINY_TEST_CONFIG
 
 from mmreason.data.preprocess import Preprocess
+from mmreason.data.rationale_edits import split_steps
 from mmreason.data.schema import validate_record
 from mmreason.data.synth import SynthConfig, make_sample
 from mmreason.diagnostics.diagnose import diagnose, with_actions
-from mmreason.diagnostics.edits import split_steps
 from mmreason.diagnostics.report import figures, markdown
 from mmreason.eval.step_utility import entropy_bits, stop_point
-from mmreason.models.baseline import VisionLanguageModel, thinking
+from mmreason.models.baseline import VisionLanguageModel
 from mmreason.models.mccot import MCCoT
+from mmreason.text.prompts import thinking
 from mmreason.text.tokenizer import build_tokenizer
 
 TASKS = ("exist", "count", "compare", "multihop")
@@ -63,7 +64,7 @@ def test_answer_entropies_equal_a_plain_forward_per_row(trained):
         ids = torch.tensor(rows)
         logits = model(images[i : i + 1], ids, torch.ones_like(ids)).logits[0, -1]
         assert batched[i].item() == pytest.approx(entropy_bits(logits[None])[0].item(), abs=1e-4)
-        assert tokens[i] == model.tokenizer.convert_ids_to_tokens(int(logits.argmax()))
+        assert tokens[i] == model.tokenizer.decode([int(logits.argmax())]).strip()
     with pytest.raises(ValueError, match="K per record"):
         model.answer_entropies(images, records, prefixes[:3])
 
@@ -86,13 +87,17 @@ def test_early_stopping_answers_where_the_offline_curve_says(trained):
     assert [a["stopped_after"] for a in always] == [0] * 4
     assert [a["text"] for a in always] == [f"<think> </think> <answer> {t} </answer>".replace("  ", " ")
                                           for t in tokens]
-    # a threshold between the entropies after 0 and 1 sentences of the first sample stops it after one
-    sentences = records[0].rationale.lower().split(". ")
-    prefixes = ["", sentences[0] + ".", ". ".join(sentences[:2]) + "."]
-    curve, _ = model.answer_entropies(images[:1].repeat(3, 1, 1, 1), [records[0]] * 3, prefixes)
-    threshold = float(curve[1:].max()) + 1e-3
-    out = model.respond(images[:1], records[:1], max_new_tokens=120, stop_entropy=threshold)[0]
-    assert out["stopped_after"] == stop_point(curve.tolist(), threshold)
+    # thresholds between the entropies after each prefix of the first sample stop it where the curve says
+    sentences = split_steps_of(records[0].rationale.lower()) + [split_steps(records[0].rationale.lower())[1]]
+    prefixes = [" ".join(sentences[:k]) for k in range(len(sentences) + 1)]
+    curve, _ = model.answer_entropies(images[:1].repeat(len(prefixes), 1, 1, 1), [records[0]] * len(prefixes),
+                                      prefixes)
+    curve = curve.tolist()
+    for threshold in sorted(curve)[:-1]:
+        threshold += 1e-6
+        out = model.respond(images[:1], records[:1], max_new_tokens=120, stop_entropy=threshold)[0]
+        stop = stop_point(curve, threshold)
+        assert (out["stopped_after"], out["early"]) == (stop, stop < len(curve) - 1)
     with pytest.raises(ValueError, match="does not combine with votes"):
         model.respond(images, records, votes=2, stop_entropy=0.5)
 

@@ -8,10 +8,8 @@ from functools import cache
 
 import pytest
 
-from mmreason.data.scenes import COLOURS, SHAPES, distance, position_word, reading_order
-from mmreason.data.schema import Record, validate_record
-from mmreason.data.synth import ALL_TASKS, SynthConfig, article, criterion, make_sample, say
-from mmreason.diagnostics.edits import (
+from mmreason.data.grounding import MENTION, grounding, rationale_is_true
+from mmreason.data.rationale_edits import (
     _FORMS,
     EDIT_KINDS,
     Edit,
@@ -21,8 +19,10 @@ from mmreason.diagnostics.edits import (
     edit_rationale,
     split_steps,
 )
-from mmreason.diagnostics.grounding import MENTION, grounding, rationale_is_true
-from mmreason.diagnostics.scene_answers import scene_answer
+from mmreason.data.scene_answers import scene_answer
+from mmreason.data.scenes import COLOURS, SHAPES, distance, position_word, reading_order
+from mmreason.data.schema import Record, validate_record
+from mmreason.data.synth import ALL_TASKS, SynthConfig, article, criterion, make_sample, say
 
 RATIONALE_TASKS = tuple(t for t in ALL_TASKS if t != "seg")
 

@@ -7,7 +7,7 @@ import torch
 from conftest import TINY_TEST_CONFIG, make_image, make_record, model_images, valid_records
 
 from mmreason.data.schema import Record, validate_record
-from mmreason.eval.voting import majority_vote
+from mmreason.eval.voting import weighted_vote
 from mmreason.export import load_export, save_export
 from mmreason.layers.gated_fusion import GatedCrossAttentionFusion
 from mmreason.layers.logit_voting import fuse_pass_logits
@@ -161,13 +161,13 @@ def test_teacher_forced_rationales_are_the_argmax_given_the_gold_rationale(model
 
 def test_majority_vote_counts_parsed_answers():
     record = Record(question="how many?", answer="3", task="count")
-    winner, share, ballots = majority_vote(
+    winner, share, ballots = weighted_vote(
         ["the answer is 4 .", "the answer is three .", "the answer is 3 .", "garbled"], record)
     assert ballots == ["4", "3", "3", None]
     assert (winner, share) == (1, 0.5)
-    assert majority_vote(["nothing", "here"], record) == (0, 0.0, [None, None])
+    assert weighted_vote(["nothing", "here"], record) == (0, 0.0, [None, None])
     mcq = Record(question="which?", answer="B", task="mcq", choices=["red", "blue"])
-    assert majority_vote(["the answer is ( b ) .", "the answer is blue .", "the answer is ( a ) ."], mcq)[:2] == (
+    assert weighted_vote(["the answer is ( b ) .", "the answer is blue .", "the answer is ( a ) ."], mcq)[:2] == (
         0, pytest.approx(2 / 3))
 
 

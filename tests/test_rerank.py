@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from conftest import TINY_TEST_CONFIG
+
 from mmreason.data.schema import validate_record
 from mmreason.data.synth import SynthConfig, make_sample
 from mmreason.eval.voting import tally
@@ -48,7 +48,7 @@ def test_a_confident_scorer_overrules_the_majority(parts, monkeypatch):
     texts = ["<answer> 2 </answer>", "<answer> 2 </answer>", "<answer> 3 </answer>"] * 3
     monkeypatch.setattr(model, "sample_outputs",
                         lambda *a, **k: [{"text": t, "rationale": f"r{j}"} for j, t in enumerate(texts)])
-    monkeypatch.setattr(scorer, "score", lambda images, records, rationales: torch.tensor([0.1, 0.1, 0.9] * 3))
+    monkeypatch.setattr(scorer, "score", lambda images, records, rationales, **_: torch.tensor([0.1, 0.1, 0.9] * 3))
     majority = model.respond(images, records, votes=3)
     weighted = model.respond(images, records, votes=3, rerank=scorer)
     assert [m["votes"] for m in majority] == [["2", "2", "3"]] * 3
@@ -79,3 +79,47 @@ def test_mccot_votes_take_a_scorer_too(parts):
     assert all(len(r["scores"]) == 3 and len(r["votes"]) == 3 for r in out)
     with pytest.raises(ValueError, match="needs votes > 1"):
         mccot.respond(images, records, rerank=scorer)
+
+
+def test_a_rationale_too_long_for_the_scorer_weighs_nothing(parts, caplog):
+    from mmreason.eval.voting import scored_votes
+
+    model, scorer, images, records = parts
+    rambling = " ".join(["the small red circle at the top counts as 1."] * 60)
+    scores = scorer.score(images[:1], records[:1], ["it is red.", rambling], skip_too_long=True)
+    assert scores[0] == scores[0] and scores[1] != scores[1]  # NaN for the one over max_length
+    with pytest.raises(ValueError, match="max_length"):
+        scorer.score(images[:1], records[:1], ["it is red.", rambling])
+    voted = scored_votes(["<answer> 2 </answer>", "<answer> 3 </answer>"], ["it is red.", rambling], records[:1],
+                         images[:1], model.preprocess, scorer)
+    assert voted[0]["scores"][1] == 0.0 and voted[0]["text"] == "<answer> 2 </answer>"
+    assert "exceed the scorer's max_length" in caplog.text
+
+
+def test_only_a_scorer_export_reranks(parts, tmp_path):
+    from mmreason.diagnostics.scorer_eval import load_scorer
+    from mmreason.export import save_export
+
+    model, scorer, _, _ = parts
+    with pytest.raises(ValueError, match="a rationale scorer export is expected"):
+        load_scorer(str(save_export(model, tmp_path / "vlm")))
+    assert load_scorer(str(save_export(scorer, tmp_path / "scorer"))).family == "scorer"
+
+
+def test_diagnose_refuses_votes_for_a_model_that_does_not_vote(parts):
+    from mmreason.diagnostics.diagnose import diagnose
+    from mmreason.models.virl import VirlPolicy
+
+    _, scorer, _, _ = parts
+    policy = VirlPolicy({**TINY_TEST_CONFIG, "crop": {"max_actions": 2, "min_size": 4, "tokens": 4}},
+                        tokenizer=scorer.tokenizer)
+    with pytest.raises(ValueError, match="does not vote over samples"):
+        diagnose(policy, [], scorer=scorer, votes=3)
+
+
+def test_unlabelled_candidates_are_not_taught_as_wrong():
+    from mmreason.models.scorer_processor import candidates_of
+
+    record = validate_record({"question": "q?", "answer": "a", "task": "vqa", "meta": {"candidates": [
+        {"rationale": "r1", "correct": None}, {"rationale": "r2", "correct": True}]}})
+    assert candidates_of(record) == [("r2", True)]

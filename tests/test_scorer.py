@@ -13,11 +13,11 @@ from conftest import TINY_TEST_CONFIG, mmreason, train_steps
 import mmreason as package
 from mmreason.build import build_model, create_model
 from mmreason.cli import main
+from mmreason.data.rationale_edits import split_steps
 from mmreason.data.schema import Record, validate_record
 from mmreason.data.shards import resolve_shards
 from mmreason.data.synth import SynthConfig, make_sample
 from mmreason.data.writer import ShardSetWriter
-from mmreason.diagnostics.edits import split_steps
 from mmreason.diagnostics.scorer_eval import evaluate_scorer, format_report
 from mmreason.eval.evaluators import evaluators_for
 from mmreason.export import save_export

@@ -8,7 +8,6 @@ import torch
 from mmreason.data.schema import Record
 from mmreason.eval.auroc import auroc, auroc_standard_error
 from mmreason.eval.step_utility import (
-    drop_auroc,
     early_stop_sweep,
     entropy_bits,
     entropy_drop,
@@ -41,21 +40,35 @@ def test_curves_drop_and_mean():
     curves = [[2.0, 1.0, 0.5], [1.0, 1.5]]
     assert entropy_drop(curves[0]) == 1.5 and entropy_drop(curves[1]) == -0.5
     assert mean_curve(curves, 4) == [1.5, 1.25, 0.5, None]
-    assert drop_auroc(curves, [True, False]) == 1.0
 
 
 def test_early_stop_sweep_hand_case():
     curves = [[2.0, 0.3, 0.1], [0.2, 0.9, 0.05]]
     right = [[False, True, True], [False, False, True]]
     tokens = [[0, 10, 20], [0, 8, 16]]
+    final = [True, False]  # the freely generated answers
     assert stop_point(curves[0], 0.5) == 1 and stop_point(curves[1], 0.5) == 0
-    assert stop_point(curves[0], 0.01) == 2  # never below: the whole rationale
-    rows = early_stop_sweep(curves, right, tokens, [0.01, 0.5])
-    assert rows[0] == {"threshold": 0.01, "accuracy": 1.0, "accuracy_lost": 0.0, "tokens_saved": 0.0,
+    assert stop_point(curves[0], 0.01) == 2  # never below before the conclusion: the whole rationale
+    assert stop_point([2.0, 2.0, 0.0], 0.5) == 2  # after the conclusion there is nothing left to save
+    rows = early_stop_sweep(curves, right, tokens, [0.01, 0.5], final)
+    assert rows[0] == {"threshold": 0.01, "accuracy": 0.5, "accuracy_lost": 0.0, "tokens_saved": 0.0,
                        "stopped_early": 0.0}
     # at 0.5: sample 1 stops after 1 sentence (right, 10 of 20 tokens), sample 2 before any (wrong, 0 of 16)
-    assert rows[1]["accuracy"] == 0.5 and rows[1]["accuracy_lost"] == 0.5
+    assert rows[1]["accuracy"] == 0.5 and rows[1]["accuracy_lost"] == 0.0
     assert rows[1]["tokens_saved"] == pytest.approx(1 - 10 / 36) and rows[1]["stopped_early"] == 1.0
+    with pytest.raises(ValueError, match="same non-zero number"):
+        early_stop_sweep(curves, right, tokens, [0.5], [True])
+
+
+def test_clustered_share_counts_samples_not_edits():
+    from mmreason.diagnostics.faithfulness import clustered_share, share
+
+    # two samples, two edits each: p = 0.5; clusters (2 of 2) and (0 of 2): C/(C-1)·((2-1)² + (0-1)²)/4² = 0.25
+    assert clustered_share([("a", True), ("a", True), ("b", False), ("b", False)]) == {
+        "n": 4, "share": 50.0, "se": 50.0}
+    assert share(2, 4) == {"n": 4, "share": 50.0, "se": 25.0}  # as if the four edits were independent
+    singles = clustered_share([(str(i), i < 3) for i in range(10)])
+    assert singles["se"] == pytest.approx(round(100 * math.sqrt(0.3 * 0.7 / 10 * 10 / 9), 2))
 
 
 def test_weighted_vote_can_overrule_the_majority():

@@ -18,24 +18,27 @@ import json
 from collections import Counter
 
 import torch
+from tqdm import tqdm
 
-from mmreason.data.preprocess import Preprocess
+from mmreason.data.schema import validate_record
 from mmreason.data.shards import resolve_shards
 from mmreason.data.writer import ShardSetWriter
 from mmreason.diagnostics.candidates import (
     FILTERS,
     candidate_samples,
     distillation_records,
-    pixels_image,
     score_candidates,
 )
+from mmreason.diagnostics.scorer_eval import load_scorer
 from mmreason.export import load_export
 from mmreason.inference import eval_batches
+
+MAX_RECORD_BYTES = 1 << 20  # a candidate record is a few KiB; larger members are not this tool's
 
 
 def sample(args) -> dict:
     model = load_export(args.model)
-    scorer = load_export(args.scorer) if args.scorer else None
+    scorer = load_scorer(args.scorer) if args.scorer else None
     torch.manual_seed(args.seed)
     skipped, counts = Counter(), Counter()
     batches = eval_batches(resolve_shards(args.data, args.split), model.preprocess, args.batch_size, args.limit,
@@ -50,24 +53,42 @@ def sample(args) -> dict:
     return {**counts, "skipped": dict(skipped)}
 
 
+def _raw_batches(urls: list[str], size: int = 64):
+    """Lists of (key, image bytes, image extension, record) read from the shards, ``size`` at a time; the
+    original image bytes are kept so the distilled set holds the images as they were."""
+    import webdataset as wds
+
+    batch = []
+    for raw in wds.WebDataset(urls, shardshuffle=False, empty_check=False):
+        ext = next((k for k in ("png", "jpg", "jpeg", "webp") if k in raw), None)
+        if ext is None or len(raw.get("json", b"")) > MAX_RECORD_BYTES:
+            continue  # not a sample this tool wrote
+        batch.append((raw["__key__"], raw[ext], ext, validate_record(json.loads(raw["json"]), raw["__key__"])))
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 def distill(args) -> dict:
-    scorer = load_export(args.scorer) if args.scorer else None
+    scorer = load_scorer(args.scorer) if args.scorer else None
     if args.keep == "scorer" and scorer is None:
         raise SystemExit("--keep scorer needs --scorer SCORER_EXPORT to score the candidates")
-    preprocess = scorer.preprocess if scorer else Preprocess()
-    counts, skipped = Counter(), Counter()
-    batches = eval_batches(resolve_shards(args.data, args.split), preprocess, 64, None, skipped)
+    counts = Counter()
     with ShardSetWriter(args.out, args.split, samples_per_shard=1000) as writer:
-        for batch in batches:
+        for batch in tqdm(_raw_batches(resolve_shards(args.data, args.split)), desc="distill", unit="batch"):
+            records = [record for *_, record in batch]
             if scorer is not None:
-                score_candidates(scorer, batch)
-            for key, pixels, record in zip(batch["keys"], batch["pixels"], batch["records"]):
+                images = torch.stack([scorer.preprocess(image) for _, image, _, _ in batch])
+                score_candidates(scorer, images, records)
+            for (key, image, _, record) in batch:
                 counts["records"] += 1
                 for j, kept in enumerate(distillation_records(record.to_json(), args.keep, args.threshold)):
-                    writer.write(f"{key}-{j}", pixels_image(pixels), kept)
+                    writer.write(f"{key}-{j}", image, kept)
                     counts["kept"] += 1
-                    counts["kept_true"] += kept["meta"]["distilled_from"]["correct"]
-    return {**counts, "skipped": dict(skipped)}
+                    counts["kept_true"] += kept["meta"]["distilled_from"]["correct"] is True
+    return dict(counts)
 
 
 def main() -> None:

@@ -17,8 +17,8 @@ import argparse
 
 import torch
 
+from mmreason.data.grounding import CHECKS, grounding
 from mmreason.data.shards import eval_stream, resolve_shards
-from mmreason.diagnostics.grounding import CHECKS, grounding
 from mmreason.export import load_export
 
 

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 import torch
 from PIL import Image
 
-from mmreason.diagnostics.faithfulness import read_answer
-from mmreason.diagnostics.grounding import rationale_is_true
+from mmreason.data.grounding import rationale_is_true
+from mmreason.eval.voting import ballot
 
 FILTERS = ("all", "scorer", "true")
 
@@ -30,7 +30,9 @@ def pixels_image(pixels: torch.Tensor) -> Image.Image:
 def candidate_samples(model, batches, k: int, temperature: float, max_new_tokens: int | None = None,
                       scorer=None) -> Iterator[tuple[str, Image.Image, dict]]:
     """(key, image, record) per sample, the record's ``meta["candidates"]`` holding K sampled
-    ``{rationale, answer, correct}`` (and ``score`` with a scorer)."""
+    ``{rationale, answer, correct}`` (``correct`` by the scene graph, None without one; ``score`` with a
+    scorer). The image is the model's input view, so the record keeps no step boxes (they are in the
+    original's pixels); its scene graph and ``meta.image_size`` stay as they were."""
     weights = next(model.parameters())
     model.eval()
     for batch in batches:
@@ -42,29 +44,29 @@ def candidate_samples(model, batches, k: int, temperature: float, max_new_tokens
             candidates = []
             for j in range(i * k, (i + 1) * k):
                 rationale = samples[j]["rationale"]
-                candidate = {"rationale": rationale, "answer": read_answer(samples[j]["text"], record),
-                             "correct": bool(record.meta.get("scene")) and rationale_is_true(rationale, record)}
+                candidate = {"rationale": rationale, "answer": ballot(samples[j]["text"], record),
+                             "correct": rationale_is_true(rationale, record) if record.meta.get("scene") else None}
                 if scores is not None:
                     candidate["score"] = round(scores[j], 4)
                 candidates.append(candidate)
-            stored = record.to_json()
+            stored = {**record.to_json(), "steps": []}
             stored["meta"] = {**stored["meta"], "candidates": candidates}
             yield key, pixels_image(batch["pixels"][i]), stored
 
 
 @torch.no_grad()
-def score_candidates(scorer, batch: dict) -> None:
-    """Add (or replace) each candidate's ``score`` by ``scorer``, in the batch's records (loader batch)."""
+def score_candidates(scorer, images: torch.Tensor, records: list) -> None:
+    """Add (or replace) each candidate's ``score`` by ``scorer`` in ``records`` (``images``: the scorer's
+    preprocessed images, one per record)."""
     rows, rationales = [], []
-    for i, record in enumerate(batch["records"]):
+    for i, record in enumerate(records):
         for candidate in record.meta.get("candidates", []):
             rows.append(i)
             rationales.append(candidate["rationale"])
     if not rationales:
         return
-    images = scorer.preprocess.normalize(batch["pixels"])
-    scores = iter(scorer.score(images, batch["records"], rationales, rows=rows).tolist())
-    for record in batch["records"]:
+    scores = iter(scorer.score(images, records, rationales, rows=rows).tolist())
+    for record in records:
         for candidate in record.meta.get("candidates", []):
             candidate["score"] = round(next(scores), 4)
 
@@ -81,7 +83,7 @@ def distillation_records(record: dict, keep: str, threshold: float = 0.5) -> lis
             continue
         if keep == "scorer" and candidate.get("score", -1.0) < threshold:
             continue
-        if keep == "true" and not candidate["correct"]:
+        if keep == "true" and candidate["correct"] is not True:
             continue
         meta = {k: v for k, v in record["meta"].items() if k != "candidates"}
         out.append({**record, "rationale": candidate["rationale"], "answer": candidate["answer"], "steps": [],

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import torch
 
+from mmreason.data.rationale_edits import EDIT_KINDS
 from mmreason.data.shards import resolve_shards
 from mmreason.diagnostics.diagnose import diagnose
-from mmreason.diagnostics.edits import EDIT_KINDS
 from mmreason.diagnostics.report import figures, markdown
+from mmreason.diagnostics.scorer_eval import load_scorer
 from mmreason.export import load_export
 from mmreason.inference import eval_batches
 
@@ -21,7 +22,7 @@ log = logging.getLogger(__name__)
 
 def diagnose_command(args) -> dict:
     model = load_export(args.model, args.device, args.dtype, args.adapters)
-    scorer = load_export(args.scorer, args.device, args.dtype) if args.scorer else None
+    scorer = load_scorer(args.scorer, args.device, args.dtype) if args.scorer else None
     if args.votes > 1 and scorer is None:
         raise ValueError("--votes compares scorer-weighted with majority voting; give --scorer SCORER_EXPORT")
     urls = resolve_shards(args.data, args.split)

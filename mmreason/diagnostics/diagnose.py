@@ -19,15 +19,17 @@ from __future__ import annotations
 import random
 import re
 from collections import Counter
+from functools import partial
 
 import torch
 
-from mmreason.diagnostics.edits import EDIT_KINDS, edit_rationale, split_steps
-from mmreason.diagnostics.faithfulness import FaithfulnessReport, read_answer
-from mmreason.diagnostics.grounding import rationale_is_true
+from mmreason.data.grounding import rationale_is_true
+from mmreason.data.rationale_edits import EDIT_KINDS, edit_rationale, split_steps
+from mmreason.diagnostics.faithfulness import FaithfulnessReport
 from mmreason.diagnostics.utility import StepUtilityReport
 from mmreason.diagnostics.voting import VotingComparison
 from mmreason.eval.answers import score_answer
+from mmreason.eval.voting import ballot
 from mmreason.models.base import REASONS
 from mmreason.rl.crop import crop_segments, strip_crops
 
@@ -85,7 +87,7 @@ def step_utility(model, images, records, described, report: StepUtilityReport) -
 
 
 def faithfulness(model, images, records, described, keys, report: FaithfulnessReport, kinds, seed: int,
-                 skipped: Counter) -> None:
+                 skipped: Counter, max_new_tokens: int = 96) -> None:
     """Each sample's own evidence forced back (the control), then each edit of it, into ``report``."""
     jobs = []  # (row, kind, edit or None for the unedited evidence)
     for i, (record, response) in enumerate(zip(records, described)):
@@ -106,16 +108,17 @@ def faithfulness(model, images, records, described, keys, report: FaithfulnessRe
                 jobs.append((i, kind, edit, with_actions(edit.evidence, rationale)))
     if not jobs:
         return
-    answers = [a for part in _chunked(model.answers_after, images, records, [j[0] for j in jobs],
+    answer_after = partial(model.answers_after, max_new_tokens=max_new_tokens)  # the rest of the rationale
+    answers = [a for part in _chunked(answer_after, images, records, [j[0] for j in jobs],
                                       [j[3] for j in jobs]) for a in part]
     unedited = {}
     for (i, kind, _, _), answer in zip(jobs, answers):
         if kind == "none":
-            unedited[i] = read_answer(answer["text"], records[i])
-            report.add_unedited(records[i], read_answer(described[i]["text"], records[i]), unedited[i])
+            unedited[i] = ballot(answer["text"], records[i])
+            report.add_unedited(records[i], ballot(described[i]["text"], records[i]), unedited[i])
     for (i, kind, edit, _), answer in zip(jobs, answers):
         if edit is not None:
-            report.add(records[i], kind, edit.implied, edit.original, answer["text"], unedited[i])
+            report.add(keys[i], records[i], kind, edit.implied, edit.original, answer["text"], unedited[i])
 
 
 def diagnose(model, batches, kinds=EDIT_KINDS, seed: int = 0, max_new_tokens: int = 160, scorer=None,
@@ -128,6 +131,9 @@ def diagnose(model, batches, kinds=EDIT_KINDS, seed: int = 0, max_new_tokens: in
     unknown = sorted(set(kinds) - set(EDIT_KINDS))
     if unknown:
         raise ValueError(f"unknown edit kinds {unknown}; expected some of {EDIT_KINDS}")
+    if votes > 1 and "votes" not in model.response_options:
+        raise ValueError(f"a {model.family!r} model does not vote over samples, so scorer-weighted and majority "
+                         "voting cannot be compared on it; leave out --votes (the scorer's AUROC is still reported)")
     faith, utility, skipped = FaithfulnessReport(), StepUtilityReport(), Counter()
     voting = VotingComparison() if scorer is not None else None
     weights = next(model.parameters())
@@ -139,7 +145,8 @@ def diagnose(model, batches, kinds=EDIT_KINDS, seed: int = 0, max_new_tokens: in
             records = batch["records"]
             described = [model.describe(r) for r in model.respond(images, records, max_new_tokens=max_new_tokens)]
             step_utility(model, images, records, described, utility)
-            faithfulness(model, images, records, described, batch["keys"], faith, kinds, seed, skipped)
+            faithfulness(model, images, records, described, batch["keys"], faith, kinds, seed, skipped,
+                         max_new_tokens)
             if voting is not None:
                 voting.add_greedy(scorer, images, records, described)
                 if votes > 1:

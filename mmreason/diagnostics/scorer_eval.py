@@ -103,9 +103,18 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+def load_scorer(folder: str, device: str = "cpu", dtype: str | None = None):
+    """A rationale scorer export, or an error saying that ``folder`` holds another kind of model."""
+    model = load_export(folder, device, dtype)
+    if model.family != "scorer":
+        raise ValueError(f"{folder} holds a {model.family!r} model, but a rationale scorer export is expected "
+                         "(family 'scorer'; train one with recipes/scorer/synth-tiny.yaml)")
+    return model
+
+
 def score_command(args) -> dict:
     """The ``score`` verb: evaluate a scorer export on shards, print the AUROCs, optionally write JSON."""
-    scorer = load_export(args.model, args.device, args.dtype, args.adapters)
+    scorer = load_scorer(args.model, args.device, args.dtype)
     urls = resolve_shards(args.data, args.split)
     report = evaluate_scorer(scorer, urls, args.limit, args.batch_size)
     print(format_report(report))

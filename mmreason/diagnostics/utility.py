@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from mmreason.diagnostics.faithfulness import share
 from mmreason.eval.auroc import auroc_report
 from mmreason.eval.step_utility import early_stop_sweep, entropy_drop, mean_curve
 
@@ -51,6 +52,8 @@ class StepUtilityReport:
             areas[task] = {"entropy_drop": auroc_report([entropy_drop(s["curve"]) for s in samples], labels),
                            "final_certainty": auroc_report([-s["curve"][-1] for s in samples], labels)}
         sweep = early_stop_sweep([s["curve"] for s in self.samples], [s["prefix_correct"] for s in self.samples],
-                                 [s["prefix_tokens"] for s in self.samples], self.thresholds) if self.samples else []
-        return {"n": len(self.samples), "curves": curves, "auroc": areas,
+                                 [s["prefix_tokens"] for s in self.samples], self.thresholds,
+                                 [s["correct"] for s in self.samples]) if self.samples else []
+        return {"n": len(self.samples), "accuracy": share(sum(s["correct"] for s in self.samples), len(self.samples)),
+                "curves": curves, "auroc": areas,
                 "early_stopping": [{k: round(v, 4) for k, v in row.items()} for row in sweep]}

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import math
 
+from mmreason.data.grounding import rationale_is_true
 from mmreason.diagnostics.faithfulness import share
-from mmreason.diagnostics.grounding import rationale_is_true
 from mmreason.eval.answers import gold_answer
 from mmreason.eval.auroc import auroc_report
 from mmreason.eval.voting import tally
@@ -32,9 +32,11 @@ class VotingComparison:
         if not rows:
             return
         scores = scorer.score(images[rows], [records[i] for i in rows],  # the words, as the scorer learnt them
-                              [strip_crops(described[i].get("rationale") or "") for i in rows])
-        self.greedy_scores += scores.tolist()
-        self.greedy_true += [rationale_is_true(described[i].get("rationale") or "", records[i]) for i in rows]
+                              [strip_crops(described[i].get("rationale") or "") for i in rows], skip_too_long=True)
+        for i, score in zip(rows, scores.tolist()):
+            if score == score:  # NaN: over the scorer's max_length, left out
+                self.greedy_scores.append(score)
+                self.greedy_true.append(rationale_is_true(described[i].get("rationale") or "", records[i]))
 
     def add_votes(self, records, sampled: list[dict]) -> None:
         """Per question, the K ballots and scores of one sampling: majority's and the scorer's winners."""

@@ -6,8 +6,8 @@ answer at once and the entropy of its distribution over the answer's first token
 carries information lowers the entropy. Two uses: whether a falling entropy predicts a
 correct answer (AUROC of the entropy drop against correctness), and early stopping, where
 generation answers as soon as the entropy falls below a threshold (tokens saved against
-accuracy lost; :func:`early_stop_sweep` computes it exactly for greedy decoding, whose
-rationale prefix does not depend on where it stops).
+accuracy lost; :func:`early_stop_sweep` computes what greedy generation with that option does,
+since a greedy rationale's prefix does not depend on where it stops).
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ import math
 from collections.abc import Sequence
 
 import torch
-
-from mmreason.eval.auroc import auroc
 
 
 def entropy_bits(logits: torch.Tensor) -> torch.Tensor:
@@ -31,11 +29,6 @@ def entropy_drop(curve: Sequence[float]) -> float:
     return float(curve[0] - curve[-1])
 
 
-def drop_auroc(curves: Sequence[Sequence[float]], correct: Sequence[bool]) -> float | None:
-    """AUROC of the entropy drop as a predictor of a correct final answer (None with one class only)."""
-    return auroc([entropy_drop(c) for c in curves], correct)
-
-
 def mean_curve(curves: Sequence[Sequence[float]], width: int) -> list[float | None]:
     """Mean entropy after k = 0..width-1 steps over the curves long enough to have that point."""
     out = []
@@ -46,28 +39,33 @@ def mean_curve(curves: Sequence[Sequence[float]], width: int) -> list[float | No
 
 
 def stop_point(curve: Sequence[float], threshold: float) -> int:
-    """The first prefix (number of steps) whose entropy is below ``threshold``; the whole rationale if none."""
-    return next((k for k, h in enumerate(curve) if h < threshold), len(curve) - 1)
+    """Where generation stopping at ``threshold`` answers: the first prefix before the concluding sentence
+    (k < len(curve) - 1) whose entropy is below ``threshold``, else the whole rationale (len(curve) - 1),
+    after which the model answers as it would have anyway."""
+    return next((k for k, h in enumerate(curve[:-1]) if h < threshold), len(curve) - 1)
 
 
 def early_stop_sweep(curves: Sequence[Sequence[float]], prefix_correct: Sequence[Sequence[bool]],
-                     prefix_tokens: Sequence[Sequence[int]], thresholds: Sequence[float]) -> list[dict]:
+                     prefix_tokens: Sequence[Sequence[int]], thresholds: Sequence[float],
+                     final_correct: Sequence[bool]) -> list[dict]:
     """For each threshold: accuracy when answering at :func:`stop_point` and the share of rationale tokens
-    saved, against answering after the whole rationale (the last prefix).
+    saved, against writing the whole rationale and answering freely.
 
     Per sample, ``curves[i][k]``, ``prefix_correct[i][k]`` and ``prefix_tokens[i][k]`` are the entropy,
-    whether the answer read there is right, and the rationale tokens written up to prefix k."""
-    if not (len(curves) == len(prefix_correct) == len(prefix_tokens)) or not curves:
-        raise ValueError("early_stop_sweep needs the same non-zero number of curves, correctness and token lists")
-    full_correct = sum(c[-1] for c in prefix_correct)
+    whether the answer read there is right, and the rationale tokens written up to prefix k (the last prefix
+    being the whole rationale); ``final_correct[i]`` whether the freely generated answer is right."""
+    if not (len(curves) == len(prefix_correct) == len(prefix_tokens) == len(final_correct)) or not curves:
+        raise ValueError("early_stop_sweep needs the same non-zero number of curves, correctness lists, token "
+                         "lists and final answers")
     full_tokens = sum(t[-1] for t in prefix_tokens)
     rows = []
     for threshold in thresholds:
         stops = [stop_point(c, threshold) for c in curves]
-        correct = sum(pc[k] for pc, k in zip(prefix_correct, stops))
+        early = [k < len(c) - 1 for k, c in zip(stops, curves)]
+        correct = sum(pc[k] if e else f for pc, k, e, f in zip(prefix_correct, stops, early, final_correct))
         tokens = sum(pt[k] for pt, k in zip(prefix_tokens, stops))
         rows.append({"threshold": float(threshold), "accuracy": correct / len(curves),
-                     "accuracy_lost": (full_correct - correct) / len(curves),
+                     "accuracy_lost": (sum(final_correct) - correct) / len(curves),
                      "tokens_saved": 1 - tokens / full_tokens if full_tokens else 0.0,
-                     "stopped_early": sum(k < len(c) - 1 for k, c in zip(stops, curves)) / len(curves)})
+                     "stopped_early": sum(early) / len(curves)})
     return rows

@@ -7,17 +7,33 @@ its rationale's score, so a few well-reasoned samples can outvote many careless 
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Sequence
 
 from mmreason.data.schema import Record
 from mmreason.eval.answers import answer_kind, field_of, parse_answer
 
+log = logging.getLogger(__name__)
+
+
+def ballot(text: str | None, record: Record) -> str | None:
+    """The answer ``text`` gives to ``record``'s question, in canonical form (None where it does not parse)."""
+    kind = answer_kind(record) if field_of(record, "answer") else ("choice" if record.choices else "text")
+    return parse_answer(text, kind, record.choices)
+
 
 def ballots_of(texts: Sequence[str], record: Record) -> list[str | None]:
-    """Each text's parsed answer to ``record``'s question (None where it does not parse)."""
-    kind = answer_kind(record) if field_of(record, "answer") else ("choice" if record.choices else "text")
-    return [parse_answer(t, kind, record.choices) for t in texts]
+    """Each text's :func:`ballot`."""
+    return [ballot(t, record) for t in texts]
+
+
+def per_record(n_texts: int, n_records: int) -> int:
+    """K, when ``n_texts`` texts hold K per record (a record's K adjacent); an error naming the counts otherwise."""
+    k = n_texts // n_records if n_records else 0
+    if k < 1 or k * n_records != n_texts:
+        raise ValueError(f"got {n_texts} texts for {n_records} records; pass K per record, a record's K adjacent")
+    return k
 
 
 def weighted_vote(texts: Sequence[str], record: Record, weights: Sequence[float] | None = None
@@ -49,24 +65,23 @@ def tally(ballots: Sequence[str | None], weights: Sequence[float] | None = None)
     return ballots.index(best), (totals[best] / total if total > 0 else 0.0)
 
 
-def majority_vote(texts: Sequence[str], record: Record) -> tuple[int, float, list[str | None]]:
-    """:func:`weighted_vote` with every vote counting one: the share is the majority's fraction of K."""
-    return weighted_vote(texts, record)
-
-
 def scored_votes(texts: Sequence[str], rationales: Sequence[str], records: Sequence[Record], images,
                  preprocess, scorer=None) -> list[dict]:
     """K sampled outputs per record (adjacent) voted per record: ``text`` and ``rationale`` of the winner,
     ``confidence`` (its share of the votes or of the scores), ``votes`` (every ballot) and, with a
     ``scorer`` (a rationale scorer model reading the same images), ``scores``: each sample's weight."""
-    k = len(texts) // len(records)
+    k = per_record(len(texts), len(records))
     weights = None
     if scorer is not None:
         if scorer.preprocess.to_dict() != preprocess.to_dict():
             raise ValueError("the rationale scorer reads images preprocessed differently from this model "
                              f"({scorer.preprocess.to_dict()} vs {preprocess.to_dict()}); use a scorer trained "
                              "on this model's image size and normalisation")
-        weights = scorer.score(images, list(records), list(rationales)).tolist()
+        scores = scorer.score(images, list(records), list(rationales), skip_too_long=True)
+        if scores.isnan().any():
+            log.warning("%d sampled rationale(s) exceed the scorer's max_length: their votes weigh 0",
+                        int(scores.isnan().sum()))
+        weights = scores.nan_to_num(0.0).tolist()
     out = []
     for i, record in enumerate(records):
         group = slice(i * k, (i + 1) * k)

@@ -15,10 +15,11 @@ import torch
 from torch import nn
 
 from mmreason.data.preprocess import Preprocess
+from mmreason.data.rationale_edits import split_steps
 from mmreason.data.schema import Record
 from mmreason.eval.answers import split_rationale
 from mmreason.eval.step_utility import entropy_bits
-from mmreason.eval.voting import scored_votes
+from mmreason.eval.voting import per_record, scored_votes
 from mmreason.layers.language import build_language_model, splice_image_features
 from mmreason.layers.position import sincos_2d
 from mmreason.layers.projector import build_projector
@@ -26,7 +27,7 @@ from mmreason.layers.vision import build_vision_tower
 from mmreason.models.base import REASONS, ZooModel, freeze, nothing_to_learn
 from mmreason.models.config_schema import VLM
 from mmreason.models.processor import IGNORE_INDEX, PromptProcessor
-from mmreason.text.prompts import PROMPT
+from mmreason.text.prompts import PROMPT, thinking
 from mmreason.text.tokenizer import build_tokenizer
 from mmreason.zoo import merge_config, register_family, register_model
 
@@ -213,8 +214,9 @@ class VisionLanguageModel(ZooModel):
         soon as the answer's entropy falls below it (:meth:`respond_early`)."""
         budget = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
         if stop_entropy is not None:
-            if votes > 1:
-                raise ValueError("stop_entropy stops a greedy rationale early; it does not combine with votes")
+            if votes > 1 or rerank is not None:
+                raise ValueError("stop_entropy stops a greedy rationale early; it does not combine with votes "
+                                 "or rerank")
             return self.respond_early(images, records, float(stop_entropy), max_new_tokens or 128)
         if votes < 1:
             raise ValueError(f"votes must be at least 1, got {votes}")
@@ -249,9 +251,7 @@ class VisionLanguageModel(ZooModel):
                          ) -> tuple[torch.Tensor, list[str]]:
         """For each (partial) rationale — K per record, a record's K adjacent — the entropy in bits of
         the answer's first token when the model must answer right after it, and that token's argmax."""
-        k = len(rationales) // len(records)
-        if k < 1 or k * len(records) != len(rationales):
-            raise ValueError(f"got {len(rationales)} rationales for {len(records)} records; pass K per record")
+        k = per_record(len(rationales), len(records))
         repeated = [r for r in records for _ in range(k)]
         texts = [thinking(q, answer_next=True) for q in rationales]
         padded = self.processor.pad(self.processor.prompt_and_text(repeated, texts), left=True)
@@ -261,13 +261,14 @@ class VisionLanguageModel(ZooModel):
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         logits = self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, logits_to_keep=1).logits
         last = logits[:, -1]
-        return entropy_bits(last), self.tokenizer.convert_ids_to_tokens(last.argmax(-1).tolist())
+        return entropy_bits(last), [self.tokenizer.decode([i]).strip() for i in last.argmax(-1).tolist()]
 
     def respond_early(self, images: torch.Tensor, records: list[Record], threshold: float,
                       max_new_tokens: int = 128) -> list[dict]:
         """Greedy generation that writes its rationale a sentence at a time and answers as soon as the
         answer's entropy after the sentences so far is below ``threshold`` bits (before the first
-        sentence too); an answer given early is that most likely first token (one token answers every
+        sentence too, never after the concluding one, "…, so the answer is …", which states the answer
+        anyway: the model then finishes as it would have); an answer given early is that most likely first token (one token answers every
         synthetic question; longer answers are cut to it). ``stopped_after`` says how many sentences
         were written, ``early`` whether the rationale was cut short."""
         sentence_end = self.tokenizer.convert_tokens_to_ids(".")
@@ -298,8 +299,10 @@ class VisionLanguageModel(ZooModel):
                     evidence[i] = f"{evidence[i]} {self.tokenizer.decode(written)}".strip()
                     used[i] += len(written)
                     steps[i] += 1
-                else:  # the model ends its rationale (or runs out of tokens): it goes on as it would have
-                    finished.append(i)
+                    if split_steps(evidence[i])[1] is None:
+                        continue  # the next check comes after the next sentence
+                # the model wrote its conclusion, ended its rationale or ran out of tokens: it goes on freely
+                finished.append(i)
             if finished:
                 forced = [thinking(evidence[i]) for i in finished]
                 ids = self.generate_ids(images[finished], [records[i] for i in finished],
@@ -326,12 +329,6 @@ class VisionLanguageModel(ZooModel):
         for token in (self.tokenizer.pad_token, self.tokenizer.bos_token):
             text = text.replace(token, "")
         return " ".join(text.split())
-
-
-def thinking(rationale: str, answer_next: bool = False) -> str:
-    """The start of a ``cot`` output holding ``rationale``; with ``answer_next`` closed and cueing the answer."""
-    parts = ["<think>", rationale.strip()] + (["</think>", "<answer>"] if answer_next else [])
-    return " ".join(p for p in parts if p)
 
 
 register_model("baseline-tiny-cot", "baseline", TINY_CONFIG,

@@ -31,7 +31,7 @@ from mmreason.data.preprocess import Preprocess
 from mmreason.data.schema import Record
 from mmreason.eval.answers import extract_answer_span
 from mmreason.eval.step_utility import entropy_bits
-from mmreason.eval.voting import scored_votes
+from mmreason.eval.voting import per_record, scored_votes
 from mmreason.layers.gated_fusion import GatedCrossAttentionFusion
 from mmreason.layers.language import build_language_model
 from mmreason.layers.logit_voting import fuse_pass_logits
@@ -388,9 +388,7 @@ class MCCoT(ZooModel):
                          ) -> tuple[torch.Tensor, list[str]]:
         """For each (partial) rationale — K per record, adjacent — the entropy in bits of the answer stage's
         first answer token after its answer cue (``the answer is``), and that token's argmax."""
-        k = len(rationales) // len(records)
-        if k < 1 or k * len(records) != len(rationales):
-            raise ValueError(f"got {len(rationales)} rationales for {len(records)} records; pass K per record")
+        k = per_record(len(rationales), len(records))
         module = self.stages["answer"]
         repeated = [r for r in records for _ in range(k)]
         ids, mask = self.encoder_inputs("answer", repeated, visual.device, list(rationales))
@@ -404,7 +402,7 @@ class MCCoT(ZooModel):
             logits = module.t5(encoder_outputs=BaseModelOutput(last_hidden_state=encoded[rows]),
                                attention_mask=mask[rows], decoder_input_ids=start).logits
             last[rows] = logits[:, -1].float()
-        return entropy_bits(last), self.tokenizer.convert_ids_to_tokens(last.argmax(-1).tolist())
+        return entropy_bits(last), [self.tokenizer.decode([i]).strip() for i in last.argmax(-1).tolist()]
 
     def respond(self, visual: torch.Tensor, records: list[Record], max_new_tokens: int | None = None,
                 **run_kwargs) -> list[dict]:

@@ -155,12 +155,13 @@ class ScorerModel(ZooModel):
 
     @torch.no_grad()
     def score(self, images: torch.Tensor, records: list[Record], rationales: list[str],
-              rows: list[int] | None = None) -> torch.Tensor:
+              rows: list[int] | None = None, skip_too_long: bool = False) -> torch.Tensor:
         """The probability that each rationale is right for its record and image: (len(rationales),) float.
 
         ``images``: the records' preprocessed images (B, 3, S, S). Without ``rows`` a record's rationales are
         adjacent, K = len(rationales) / len(records) of them each (as sampled votes come); ``rows`` names
-        each rationale's record otherwise. Each image is encoded once.
+        each rationale's record otherwise. Each image is encoded once. A pair over ``max_length`` raises, or
+        with ``skip_too_long`` scores NaN (a long run of generations should not stop on one rambling sample).
         """
         if len(images) != len(records):
             raise ValueError(f"got {len(images)} images for {len(records)} records; pass one image per record")
@@ -174,6 +175,13 @@ class ScorerModel(ZooModel):
                              f"rationales, got {len(rows)} rows from {min(rows, default=None)} to {max(rows, default=None)}")
         if not rationales:
             return torch.zeros(0)
+        if skip_too_long:
+            encoded = self.processor.encode([records[r] for r in rows], rationales)
+            fits = [j for j, (ids, _) in enumerate(encoded) if self.processor.fits(ids)]
+            out = torch.full((len(rationales),), float("nan"))
+            if fits:
+                out[fits] = self.score(images, records, [rationales[j] for j in fits], [rows[j] for j in fits])
+            return out
         weights = next(self.parameters())
         inputs = self.processor.scoring_inputs([records[r] for r in rows], rationales)
         was_training = self.training

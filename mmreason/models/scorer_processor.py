@@ -2,7 +2,7 @@
 
 A scorer learns from (record, rationale, label) pairs. Right: the record's gold rationale. Wrong,
 made from it (:func:`corrupt`): an edit of one evidence step that changes the answer the evidence
-implies (:func:`mmreason.diagnostics.edits.edit_rationale`, kept only when ``edit.matters``) followed
+implies (:func:`mmreason.data.rationale_edits.edit_rationale`, kept only when ``edit.matters``) followed
 by the record's own concluding sentence, so evidence and image disagree while the conclusion still
 names the gold answer; and the gold evidence with the conclusion's answer swapped for another of
 its kind (``answer``: another digit, colour, shape, size, the opposite direction, yes↔no, another
@@ -37,12 +37,11 @@ from string import ascii_uppercase
 
 import torch
 
+from mmreason.data.rationale_edits import applicable_kinds, edit_rationale, split_steps
 from mmreason.data.scenes import COLOURS, SHAPES, SIZES
 from mmreason.data.schema import Record
-from mmreason.diagnostics.edits import applicable_kinds, edit_rationale, split_steps
-from mmreason.models.baseline import thinking
 from mmreason.models.processor import BatchProcessor, PromptTooLong, pad_rows
-from mmreason.text.prompts import IMAGE_TAG, format_choices, user_prompt
+from mmreason.text.prompts import IMAGE_TAG, format_choices, thinking, user_prompt
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +107,11 @@ def corrupt(record: Record, kind: str, rng: random.Random) -> str | None:
 
 
 def candidates_of(record: Record) -> list[tuple[str, bool]]:
-    """The (rationale, correct) pairs of ``meta["candidates"]``; malformed entries are logged and passed over."""
+    """The (rationale, correct) pairs of ``meta["candidates"]``; unlabelled entries (``correct`` null: no scene
+    graph said) are passed over, malformed ones logged and passed over."""
     entries = record.meta.get("candidates") or []
     entries = entries if isinstance(entries, list) else [entries]
+    entries = [c for c in entries if not (isinstance(c, dict) and "correct" in c and c["correct"] is None)]
     good = [(c["rationale"], c["correct"]) for c in entries  # an empty rationale is a sample too: a model wrote none
             if isinstance(c, dict) and isinstance(c.get("rationale"), str) and isinstance(c.get("correct"), bool)]
     if len(good) < len(entries):

@@ -24,9 +24,10 @@ import torch.nn.functional as F
 from mmreason.data.schema import Record
 from mmreason.eval.crops import record_boxes
 from mmreason.eval.step_utility import entropy_bits
+from mmreason.eval.voting import per_record
 from mmreason.models.base import ANSWERS, CROPS, POLICY
 from mmreason.models.baseline import TINY_CONFIG as BASELINE_TINY
-from mmreason.models.baseline import VisionLanguageModel, thinking
+from mmreason.models.baseline import VisionLanguageModel
 from mmreason.models.config_schema import LEAF, VLM
 from mmreason.models.policy import Trajectory, TrajectoryPolicy
 from mmreason.models.processor import refuse_turns
@@ -40,7 +41,7 @@ from mmreason.rl.crop import (
     parse_box,
 )
 from mmreason.rl.grpo import token_log_probs
-from mmreason.text.prompts import answer_tag
+from mmreason.text.prompts import answer_tag, thinking
 from mmreason.zoo import merge_config, register_family, register_model
 
 DEFAULT_CROP = {"max_actions": 3, "min_size": 8, "tokens": 16}
@@ -160,15 +161,19 @@ class VirlPolicy(TrajectoryPolicy, VisionLanguageModel):
             budget = max_new_tokens - min(len(t.completion) for t in active) if active else 0
             if budget <= 0:
                 break
-            inputs = self.trajectory_embeddings(images, active, left=True)
             suppress = [self.image_token_id, self.tokenizer.pad_token_id, self.tokenizer.bos_token_id]
-            if turn == self.max_actions:
-                suppress.append(self.crop_open_id)
-            output = self.lm.generate(**inputs, max_new_tokens=budget, suppress_tokens=suppress,
-                                      eos_token_id=[self.tokenizer.eos_token_id, self.crop_close_id],
-                                      pad_token_id=self.tokenizer.pad_token_id, **sampling)
-            for trajectory, row in zip(active, output.tolist()):
-                self._continue(trajectory, row, images, max_new_tokens)
+            may_crop = [turn < self.max_actions and len(t.actions) < self.max_actions for t in active]
+            for allowed in (True, False):  # rows out of actions (here, or in a forced start) cannot open a crop
+                group = [t for t, ok in zip(active, may_crop) if ok == allowed]
+                if not group:
+                    continue
+                inputs = self.trajectory_embeddings(images, group, left=True)
+                output = self.lm.generate(**inputs, max_new_tokens=budget,
+                                          suppress_tokens=suppress + ([] if allowed else [self.crop_open_id]),
+                                          eos_token_id=[self.tokenizer.eos_token_id, self.crop_close_id],
+                                          pad_token_id=self.tokenizer.pad_token_id, **sampling)
+                for trajectory, row in zip(group, output.tolist()):
+                    self._continue(trajectory, row, images, max_new_tokens)
         return trajectories
 
     def _continue(self, trajectory: Trajectory, generated: list[int], images: torch.Tensor,
@@ -226,7 +231,7 @@ class VirlPolicy(TrajectoryPolicy, VisionLanguageModel):
         """Each record's ``evidence`` (crop actions taken) forced as the start of its rationale; the policy
         writes the rest, cropping as it likes. Described responses."""
         start = [self.forced_trajectory(r, i, images, thinking(e)) for i, (r, e) in enumerate(zip(records, evidence))]
-        budget = max(sum(t.policy_mask) for t in start) + max_new_tokens
+        budget = max(len(t.completion) for t in start) + max_new_tokens  # crops' image tokens count in rollout's
         done = self.rollout(images, records, max_new_tokens=budget, start=start)
         return [self.describe({"text": self.clean_output(self.completion_text(t)), "crops": t.crops}) for t in done]
 
@@ -234,15 +239,13 @@ class VirlPolicy(TrajectoryPolicy, VisionLanguageModel):
     def answer_entropies(self, images: torch.Tensor, records: list[Record], rationales: list[str]
                          ) -> tuple[torch.Tensor, list[str]]:
         """As the baseline's, with each (partial) rationale's crop actions taken before the answer is read."""
-        k = len(rationales) // len(records)
-        if k < 1 or k * len(records) != len(rationales):
-            raise ValueError(f"got {len(rationales)} rationales for {len(records)} records; pass K per record")
+        k = per_record(len(rationales), len(records))
         trajectories = [self.forced_trajectory(records[j // k], j // k, images, thinking(q, answer_next=True))
                         for j, q in enumerate(rationales)]
         inputs = self.trajectory_embeddings(images, trajectories, left=True)
         positions = (inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0)
         last = self.lm(**inputs, position_ids=positions, logits_to_keep=1).logits[:, -1]
-        return entropy_bits(last), self.tokenizer.convert_ids_to_tokens(last.argmax(-1).tolist())
+        return entropy_bits(last), [self.tokenizer.decode([i]).strip() for i in last.argmax(-1).tolist()]
 
 
 def _last_index(items: list[int], value: int, since: int = 0) -> int | None:

@@ -78,6 +78,13 @@ def answer_tag(answer: str) -> str:
     return f"<answer> {answer.strip()} </answer>"
 
 
+def thinking(rationale: str, answer_next: bool = False) -> str:
+    """The start of a ``cot`` target holding ``rationale`` (what a model is made to have written so far); with
+    ``answer_next`` the rationale closed and the answer cued, so that the model answers next."""
+    parts = ["<think>", rationale.strip()] + (["</think>", "<answer>"] if answer_next else [])
+    return " ".join(p for p in parts if p)
+
+
 def target_text(record: Record | Turn, output_format: str) -> str:
     if output_format not in OUTPUT_FORMATS:
         raise ValueError(f"unknown output_format {output_format!r}; expected one of {OUTPUT_FORMATS}")

@@ -17,7 +17,7 @@ Choices, and why:
   the question, a "closest" object is the nearest) is edited: ``implied`` is read off the scene, so an
   edit of a false step would imply nothing the text says. Steps left untouched are not checked; where
   a rationale omits or invents objects, the scene's answer can differ from what its text implies, so a
-  diagnosis should tell such rationales apart (:func:`mmreason.diagnostics.grounding.rationale_is_true`).
+  diagnosis should tell such rationales apart (:func:`mmreason.data.grounding.rationale_is_true`).
 * The rng picks what to change (a step; for ``count`` whether to add or remove, which object and
   where) uniformly among the choices that change the text and leave the question an answer, then the
   new value. An edit that leaves no answer (the reference object recoloured away, an mcq count that is
@@ -50,9 +50,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
+from mmreason.data.scene_answers import nearest_object, scene_answer
 from mmreason.data.scenes import COLOURS, POSITIONS, SHAPES, SIZES, position_word, side_pixels, sprite
 from mmreason.data.synth import TEMPLATES, article, criterion, say
-from mmreason.diagnostics.scene_answers import nearest_object, scene_answer
 from mmreason.eval.answers import field_of
 
 EDIT_KINDS = ("colour", "shape", "count", "relation", "drop", "shuffle")

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import re
 
+from mmreason.data.rationale_edits import split_steps
 from mmreason.data.scenes import COLOURS, POSITIONS, SHAPES, SIZES, position_word
-from mmreason.diagnostics.edits import split_steps
 from mmreason.eval.answers import field_of, score_answer
 from mmreason.rl.crop import strip_crops
 
