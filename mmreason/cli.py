@@ -116,6 +116,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="a rationale scorer: its AUROC on the model's rationales; with --votes, weighted vs majority")
     p.add_argument("--votes", type=int, default=1, help="with --scorer: samples per question to vote over")
     p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature with --votes")
+    p.add_argument("--rationales", choices=("own", "gold"), default="own",
+                   help="what faithfulness edits: the model's own rationales where true to the scene (default), "
+                        "or the gold ones (for a model whose own are rarely true)")
     p.add_argument("--seed", type=int, default=0, help="seeds the edits' choices and the sampling")
     _load_arguments(p)
 

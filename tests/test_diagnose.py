@@ -136,8 +136,13 @@ def test_diagnose_reports_the_three_diagnostics(trained, tmp_path):
     lengths = [len(r.rationale.split(". ")) + 1 for r in records]  # sentences + the empty prefix
     assert len(utility["curves"]["all"]) == max(lengths)
     assert utility["early_stopping"][0]["threshold"] == 0.01
+    gold = diagnose(model, [synth_loader_batch(model, records, keys)], max_new_tokens=120, source="gold")
+    assert gold["faithfulness"]["rationales"] == "gold"
+    assert gold["faithfulness"]["unedited_reproduced"]["all"] == {"n": 4, "share": 100.0, "se": 0.0}
+    with pytest.raises(ValueError, match="rationales to edit"):
+        diagnose(model, [], source="mine")
     text = markdown(report)
-    assert "## Faithfulness by intervention" in text and "## Step utility" in text and "| **all** |" in text
+    assert "## Faithfulness by intervention (own rationales edited)" in text and "## Step utility" in text and "| **all** |" in text
     assert [p.name for p in figures(report, tmp_path)] == ["entropy.png", "faithfulness.png"]
     assert all((tmp_path / name).stat().st_size > 1000 for name in ("entropy.png", "faithfulness.png"))
 

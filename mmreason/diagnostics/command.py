@@ -30,7 +30,7 @@ def diagnose_command(args) -> dict:
     skipped = Counter()
     report = diagnose(model, eval_batches(urls, model.preprocess, args.batch_size, args.limit, skipped),
                       kinds=tuple(args.edits or EDIT_KINDS), seed=args.seed, max_new_tokens=args.max_new_tokens,
-                      scorer=scorer, votes=args.votes, temperature=args.temperature)
+                      scorer=scorer, votes=args.votes, temperature=args.temperature, source=args.rationales)
     report = {"model": args.model, "data": urls, "scorer_export": args.scorer, **report,
               "skipped_samples": dict(skipped)}
     out = Path(args.out)

@@ -5,7 +5,8 @@ Three diagnostics on the samples of a test set, from the model's own greedy rati
 - faithfulness by intervention (:mod:`mmreason.diagnostics.faithfulness`), on samples whose
   record holds the synthetic benchmark's scene graph (the edits need it) and whose own rationale
   is true to it (an edit's implied answer is the edited scene's, which a false rationale's text
-  need not imply);
+  need not imply); a model whose rationales are rarely true can have the gold ones edited
+  instead (``source="gold"``), which asks the same of the answer with a rationale it did not write;
 - step utility (:mod:`mmreason.diagnostics.utility`): answer entropy after each prefix;
 - with a rationale scorer (``scorer``): its AUROC on the model's own rationales labelled by the
   scene graph, and, with ``votes`` K > 1, scorer-weighted against plain majority voting over the
@@ -33,6 +34,7 @@ from mmreason.eval.voting import ballot
 from mmreason.models.base import REASONS
 from mmreason.rl.crop import crop_segments, strip_crops
 
+RATIONALE_SOURCES = ("own", "gold")  # what faithfulness edits: the model's rationales, or the gold ones
 CHUNK = 128  # rows per probe call: prefixes and edits of a batch go through the model in chunks
 
 
@@ -87,17 +89,18 @@ def step_utility(model, images, records, described, report: StepUtilityReport) -
 
 
 def faithfulness(model, images, records, described, keys, report: FaithfulnessReport, kinds, seed: int,
-                 skipped: Counter, max_new_tokens: int = 96) -> None:
-    """Each sample's own evidence forced back (the control), then each edit of it, into ``report``."""
+                 skipped: Counter, max_new_tokens: int = 96, source: str = "own") -> None:
+    """Each sample's evidence forced back unedited (the control), then each edit of it, into ``report``: the
+    model's ``own`` rationale where it is true to the scene graph, or the ``gold`` one (true by construction)."""
     jobs = []  # (row, kind, edit or None for the unedited evidence)
     for i, (record, response) in enumerate(zip(records, described)):
         if not record.meta.get("scene"):
             skipped["no scene graph"] += 1
             continue
-        rationale = response.get("rationale") or ""
+        rationale = (response.get("rationale") if source == "own" else record.rationale) or ""
         words = strip_crops(rationale)
         if not rationale_is_true(rationale, record):  # an edit's implied answer holds for true rationales only
-            skipped["own rationale not true to the scene"] += 1
+            skipped[f"{source} rationale not true to the scene"] += 1
             continue
         jobs.append((i, "none", None, " ".join(split_steps(rationale)[0])))
         for kind in kinds:
@@ -115,19 +118,22 @@ def faithfulness(model, images, records, described, keys, report: FaithfulnessRe
     for (i, kind, _, _), answer in zip(jobs, answers):
         if kind == "none":
             unedited[i] = ballot(answer["text"], records[i])
-            report.add_unedited(records[i], ballot(described[i]["text"], records[i]), unedited[i])
+            target = described[i]["text"] if source == "own" else records[i].answer  # its free answer, or the gold
+            report.add_unedited(records[i], ballot(target, records[i]), unedited[i])
     for (i, kind, edit, _), answer in zip(jobs, answers):
         if edit is not None:
             report.add(keys[i], records[i], kind, edit.implied, edit.original, answer["text"], unedited[i])
 
 
 def diagnose(model, batches, kinds=EDIT_KINDS, seed: int = 0, max_new_tokens: int = 160, scorer=None,
-             votes: int = 1, temperature: float = 0.7) -> dict:
+             votes: int = 1, temperature: float = 0.7, source: str = "own") -> dict:
     """The three diagnostics over ``batches`` (loader batches: ``pixels``, ``records``, ``keys``)."""
     if not model.can(REASONS):
         raise ValueError(f"a {model.family!r} model {'' if model.can('answers') else 'answers nothing and '}"
                          "writes no rationale to diagnose; diagnose models that write a rationale, then answer "
                          "(baseline with output_format cot, mccot with rationale and answer stages, virl)")
+    if source not in RATIONALE_SOURCES:
+        raise ValueError(f"the rationales to edit are {RATIONALE_SOURCES}, got {source!r}")
     unknown = sorted(set(kinds) - set(EDIT_KINDS))
     if unknown:
         raise ValueError(f"unknown edit kinds {unknown}; expected some of {EDIT_KINDS}")
@@ -146,7 +152,7 @@ def diagnose(model, batches, kinds=EDIT_KINDS, seed: int = 0, max_new_tokens: in
             described = [model.describe(r) for r in model.respond(images, records, max_new_tokens=max_new_tokens)]
             step_utility(model, images, records, described, utility)
             faithfulness(model, images, records, described, batch["keys"], faith, kinds, seed, skipped,
-                         max_new_tokens)
+                         max_new_tokens, source)
             if voting is not None:
                 voting.add_greedy(scorer, images, records, described)
                 if votes > 1:
@@ -155,7 +161,8 @@ def diagnose(model, batches, kinds=EDIT_KINDS, seed: int = 0, max_new_tokens: in
                     voting.add_votes(records, sampled)
     finally:
         model.train(was_training)
-    report = {"faithfulness": faith.to_dict(), "step_utility": utility.to_dict(), "skipped_edits": dict(skipped)}
+    report = {"faithfulness": {"rationales": source, **faith.to_dict()}, "step_utility": utility.to_dict(),
+              "skipped_edits": dict(skipped)}
     if voting is not None:
         report["scorer"] = voting.to_dict(votes)
     return report

@@ -32,8 +32,9 @@ def faithfulness_table(faith: dict) -> str:
         lines.append(f"| {name} | {entry['changed']['n']} | {_pm(entry['changed'])} |")
     unedited = faith["unedited_reproduced"].get(ALL)
     if unedited:
-        lines += ["", f"Own evidence forced back reproduces the generated answer: {_pm(unedited)} % "
-                      f"(n = {unedited['n']})."]
+        said = ("Own evidence forced back reproduces the generated answer" if faith["rationales"] == "own" else
+                "Gold evidence forced gives the gold answer")
+        lines += ["", f"{said}: {_pm(unedited)} % (n = {unedited['n']})."]
     return "\n".join(lines)
 
 
@@ -78,7 +79,8 @@ def scorer_table(scorer: dict) -> str:
 
 
 def markdown(report: dict) -> str:
-    parts = ["## Faithfulness by intervention", faithfulness_table(report["faithfulness"]),
+    parts = [f"## Faithfulness by intervention ({report['faithfulness']['rationales']} rationales edited)",
+             faithfulness_table(report["faithfulness"]),
              "## Step utility (answer entropy in bits after k rationale sentences)", utility_table(report["step_utility"])]
     if "scorer" in report:
         parts += ["## Rationale scorer", scorer_table(report["scorer"])]
