@@ -170,7 +170,7 @@ def test_a_failed_run_keeps_the_previous_results(baseline, tmp_path, monkeypatch
     def fail(*args, **kwargs):
         raise RuntimeError("out of memory")
 
-    monkeypatch.setattr("mmreason.models.base.ZooModel.respond", fail)
+    monkeypatch.setattr("mmreason.models.baseline.VisionLanguageModel.respond", fail)
     with pytest.raises(RuntimeError, match="out of memory"):
         _predict(["--model", str(baseline), "--inputs", str(folder), "--question", "how many shapes?",
                   "--out", str(out), "--max-new-tokens", TOKENS])

@@ -52,6 +52,8 @@ def test_the_page_answers_through_its_api_with_text_and_an_overlay(exported, tmp
 def test_asking_without_an_image_is_refused_and_only_sampling_families_get_a_count(exported):
     with pytest.raises(ValueError, match="upload an image"):
         ask(exported, None, "is there a red circle?")
+    assert count_option(exported) == "votes"  # a baseline samples K answers and votes
+    exported.response_options = ()
     assert count_option(exported) is None
     exported.response_options = ("samples", "temperature")
     assert count_option(exported) == "samples"
