@@ -186,7 +186,7 @@ def test_crop_policy_probes_take_its_crops():
     config = {**TINY_TEST_CONFIG, "max_length": 400, "crop": {"max_actions": 3, "min_size": 4, "tokens": 4}}
     policy = VirlPolicy(config, tokenizer=build_tokenizer("synth-word"))
     images, records, keys = synth_batch()
-    memorise(policy, images, records, steps=150)
+    memorise(policy, images, records, steps=90)
     assert policy.can("reasons")
     described = [policy.describe(r) for r in policy.respond(images, records, max_new_tokens=200)]
     assert all(parse_crops(d["rationale"]) for d in described)  # its rationales hold crop actions
