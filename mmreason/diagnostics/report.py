@@ -117,8 +117,12 @@ def figures(report: dict, out: Path) -> list[Path]:
         values = [kinds[k][outcome]["share"] for k in names]
         ax.bar(names, values, bottom=bottom, color=colour, label=outcome.replace("stays", "stays with image"))
         bottom = [b + v for b, v in zip(bottom, values)]
-    ax.set(ylabel="% of edits that change the implied answer", title="Answers after an edited rationale")
-    ax.legend(fontsize=8)
+    for x, kind in enumerate(names):  # small cells read differently from large ones: say how many edits
+        ax.text(x, 101, f"n={kinds[kind]['follows']['n']}", ha="center", va="bottom", fontsize=8)
+    ax.set_ylim(0, 112)
+    ax.set(ylabel="% of edits that change the implied answer",
+           title=f"Answers after an edited rationale ({report['faithfulness'].get('rationales', 'own')} rationales)")
+    ax.legend(fontsize=8, loc="lower left", framealpha=0.9)
     fig.tight_layout()
     fig.savefig(out / "faithfulness.png", dpi=100)
     plt.close(fig)
