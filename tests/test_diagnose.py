@@ -232,3 +232,25 @@ def test_distillation_sets_keep_the_samples_their_filter_lets_through():
         distillation_records(record, "best")
     pixels = torch.randint(0, 255, (8, 8, 3), dtype=torch.uint8)
     assert torch.equal(torch.from_numpy(np.asarray(pixels_image(pixels))), pixels)
+
+
+def test_candidate_shards_are_read_within_bounds(tmp_path):
+    import io
+    import tarfile
+
+    from mmreason.diagnostics.candidates import MAX_RECORD_BYTES, candidate_shard_samples
+
+    good = {"question": "how many?", "answer": "2", "task": "count", "meta": {"candidates": []}}
+    members = {"a.png": b"\x89PNG image bytes", "a.json": json.dumps(good).encode(),
+               "b.png": b"png", "b.json": b" " * (MAX_RECORD_BYTES + 1),  # too large to be a record: not read
+               "c.png": b"png", "c.json": json.dumps({"question": "", "answer": "x"}).encode(),  # invalid
+               "d.json": json.dumps(good).encode()}  # no image
+    path = tmp_path / "train-000000.tar"
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    samples = list(candidate_shard_samples(path))
+    assert [(key, image) for key, image, _ in samples] == [("a", b"\x89PNG image bytes")]
+    assert samples[0][2].answer == "2"

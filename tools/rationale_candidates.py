@@ -20,20 +20,18 @@ from collections import Counter
 import torch
 from tqdm import tqdm
 
-from mmreason.data.schema import validate_record
 from mmreason.data.shards import resolve_shards
 from mmreason.data.writer import ShardSetWriter
 from mmreason.diagnostics.candidates import (
     FILTERS,
     candidate_samples,
+    candidate_shard_samples,
     distillation_records,
     score_candidates,
 )
 from mmreason.diagnostics.scorer_eval import load_scorer
 from mmreason.export import load_export
 from mmreason.inference import eval_batches
-
-MAX_RECORD_BYTES = 1 << 20  # a candidate record is a few KiB; larger members are not this tool's
 
 
 def sample(args) -> dict:
@@ -53,20 +51,15 @@ def sample(args) -> dict:
     return {**counts, "skipped": dict(skipped)}
 
 
-def _raw_batches(urls: list[str], size: int = 64):
-    """Lists of (key, image bytes, image extension, record) read from the shards, ``size`` at a time; the
-    original image bytes are kept so the distilled set holds the images as they were."""
-    import webdataset as wds
-
+def _batches(urls: list[str], size: int = 64):
+    """Lists of (key, original image bytes, record) from local candidate shards, ``size`` at a time."""
     batch = []
-    for raw in wds.WebDataset(urls, shardshuffle=False, empty_check=False):
-        ext = next((k for k in ("png", "jpg", "jpeg", "webp") if k in raw), None)
-        if ext is None or len(raw.get("json", b"")) > MAX_RECORD_BYTES:
-            continue  # not a sample this tool wrote
-        batch.append((raw["__key__"], raw[ext], ext, validate_record(json.loads(raw["json"]), raw["__key__"])))
-        if len(batch) == size:
-            yield batch
-            batch = []
+    for url in urls:
+        for sample in candidate_shard_samples(url):
+            batch.append(sample)
+            if len(batch) == size:
+                yield batch
+                batch = []
     if batch:
         yield batch
 
@@ -77,12 +70,12 @@ def distill(args) -> dict:
         raise SystemExit("--keep scorer needs --scorer SCORER_EXPORT to score the candidates")
     counts = Counter()
     with ShardSetWriter(args.out, args.split, samples_per_shard=1000) as writer:
-        for batch in tqdm(_raw_batches(resolve_shards(args.data, args.split)), desc="distill", unit="batch"):
+        for batch in tqdm(_batches(resolve_shards(args.data, args.split)), desc="distill", unit="batch"):
             records = [record for *_, record in batch]
             if scorer is not None:
-                images = torch.stack([scorer.preprocess(image) for _, image, _, _ in batch])
+                images = torch.stack([scorer.preprocess(image) for _, image, _ in batch])
                 score_candidates(scorer, images, records)
-            for (key, image, _, record) in batch:
+            for key, image, record in batch:
                 counts["records"] += 1
                 for j, kept in enumerate(distillation_records(record.to_json(), args.keep, args.threshold)):
                     writer.write(f"{key}-{j}", image, kept)

@@ -10,15 +10,47 @@ upper bound that needs the scene graph — only the true ones.
 
 from __future__ import annotations
 
+import json
+import logging
+import tarfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 from PIL import Image
 
 from mmreason.data.grounding import rationale_is_true
+from mmreason.data.schema import Record, validate_record
 from mmreason.eval.voting import ballot
+from mmreason.text.vocabulary import MAX_RECORD_BYTES
+
+log = logging.getLogger(__name__)
 
 FILTERS = ("all", "scorer", "true")
+IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
+MAX_IMAGE_BYTES = 64 << 20  # an encoded image larger than this is passed over unread
+
+
+def candidate_shard_samples(path: str | Path) -> Iterator[tuple[str, bytes, Record]]:
+    """(key, original image bytes, record) of each sample of a local shard of candidates, read member by
+    member; members larger than a record or an image can be (sizes from the tar header) are passed over
+    unread, as are samples without both, and records that do not validate are named in the log."""
+    pending: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(path) as tar:
+        for member in tar:
+            key, _, ext = member.name.partition(".")
+            limit = MAX_RECORD_BYTES if ext == "json" else MAX_IMAGE_BYTES if ext in IMAGE_EXTENSIONS else -1
+            if not member.isfile() or member.size > limit:
+                continue
+            parts = pending.setdefault(key, {})
+            parts[ext] = tar.extractfile(member).read()
+            image = next((parts[e] for e in IMAGE_EXTENSIONS if e in parts), None)
+            if "json" in parts and image is not None:
+                del pending[key]
+                try:
+                    yield key, image, validate_record(json.loads(parts["json"]), key)
+                except (ValueError, TypeError, UnicodeDecodeError) as error:
+                    log.warning("%s: sample %r passed over: %s", path, key, error)
 
 
 def pixels_image(pixels: torch.Tensor) -> Image.Image:
