@@ -70,9 +70,10 @@ def _sentences(rationale: str | None) -> list[str]:
 
 def step_utility(model, images, records, described, report: StepUtilityReport) -> None:
     """Answer entropy after every prefix of each sample's rationale, into ``report``."""
-    rows, prefixes = [], []
+    rows, prefixes, counts = [], [], []
     for i, response in enumerate(described):
         sentences = _sentences(response.get("rationale"))
+        counts.append(len(sentences) + 1)
         for k in range(len(sentences) + 1):
             rows.append(i)
             prefixes.append(" ".join(sentences[:k]))
@@ -81,10 +82,11 @@ def step_utility(model, images, records, described, report: StepUtilityReport) -
         entropies += h.tolist()
         tokens += t
     lengths = [len(ids) for ids in model.tokenizer(prefixes, add_special_tokens=False)["input_ids"]]
-    for i, (record, response) in enumerate(zip(records, described)):
-        mine = [j for j, row in enumerate(rows) if row == i]
-        report.add(record.task, [entropies[j] for j in mine],
-                   [score_answer(tokens[j], record)[0] for j in mine], [lengths[j] for j in mine],
+    start = 0
+    for record, response, count in zip(records, described, counts):
+        mine = slice(start, start + count)  # a sample's prefixes are adjacent
+        start = mine.stop
+        report.add(record.task, entropies[mine], [score_answer(t, record)[0] for t in tokens[mine]], lengths[mine],
                    score_answer(response["text"], record)[0])
 
 

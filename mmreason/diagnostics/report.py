@@ -109,7 +109,7 @@ def figures(report: dict, out: Path) -> list[Path]:
     fig.tight_layout()
     fig.savefig(out / "entropy.png", dpi=100)
     plt.close(fig)
-    kinds = {k: v for k, v in report["faithfulness"]["matters"].get(ALL, {}).items()}
+    kinds = report["faithfulness"]["matters"].get(ALL, {})
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     names = list(kinds)
     bottom = [0.0] * len(names)

@@ -258,7 +258,11 @@ class VisionLanguageModel(ZooModel):
         ids, mask = padded["input_ids"].to(images.device), padded["attention_mask"].to(images.device)
         embeds = splice_image_features(self.lm.get_input_embeddings()(ids), ids, self.image_token_id,
                                        self.encode_images(images).repeat_interleave(k, dim=0))
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        return self.next_token_entropy(embeds, mask)
+
+    def next_token_entropy(self, embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
+        """The entropy in bits of the token after each left-padded row, and that token's argmax, decoded."""
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as generate() numbers left-padded rows
         logits = self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, logits_to_keep=1).logits
         last = logits[:, -1]
         return entropy_bits(last), [self.tokenizer.decode([i]).strip() for i in last.argmax(-1).tolist()]
@@ -268,8 +272,8 @@ class VisionLanguageModel(ZooModel):
         """Greedy generation that writes its rationale a sentence at a time and answers as soon as the
         answer's entropy after the sentences so far is below ``threshold`` bits (before the first
         sentence too, never after the concluding one, "…, so the answer is …", which states the answer
-        anyway: the model then finishes as it would have); an answer given early is that most likely first token (one token answers every
-        synthetic question; longer answers are cut to it). ``stopped_after`` says how many sentences
+        anyway: the model then finishes as it would have); an answer given early is that most likely first
+        token (one token answers every synthetic question; longer answers are cut to it). ``stopped_after`` says how many sentences
         were written, ``early`` whether the rationale was cut short."""
         sentence_end = self.tokenizer.convert_tokens_to_ids(".")
         if sentence_end is None or sentence_end == self.tokenizer.unk_token_id:

@@ -23,7 +23,6 @@ import torch.nn.functional as F
 
 from mmreason.data.schema import Record
 from mmreason.eval.crops import record_boxes
-from mmreason.eval.step_utility import entropy_bits
 from mmreason.eval.voting import per_record
 from mmreason.models.base import ANSWERS, CROPS, POLICY
 from mmreason.models.baseline import TINY_CONFIG as BASELINE_TINY
@@ -243,9 +242,7 @@ class VirlPolicy(TrajectoryPolicy, VisionLanguageModel):
         trajectories = [self.forced_trajectory(records[j // k], j // k, images, thinking(q, answer_next=True))
                         for j, q in enumerate(rationales)]
         inputs = self.trajectory_embeddings(images, trajectories, left=True)
-        positions = (inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0)
-        last = self.lm(**inputs, position_ids=positions, logits_to_keep=1).logits[:, -1]
-        return entropy_bits(last), [self.tokenizer.decode([i]).strip() for i in last.argmax(-1).tolist()]
+        return self.next_token_entropy(inputs["inputs_embeds"], inputs["attention_mask"])
 
 
 def _last_index(items: list[int], value: int, since: int = 0) -> int | None:
