@@ -186,11 +186,11 @@ def pipeline_options(args) -> dict:
     options = {}
     if args.votes != 1:
         options.update(votes=args.votes, temperature=args.temperature)
-    if getattr(args, "rerank", None):  # callers building their own arguments may leave the newer ones out
+    if args.rerank:
         from mmreason.diagnostics.scorer_eval import load_scorer
 
         options["rerank"] = load_scorer(args.rerank, args.device, args.dtype)
-    if getattr(args, "stop_entropy", None) is not None:
+    if args.stop_entropy is not None:
         options["stop_entropy"] = args.stop_entropy
     if args.samples != 1:
         options.update(samples=args.samples, temperature=args.temperature)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
@@ -205,10 +204,9 @@ def test_eval_predictions_carry_each_mask_iou(star, tmp_path, capsys):
         writer.write(f"s{i:05d}", make_image(i), _seg_record(i), _square(i))
     writer.close()
     path, report = tmp_path / "predictions.jsonl", tmp_path / "report.json"
-    eval_command(argparse.Namespace(
-        model=str(star), data=[str(tmp_path / "test-000000.tar")], split="test", out=str(report), batch_size=2,
-        max_new_tokens=8, limit=None, device="cpu", dtype=None, adapters=None, votes=1, samples=1,
-        temperature=0.7, rationales="generated", predictions=str(path)))
+    eval_command(cli._parser().parse_args([
+        "eval", "--model", str(star), "--data", str(tmp_path / "test-000000.tar"), "--out", str(report),
+        "--batch-size", "2", "--max-new-tokens", "8", "--predictions", str(path)]))
     lines, scores = _lines(path), json.loads(report.read_text())["segmentation"]
     assert len(lines) == scores["n"] == 3
     assert sum(line["iou"] for line in lines) / 3 == pytest.approx(scores["giou"]) and scores["giou"] > 0.5
